@@ -1,2 +1,233 @@
-//! Placeholder: filled by its issue.
+//! Support for the end-to-end tests in `tests/tests/`: locating the real
+//! release binaries, starting them as child processes that are always stopped
+//! (SIGTERM, then SIGKILL) when the test ends, picking free loopback ports and
+//! waiting for listeners.
+//!
+//! This crate never talks SMTP itself and never reaches beyond 127.0.0.1: the
+//! tests drive the binaries with the project's own harness or with
+//! independent peers (Postfix's `smtp-source`, Python's smtplib, swaks).
 #![warn(missing_docs)]
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors from the test support helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum SupportError {
+    /// A binary was not found in any of the target directories searched.
+    #[error("binary `{name}` not found (looked in {searched:?}); run `cargo build --release --bins` first")]
+    BinaryMissing {
+        /// The binary's name.
+        name: String,
+        /// The directories that were searched.
+        searched: Vec<PathBuf>,
+    },
+    /// A listener did not come up in time.
+    #[error("nothing listened on {addr} within {waited:?}")]
+    PortTimeout {
+        /// The address waited for.
+        addr: SocketAddr,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Starting or stopping a process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The tests crate lives at <root>/tests, so its parent always exists.
+    here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
+}
+
+/// Finds a workspace binary, preferring the release build (the one the
+/// README's test command builds), then the debug build. `SLUICE_BIN_DIR`
+/// overrides the search.
+pub fn binary(name: &str) -> Result<PathBuf, SupportError> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("SLUICE_BIN_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    dirs.push(target.join("release"));
+    dirs.push(target.join("debug"));
+    for dir in &dirs {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(SupportError::BinaryMissing { name: name.to_string(), searched: dirs })
+}
+
+/// Asks the kernel for a free TCP port on 127.0.0.1. The port is released
+/// before returning, so a tiny race with other processes remains; tests
+/// that start servers retry on bind failure where it matters.
+pub fn free_port() -> Result<u16, SupportError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|source| SupportError::Io { what: "bind 127.0.0.1:0".into(), source })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| SupportError::Io { what: "local_addr".into(), source })
+}
+
+/// Waits until `addr` accepts a TCP connection, polling every 20 ms.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<(), SupportError> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(SupportError::PortTimeout { addr, waited: timeout })
+}
+
+/// A child process that is stopped when dropped: SIGTERM, a grace period,
+/// then SIGKILL. Tests can never leave a server running.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Starts `cmd` with stdin closed; stdout/stderr are inherited so that a
+    /// failing test shows what the binary said.
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<Process, SupportError> {
+        cmd.stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|source| SupportError::Io { what: format!("spawn {name}"), source })?;
+        Ok(Process { name: name.to_string(), child: Some(child) })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`, `libc::SIGKILL`).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for a clean exit, then SIGKILL.
+    /// Returns the exit status.
+    pub fn stop(&mut self, grace: Duration) -> Result<ExitStatus, SupportError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(SupportError::Io {
+                what: format!("stop {}", self.name),
+                source: io::Error::other("already stopped"),
+            });
+        };
+        // SAFETY: as in `signal`.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if start.elapsed() < grace => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    return child.wait().map_err(|source| SupportError::Io {
+                        what: format!("wait {}", self.name),
+                        source,
+                    });
+                }
+                Err(source) => {
+                    return Err(SupportError::Io { what: format!("wait {}", self.name), source })
+                }
+            }
+        }
+    }
+
+    /// Kills at once (SIGKILL), as a crash would, and reaps the child.
+    pub fn kill9(&mut self) -> Result<ExitStatus, SupportError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(SupportError::Io {
+                what: format!("kill {}", self.name),
+                source: io::Error::other("already stopped"),
+            });
+        };
+        let _ = child.kill();
+        child
+            .wait()
+            .map_err(|source| SupportError::Io { what: format!("wait {}", self.name), source })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+/// Reads a JSON file, retrying briefly while it is being replaced.
+pub fn read_json(path: &Path) -> Result<serde_json::Value, SupportError> {
+    let mut last = None;
+    for _ in 0..50 {
+        match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(io::Error::other(e)),
+            },
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(SupportError::Io {
+        what: format!("read {}", path.display()),
+        source: last.unwrap_or_else(|| io::Error::other("unreadable")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable_and_wait_sees_a_listener() {
+        let port = free_port().expect("free port");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        assert!(wait_for_port(addr, Duration::from_millis(100)).is_err());
+        let _l = TcpListener::bind(addr).expect("bind the port we were given");
+        wait_for_port(addr, Duration::from_secs(2)).expect("listener seen");
+    }
+
+    #[test]
+    fn process_guard_stops_a_child() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let mut p = Process::spawn("sleep", cmd).expect("spawn sleep");
+        let status = p.stop(Duration::from_secs(2)).expect("stopped");
+        assert!(!status.success(), "sleep was terminated, not finished");
+    }
+
+    #[test]
+    fn missing_binary_names_the_fix() {
+        let err = binary("no-such-sluice-binary").unwrap_err().to_string();
+        assert!(err.contains("cargo build --release --bins"), "{err}");
+    }
+}
