@@ -1,2 +1,103 @@
-//! Placeholder: filled by its issue.
+//! `sluice-spool`: the per-shard, mmap'd, append-only message store that
+//! makes a `250` after DATA trustworthy (RFC 5321 §6.1). It appends
+//! checksummed records into fixed-size, fully reserved segment files, makes
+//! them durable with group-committed fdatasync, rebuilds the set of live
+//! messages after a crash, and deletes segments nobody needs. It never
+//! speaks SMTP, parses addresses or decides anything about delivery: an
+//! envelope is opaque bytes to it; and it never shares state between
+//! threads: one spool belongs to one shard (no locks, no atomics).
+//!
+//! # Layout
+//! `<spool>/shard-<n>/seg-<seq as 16 hex digits>` (0600, created with
+//! `O_EXCL|O_NOFOLLOW`, reserved with `fallocate`, default 64 MiB), and
+//! `<spool>/shard-<n>/quarantine/` for corrupt bytes. Directories are 0700;
+//! an existing one open to group/others or a symlink is refused with
+//! [`SpoolError::Permissions`] naming the path. Every create and delete of a
+//! segment is followed by a directory fsync before it is relied upon.
+//!
+//! # Record format
+//! See [`format`]: a 16-byte header (magic `SLCR`, kind, version, payload
+//! length, CRC32C of header and payload), the payload, zero padding to 8
+//! bytes. Kinds:
+//! - *segment header*: shard, sequence, segment size, and the next message
+//!   id at creation (so ids stay monotonic even when every older segment is
+//!   gone);
+//! - *message*: id, arrival, expiry, retry state, flags, then the envelope
+//!   (sender, envelope DSN bytes, tenant, campaign, queue, recipients with
+//!   their DSN bytes, a done-recipient bitmap) and last the body, so
+//!   [`Spool::body`] is an O(1) slice of the mapping;
+//! - *completion*: message id + (recipient index, outcome) pairs;
+//! - *deferral*: message id, attempts, next attempt time: retry state
+//!   survives a restart (the last deferral in log order wins), so a restart
+//!   neither retries everything at once nor forgets the attempt count;
+//! - *segment end*: written when a segment is sealed; recovery stops there.
+//!
+//! # Durability
+//! [`Spool::append`] copies the record into the mapping once and never
+//! waits. [`Spool::commit`] is a barrier future that resolves once every
+//! record appended before it is covered by a completed fdatasync. The
+//! group-commit task ([`Spool::spawn_sync_task`]) syncs when the oldest
+//! unsynced append is `commit_window` old (default 1 ms) or the unsynced
+//! bytes pass `sync_threshold_bytes`; one sync is in flight at a time and
+//! one sync releases every waiter it covers. Syncs go through io_uring
+//! (glommio's `fdatasync`); see [`fs`] for why syncing the file descriptor
+//! makes the mapped stores durable. A failed sync poisons the spool: its
+//! waiters (and every later one) get [`SpoolError::Poisoned`], appends are
+//! refused with the reason. `Durability::None` (benchmarks only) needs
+//! [`NoSync::i_accept_losing_mail_on_crash`] and logs an error at open.
+//! Segments are pre-created and reserved on glommio's blocking pool before
+//! they are needed, so rotating is a pointer swap; if none is ready the
+//! append creates one inline (counted in [`SpoolStats`]). `fallocate`
+//! failing with ENOSPC/EDQUOT is [`SpoolError::DiskFull`] (the engine's
+//! `452 4.3.1`); [`Spool::has_room`] checks reserved and free space first.
+//!
+//! # Recovery
+//! [`Spool::open`] scans every segment in sequence order and checks every
+//! CRC. A record whose header is intact but whose checksum fails is skipped
+//! by its length if the next header validates; otherwise the scan resyncs
+//! at the next aligned offset holding a valid record. Skipped bytes are
+//! copied to `quarantine/` and logged. Non-zero bytes after the last valid
+//! record of a segment are a torn tail: zeroed, synced and counted. The live
+//! set is every message record without completions for all recipients; a
+//! later copy of the same id (relocation) supersedes the earlier. The spool
+//! then starts a fresh head segment (old segments are never appended to
+//! again). [`RecoveryReport`] gives counts and elapsed time.
+//!
+//! # Reclamation
+//! A segment is deleted when no live message copy remains in it and every
+//! older segment that its completion/deferral/relocation records refer to
+//! is already durably deleted (otherwise a crash would resurrect a
+//! delivered message from the older segment). Long-deferred messages pinning
+//! the oldest segment are relocated in the background: re-appended to the
+//! head with their done-recipient bitmap and retry state, committed, and
+//! only then is the old copy released.
+//!
+//! # Memory
+//! One index entry per live message: 56 bytes (`RecordRef` 16, counts and
+//! retry state 20, done bitmap 16 in place up to 64 recipients), about
+//! 70 bytes with the hash map's key and control byte.
 #![warn(missing_docs)]
+
+mod config;
+mod core;
+#[cfg(feature = "glommio")]
+mod driver;
+mod error;
+pub mod format;
+#[cfg(feature = "glommio")]
+pub mod fs;
+mod index;
+pub mod mem;
+mod recovery;
+mod spool;
+mod stats;
+pub mod storage;
+
+pub use crate::config::{Durability, NoSync, SpoolConfig, SEGMENT_BYTES_MIN};
+pub use crate::core::{Core, SyncDue};
+pub use crate::error::SpoolError;
+pub use crate::format::{NewMessage, Outcome, Recipient};
+pub use crate::index::RecordRef;
+pub use crate::recovery::RecoveryReport;
+pub use crate::spool::{Body, Commit, LiveMessage, MessageRecord, ReclaimReport, Spool};
+pub use crate::stats::SpoolStats;

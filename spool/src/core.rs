@@ -1,0 +1,674 @@
+//! The spool core: appends, the live index, group-commit bookkeeping and
+//! reclamation decisions. Single-threaded, explicit time, no I/O of its own
+//! beyond the [`Storage`] seam; the async driving lives in `spool.rs` and
+//! `driver.rs`.
+
+// std
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+// crate
+use crate::config::{Durability, SpoolConfig};
+use crate::error::SpoolError;
+use crate::format::{self, NewMessage, Outcome, RecordKind};
+use crate::index::{DoneSet, Live, RecordRef};
+use crate::stats::SpoolStats;
+use crate::storage::{SegmentMap, Storage};
+
+/// One segment's bookkeeping.
+pub(crate) struct SegState<M> {
+    pub(crate) map: Rc<M>,
+    /// Next free byte.
+    pub(crate) write_off: usize,
+    /// Bytes below this are durable.
+    pub(crate) synced_off: usize,
+    /// Message copies here that are still needed (live, or relocated but
+    /// the new copy not yet durable).
+    pub(crate) live: u32,
+    /// Their bytes.
+    pub(crate) live_bytes: u64,
+    /// Older segments holding message copies that records here refer to
+    /// (completions, deferrals, relocated copies). This segment may go only
+    /// after all of them are durably gone, or recovery would resurrect them.
+    pub(crate) refs: Vec<u64>,
+}
+
+impl<M: SegmentMap> SegState<M> {
+    pub(crate) fn new(map: Rc<M>) -> Self {
+        SegState {
+            map,
+            write_off: 0,
+            synced_off: 0,
+            live: 0,
+            live_bytes: 0,
+            refs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add_ref(&mut self, seq: u64) {
+        if let Err(at) = self.refs.binary_search(&seq) {
+            self.refs.insert(at, seq);
+        }
+    }
+
+    /// Bytes `[range]` as a shared slice. Only for bytes below `write_off`
+    /// (written once, never written again).
+    pub(crate) fn bytes(&self, range: Range<usize>) -> &[u8] {
+        assert!(range.start <= range.end && range.end <= self.write_off);
+        // SAFETY: SegmentMap guarantees `len()` mapped bytes at `as_ptr()`
+        // for the life of `map`; the range is below `write_off`, and the
+        // spool never writes below `write_off` again.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(range.start), range.end - range.start)
+        }
+    }
+
+    /// Unwritten bytes `[write_off, write_off + len)` as a mutable slice.
+    fn fresh(&mut self, len: usize) -> &mut [u8] {
+        assert!(self.write_off + len <= self.map.len());
+        // SAFETY: beyond `write_off` no shared slice has been handed out and
+        // this is the only mutable view (single-threaded, `&mut self`).
+        unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_ptr().add(self.write_off), len)
+        }
+    }
+}
+
+/// What the sync task should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncDue {
+    /// Nothing unsynced (or a sync is in flight, or the spool is poisoned).
+    Idle,
+    /// Sync at this instant (the commit window of the oldest append ends).
+    At(Instant),
+    /// Sync now.
+    Now,
+}
+
+/// A snapshot of what one group commit covers.
+pub(crate) struct SyncJob<M> {
+    pub(crate) target_lsn: u64,
+    pub(crate) segs: Vec<(u64, Rc<M>, Range<usize>)>,
+    pub(crate) dir: bool,
+    pub(crate) records: u64,
+}
+
+/// Relocated copies waiting for their commit before the old ones die.
+pub(crate) struct Relocation {
+    pub(crate) target_lsn: u64,
+    pub(crate) moved: Vec<(u64, RecordRef)>,
+}
+
+/// The spool state for one shard.
+pub struct Core<S: Storage> {
+    pub(crate) storage: S,
+    pub(crate) cfg: SpoolConfig,
+    pub(crate) segs: BTreeMap<u64, SegState<S::Segment>>,
+    pub(crate) head: u64,
+    pub(crate) spare: Option<(u64, S::Segment)>,
+    pub(crate) spare_pending: bool,
+    pub(crate) next_seq: u64,
+    pub(crate) next_id: u64,
+    pub(crate) index: HashMap<u64, Live>,
+    pub(crate) appended_lsn: u64,
+    pub(crate) durable_lsn: u64,
+    unsynced_records: u64,
+    unsynced_bytes: usize,
+    oldest_unsynced: Option<Instant>,
+    pub(crate) sync_in_flight: bool,
+    pub(crate) dir_dirty: bool,
+    pub(crate) poisoned: Option<String>,
+    pub(crate) closed: bool,
+    pub(crate) waiters: VecDeque<(u64, Waker)>,
+    pub(crate) task_waker: Option<Waker>,
+    /// Unlinked segments whose removal is not yet durable.
+    pub(crate) removing: Vec<u64>,
+    pub(crate) stats: SpoolStats,
+}
+
+impl<S: Storage> Core<S> {
+    pub(crate) fn empty(storage: S, cfg: SpoolConfig) -> Self {
+        Core {
+            storage,
+            cfg,
+            segs: BTreeMap::new(),
+            head: 0,
+            spare: None,
+            spare_pending: false,
+            next_seq: 1,
+            next_id: 1,
+            index: HashMap::new(),
+            appended_lsn: 0,
+            durable_lsn: 0,
+            unsynced_records: 0,
+            unsynced_bytes: 0,
+            oldest_unsynced: None,
+            sync_in_flight: false,
+            dir_dirty: false,
+            poisoned: None,
+            closed: false,
+            waiters: VecDeque::new(),
+            task_waker: None,
+            removing: Vec::new(),
+            stats: SpoolStats::default(),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), SpoolError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(SpoolError::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        if self.closed {
+            return Err(SpoolError::Closed);
+        }
+        Ok(())
+    }
+
+    fn no_sync(&self) -> bool {
+        matches!(self.cfg.durability, Durability::None(_))
+    }
+
+    /// Installs a freshly created segment as `seq`, writing its header.
+    pub(crate) fn install_segment(&mut self, seq: u64, map: S::Segment) {
+        let mut st = SegState::new(Rc::new(map));
+        let h = format::SegmentHeader {
+            shard: self.cfg.shard,
+            seq,
+            id_floor: self.next_id,
+            segment_bytes: st.map.len() as u64,
+        };
+        let plen = format::SEGMENT_HEADER_PAYLOAD_BYTES;
+        let total = format::record_len(plen);
+        let rec = st.fresh(total);
+        format::encode_segment_header(&mut rec[format::payload_range(0, plen)], &h);
+        format::seal_record(rec, RecordKind::SegmentHeader, plen);
+        st.write_off = total;
+        self.segs.insert(seq, st);
+        self.dir_dirty = true;
+        self.note_appended(total, Instant::now());
+    }
+
+    fn note_appended(&mut self, bytes: usize, now: Instant) {
+        self.appended_lsn += bytes as u64;
+        if self.no_sync() {
+            self.durable_lsn = self.appended_lsn;
+            return;
+        }
+        let first = self.oldest_unsynced.is_none();
+        if first {
+            self.oldest_unsynced = Some(now);
+        }
+        self.unsynced_records += 1;
+        self.unsynced_bytes += bytes;
+        let over = self.unsynced_bytes >= self.cfg.sync_threshold_bytes;
+        if first || over {
+            if let Some(w) = self.task_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Bytes appended but not covered by a completed or in-flight sync.
+    pub(crate) fn unsynced_bytes(&self) -> usize {
+        self.unsynced_bytes
+    }
+
+    /// Ensures the head has `total` bytes plus an end marker free, rotating
+    /// to the spare (or a new segment) if not. Returns the head's sequence.
+    fn reserve(&mut self, total: usize, now: Instant) -> Result<u64, SpoolError> {
+        let max = self.cfg.record_bytes_max();
+        if total > max {
+            return Err(SpoolError::TooLarge {
+                record_bytes: total,
+                max_bytes: max,
+            });
+        }
+        let end = format::record_len(0);
+        let head = self.segs.get(&self.head).expect("head segment is always present");
+        if head.write_off + total + end <= head.map.len() {
+            return Ok(self.head);
+        }
+        let (seq, map) = match self.spare.take() {
+            Some(s) => s,
+            None => {
+                let seq = self.next_seq;
+                let map = self.storage.create_segment(seq, self.cfg.segment_bytes)?;
+                self.next_seq += 1;
+                self.stats.inline_segment_creations += 1;
+                (seq, map)
+            }
+        };
+        // Seal the old head: recovery stops at the end marker.
+        let old = self.segs.get_mut(&self.head).expect("head segment is always present");
+        let rec = old.fresh(end);
+        format::seal_record(rec, RecordKind::SegmentEnd, 0);
+        old.write_off += end;
+        self.note_appended(end, now);
+        self.install_segment(seq, map);
+        self.head = seq;
+        self.stats.segments_created += 1;
+        let head = &self.segs[&self.head];
+        assert!(head.write_off + total + end <= head.map.len(), "bounded by record_bytes_max");
+        Ok(self.head)
+    }
+
+    /// Appends a message; the id is assigned here.
+    pub fn append(&mut self, m: &NewMessage<'_>, now: Instant) -> Result<(u64, RecordRef), SpoolError> {
+        self.check_open()?;
+        let env_len = format::envelope_len(m)?;
+        let plen = format::MESSAGE_FIXED_BYTES + env_len + m.body.len();
+        let total = format::record_len(plen);
+        let seq = self.reserve(total, now)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
+        let offset = seg.write_off;
+        let rec = seg.fresh(total);
+        format::encode_message(&mut rec[format::payload_range(0, plen)], id, m, env_len);
+        format::seal_record(rec, RecordKind::Message, plen);
+        debug_assert!(matches!(format::check_at(rec, 0), format::Check::Valid { .. }));
+        seg.write_off += total;
+        seg.live += 1;
+        seg.live_bytes += total as u64;
+        let count = m.recipients.len() as u32;
+        let rref = RecordRef {
+            segment: seq,
+            offset: offset as u32,
+            len: total as u32,
+        };
+        self.index.insert(
+            id,
+            Live {
+                rec: rref,
+                count,
+                remaining: count,
+                attempts: 0,
+                next_attempt_unix_ms: 0,
+                done: DoneSet::new(count),
+            },
+        );
+        self.stats.appends += 1;
+        self.stats.appended_bytes += total as u64;
+        self.note_appended(total, now);
+        Ok((id, rref))
+    }
+
+    /// Writes a small record about message `id` (completion or deferral)
+    /// and notes the reference from the head to the message's segment.
+    fn append_about(
+        &mut self,
+        id: u64,
+        kind: RecordKind,
+        plen: usize,
+        now: Instant,
+        encode: impl FnOnce(&mut [u8]),
+    ) -> Result<(), SpoolError> {
+        let total = format::record_len(plen);
+        let seq = self.reserve(total, now)?;
+        let msg_seg = self.index.get(&id).map(|l| l.rec.segment);
+        let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
+        let rec = seg.fresh(total);
+        encode(&mut rec[format::payload_range(0, plen)]);
+        format::seal_record(rec, kind, plen);
+        seg.write_off += total;
+        if let Some(ms) = msg_seg.filter(|&ms| ms != seq) {
+            seg.add_ref(ms);
+        }
+        self.note_appended(total, now);
+        Ok(())
+    }
+
+    /// Records final outcomes for some recipients of `id`. Recipients
+    /// already complete are ignored; the message dies with its last one.
+    pub fn complete(&mut self, id: u64, entries: &[(u32, Outcome)], now: Instant) -> Result<(), SpoolError> {
+        self.check_open()?;
+        let live = self.index.get(&id).ok_or(SpoolError::UnknownMessage { id })?;
+        if let Some(&(index, _)) = entries.iter().find(|(i, _)| *i >= live.count) {
+            return Err(SpoolError::BadRecipient { id, index });
+        }
+        let fresh: Vec<(u32, Outcome)> = entries
+            .iter()
+            .copied()
+            .filter(|(i, _)| !live.done.contains(*i))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let plen = 12 + fresh.len() * format::COMPLETION_ENTRY_BYTES;
+        self.append_about(id, RecordKind::Completion, plen, now, |p| {
+            format::encode_completion(p, id, &fresh)
+        })?;
+        self.stats.completions += 1;
+        let live = self.index.get_mut(&id).expect("checked above, nothing removed it");
+        for (i, _) in &fresh {
+            if live.done.insert(*i) {
+                live.remaining -= 1;
+            }
+        }
+        if live.remaining == 0 {
+            let rec = live.rec;
+            self.index.remove(&id);
+            self.release_copy(rec);
+        }
+        Ok(())
+    }
+
+    /// Records retry state for `id` after a temporary failure.
+    pub fn defer(&mut self, id: u64, attempts: u32, next_attempt_unix_ms: u64, now: Instant) -> Result<(), SpoolError> {
+        self.check_open()?;
+        if !self.index.contains_key(&id) {
+            return Err(SpoolError::UnknownMessage { id });
+        }
+        let d = format::Deferral {
+            id,
+            attempts,
+            next_attempt_unix_ms,
+        };
+        self.append_about(id, RecordKind::Deferral, format::DEFERRAL_PAYLOAD_BYTES, now, |p| {
+            format::encode_deferral(p, &d)
+        })?;
+        let live = self.index.get_mut(&id).expect("checked above");
+        live.attempts = attempts;
+        live.next_attempt_unix_ms = next_attempt_unix_ms;
+        self.stats.deferrals += 1;
+        Ok(())
+    }
+
+    /// A message copy is no longer needed by its segment.
+    pub(crate) fn release_copy(&mut self, rec: RecordRef) {
+        if let Some(seg) = self.segs.get_mut(&rec.segment) {
+            assert!(seg.live > 0, "segment live count balances");
+            seg.live -= 1;
+            seg.live_bytes -= u64::from(rec.len);
+        }
+    }
+
+    /// When the sync task should run next.
+    pub fn sync_due(&self, now: Instant) -> SyncDue {
+        if self.sync_in_flight || self.poisoned.is_some() || self.no_sync() {
+            return SyncDue::Idle;
+        }
+        let Some(oldest) = self.oldest_unsynced else {
+            return if self.dir_dirty { SyncDue::Now } else { SyncDue::Idle };
+        };
+        let at = oldest + self.cfg.commit_window;
+        if self.closed || now >= at || self.unsynced_bytes() >= self.cfg.sync_threshold_bytes {
+            SyncDue::Now
+        } else {
+            SyncDue::At(at)
+        }
+    }
+
+    /// Snapshots what the next sync covers and marks it in flight.
+    pub(crate) fn begin_sync(&mut self) -> Option<SyncJob<S::Segment>> {
+        if self.sync_in_flight || self.poisoned.is_some() {
+            return None;
+        }
+        let segs: Vec<_> = self
+            .segs
+            .iter()
+            .filter(|(_, s)| s.write_off > s.synced_off)
+            .map(|(&q, s)| (q, Rc::clone(&s.map), s.synced_off..s.write_off))
+            .collect();
+        if segs.is_empty() && !self.dir_dirty {
+            return None;
+        }
+        let job = SyncJob {
+            target_lsn: self.appended_lsn,
+            segs,
+            dir: std::mem::take(&mut self.dir_dirty),
+            records: std::mem::take(&mut self.unsynced_records),
+        };
+        self.unsynced_bytes = 0;
+        self.oldest_unsynced = None;
+        self.sync_in_flight = true;
+        Some(job)
+    }
+
+    /// Applies the result of a sync: releases its waiters, or poisons.
+    pub(crate) fn end_sync(&mut self, job: SyncJob<S::Segment>, result: Result<(), String>, took: Duration) {
+        self.sync_in_flight = false;
+        match result {
+            Ok(()) => {
+                for (seq, _, range) in &job.segs {
+                    if let Some(s) = self.segs.get_mut(seq) {
+                        s.synced_off = s.synced_off.max(range.end);
+                    }
+                }
+                assert!(job.target_lsn >= self.durable_lsn, "durable position only grows");
+                self.durable_lsn = job.target_lsn;
+                self.stats.record_sync(job.records, took);
+            }
+            Err(reason) => {
+                log::error!("spool shard {} poisoned: {reason}", self.cfg.shard);
+                self.poisoned = Some(reason);
+                self.stats.sync_failures += 1;
+            }
+        }
+        self.wake_waiters();
+    }
+
+    pub(crate) fn wake_waiters(&mut self) {
+        let all = self.poisoned.is_some() || self.closed;
+        let durable = self.durable_lsn;
+        // Waiters are not sorted (a barrier may be polled late), so scan.
+        let mut keep = VecDeque::with_capacity(self.waiters.len());
+        for (lsn, w) in self.waiters.drain(..) {
+            if all || lsn <= durable {
+                w.wake();
+            } else {
+                keep.push_back((lsn, w));
+            }
+        }
+        self.waiters = keep;
+    }
+
+    /// Whether everything up to `lsn` is durable (or why it never will be).
+    pub(crate) fn commit_state(&self, lsn: u64) -> Option<Result<(), SpoolError>> {
+        if lsn <= self.durable_lsn {
+            return Some(Ok(()));
+        }
+        if let Some(reason) = &self.poisoned {
+            return Some(Err(SpoolError::Poisoned {
+                reason: reason.clone(),
+            }));
+        }
+        if self.closed {
+            return Some(Err(SpoolError::Closed));
+        }
+        None
+    }
+
+    /// The segment to pre-create next, if none is ready or pending.
+    pub(crate) fn spare_wanted(&mut self) -> Option<u64> {
+        if self.spare.is_some() || self.spare_pending || self.poisoned.is_some() || self.closed {
+            return None;
+        }
+        // Pre-create once the head is a quarter full.
+        let head = self.segs.get(&self.head)?;
+        if head.write_off < head.map.len() / 4 {
+            return None;
+        }
+        self.spare_pending = true;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Some(seq)
+    }
+
+    pub(crate) fn spare_ready(&mut self, seq: u64, r: Result<S::Segment, SpoolError>) {
+        self.spare_pending = false;
+        match r {
+            // An inline creation overtook it: installing it now would put a
+            // lower sequence number after a higher one and break log order.
+            Ok(map) if seq < self.head => {
+                drop(map);
+                if let Err(e) = self.storage.remove_segment(seq) {
+                    log::warn!("spool shard {}: removing stale spare {seq}: {e}", self.cfg.shard);
+                }
+                self.dir_dirty = true;
+            }
+            Ok(map) => {
+                self.spare = Some((seq, map));
+                self.dir_dirty = true;
+            }
+            Err(e) => log::warn!("spool shard {}: pre-creating segment {seq}: {e}", self.cfg.shard),
+        }
+    }
+
+    /// Whether `bytes` more can be accepted without running out of space.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        if self.poisoned.is_some() || self.closed {
+            return false;
+        }
+        let end = format::record_len(0) as u64;
+        let mut reserved = self
+            .segs
+            .get(&self.head)
+            .map(|h| (h.map.len() - h.write_off) as u64)
+            .unwrap_or(0);
+        if let Some((_, s)) = &self.spare {
+            reserved += s.len() as u64;
+        }
+        if bytes + end <= reserved {
+            return true;
+        }
+        match self.storage.free_bytes() {
+            Ok(free) => free >= bytes + self.cfg.segment_bytes as u64 + self.cfg.free_bytes_reserve,
+            Err(_) => false,
+        }
+    }
+
+    /// Segments that may be unlinked now: not the head, no live copies,
+    /// and every segment they refer to already durably gone.
+    pub(crate) fn deletable(&self) -> Vec<u64> {
+        self.segs
+            .iter()
+            .filter(|(&q, s)| {
+                q != self.head
+                    && s.live == 0
+                    && (self.no_sync() || (s.synced_off == s.write_off && !self.sync_in_flight))
+                    && s.refs
+                        .iter()
+                        .all(|r| !self.segs.contains_key(r) && !self.removing.contains(r))
+            })
+            .map(|(&q, _)| q)
+            .collect()
+    }
+
+    /// Unlinks `seqs`; they count as gone once the directory is synced.
+    pub(crate) fn unlink(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
+        for &q in seqs {
+            self.storage.remove_segment(q)?;
+            self.segs.remove(&q);
+            self.removing.push(q);
+            self.stats.segments_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// The oldest non-head segment worth relocating out of, if any.
+    pub(crate) fn relocation_candidate(&self) -> Option<u64> {
+        if self.segs.len() <= self.cfg.relocate_above_segments {
+            return None;
+        }
+        let (&q, s) = self.segs.iter().next()?;
+        (q != self.head && s.live > 0 && s.live_bytes <= self.cfg.relocate_live_bytes_max as u64)
+            .then_some(q)
+    }
+
+    /// Copies every live message of segment `from` to the head, carrying
+    /// its completed recipients and retry state. The old copies stay needed
+    /// until [`Core::finish_relocation`] after the new ones are durable.
+    pub(crate) fn relocate(&mut self, from: u64, now: Instant) -> Result<Relocation, SpoolError> {
+        self.check_open()?;
+        let mut ids: Vec<u64> = self
+            .index
+            .iter()
+            .filter(|(_, l)| l.rec.segment == from)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        let mut moved = Vec::with_capacity(ids.len());
+        for id in ids {
+            let old = self.index[&id].rec;
+            let total = old.len as usize;
+            let seq = self.reserve(total, now)?;
+            assert_ne!(seq, from, "the head is never relocated");
+            let src = Rc::clone(&self.segs[&from].map);
+            let live = &self.index[&id];
+            let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
+            let offset = seg.write_off;
+            let dst = seg.fresh(total);
+            // SAFETY: `old` lies below the old segment's write_off (published,
+            // immutable) and `dst` is fresh space in another mapping.
+            let src_bytes = unsafe {
+                std::slice::from_raw_parts(src.as_ptr().add(old.offset as usize), total)
+            };
+            dst.copy_from_slice(src_bytes);
+            let format::Check::Valid { payload_len, .. } = format::check_at(dst, 0) else {
+                panic!("a live record in a mapped segment keeps its checksum");
+            };
+            let payload = &mut dst[format::payload_range(0, payload_len)];
+            let fixed = format::message_fixed(payload)?;
+            payload[24..32].copy_from_slice(&live.next_attempt_unix_ms.to_le_bytes());
+            payload[32..36].copy_from_slice(&live.attempts.to_le_bytes());
+            payload[36..40].copy_from_slice(&(fixed.flags | format::FLAG_RELOCATED).to_le_bytes());
+            live.done.write_mask(&mut payload[format::done_mask_range(&fixed)]);
+            format::seal_record(dst, RecordKind::Message, payload_len);
+            seg.write_off += total;
+            seg.live += 1;
+            seg.live_bytes += total as u64;
+            seg.add_ref(from);
+            let new = RecordRef {
+                segment: seq,
+                offset: offset as u32,
+                len: old.len,
+            };
+            self.index.get_mut(&id).expect("id from the index").rec = new;
+            self.note_appended(total, now);
+            self.stats.relocated_messages += 1;
+            moved.push((id, old));
+        }
+        Ok(Relocation {
+            target_lsn: self.appended_lsn,
+            moved,
+        })
+    }
+
+    /// The relocated copies are durable: the old ones are no longer needed.
+    pub(crate) fn finish_relocation(&mut self, r: Relocation) {
+        assert!(r.target_lsn <= self.durable_lsn, "relocation finished before its commit");
+        for (_, old) in r.moved {
+            self.release_copy(old);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::DoneSet;
+
+    #[test]
+    fn done_set_round_trips_through_the_mask() {
+        for count in [1u32, 8, 9, 64, 65, 200] {
+            let mut d = DoneSet::new(count);
+            for i in (0..count).step_by(3) {
+                assert!(d.insert(i));
+                assert!(!d.insert(i));
+            }
+            let mut mask = vec![0u8; (count as usize).div_ceil(8)];
+            d.write_mask(&mut mask);
+            for i in 0..count {
+                let bit = mask[(i / 8) as usize] & (1 << (i % 8)) != 0;
+                assert_eq!(bit, i % 3 == 0, "count {count} index {i}");
+                assert_eq!(d.contains(i), i % 3 == 0);
+            }
+        }
+    }
+}

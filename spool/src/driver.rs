@@ -1,0 +1,109 @@
+//! The group-commit task on a glommio executor: sleeps until the commit
+//! window of the oldest unsynced append closes (or the unsynced bytes pass
+//! the threshold), runs one sync for everything appended so far, releases
+//! the waiters it covers, and between syncs pre-creates the next segment
+//! and reclaims old ones.
+
+// std
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+// external
+use futures_lite::future;
+
+// crate
+use crate::core::SyncDue;
+use crate::spool::Spool;
+use crate::storage::Storage;
+
+/// Resolves at the first wake-up after its first poll.
+struct Notified<S: Storage> {
+    spool: Spool<S>,
+    armed: bool,
+}
+
+impl<S: Storage> Future for Notified<S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.armed {
+            return Poll::Ready(());
+        }
+        self.armed = true;
+        self.spool.inner.borrow_mut().task_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Back-off after a failed background step, so an error does not spin.
+const RETRY_BACKGROUND: Duration = Duration::from_millis(500);
+
+impl<S: Storage> Spool<S> {
+    fn notified(&self) -> Notified<S> {
+        Notified {
+            spool: self.clone(),
+            armed: false,
+        }
+    }
+
+    /// Spawns the group-commit task on the current glommio executor. It
+    /// runs until [`Spool::close`], then makes a final sync and returns.
+    pub fn spawn_sync_task(&self) -> glommio::Task<()> {
+        let spool = self.clone();
+        glommio::spawn_local(async move { spool.run_sync_task().await })
+    }
+
+    /// The group-commit loop (see the module docs).
+    pub async fn run_sync_task(self) {
+        loop {
+            match self.sync_due(Instant::now()) {
+                SyncDue::Now => {
+                    // An error poisons the spool and is reported to every
+                    // waiter; the loop then idles.
+                    let _ = self.sync_now().await;
+                }
+                SyncDue::At(t) => {
+                    let wait = t.saturating_duration_since(Instant::now());
+                    future::or(glommio::timer::sleep(wait), self.notified()).await;
+                }
+                SyncDue::Idle => {
+                    if self.inner.borrow().closed {
+                        break;
+                    }
+                    self.start_spare();
+                    if self.reclaim_wanted() && self.poisoned().is_none() {
+                        if let Err(e) = self.reclaim().await {
+                            log::warn!("spool reclamation: {e}");
+                            future::or(glommio::timer::sleep(RETRY_BACKGROUND), self.notified()).await;
+                        }
+                        continue;
+                    }
+                    self.notified().await;
+                }
+            }
+        }
+        let mut core = self.inner.borrow_mut();
+        core.wake_waiters();
+    }
+
+    /// Pre-creates the next segment in a separate task (the reservation
+    /// runs on glommio's blocking thread pool), so rotation is a swap.
+    fn start_spare(&self) {
+        let Some(seq) = self.inner.borrow_mut().spare_wanted() else {
+            return;
+        };
+        let fut = {
+            let core = self.inner.borrow();
+            core.storage.create_segment_background(seq, core.cfg.segment_bytes)
+        };
+        let inner = Rc::clone(&self.inner);
+        glommio::spawn_local(async move {
+            let r = fut.await;
+            inner.borrow_mut().spare_ready(seq, r);
+        })
+        .detach();
+    }
+}

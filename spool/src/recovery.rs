@@ -1,0 +1,346 @@
+//! Recovery: scan every segment in order at open, check every record's
+//! CRC, quarantine corrupt records, truncate torn tails, rebuild the live
+//! index, then start a fresh head segment.
+
+// std
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+// crate
+use crate::config::{Durability, SpoolConfig};
+use crate::core::{Core, SegState};
+use crate::error::SpoolError;
+use crate::format::{self, Check, RecordKind, HEADER_BYTES, RECORD_ALIGN, RECORD_MAGIC};
+use crate::index::{DoneSet, Live, RecordRef};
+use crate::storage::{SegmentMap, Storage};
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// Segments scanned.
+    pub segments: u64,
+    /// Bytes of segment data scanned (up to each segment's end of data).
+    pub bytes_scanned: u64,
+    /// Valid records read.
+    pub records: u64,
+    /// Message records read (including relocated copies).
+    pub message_records: u64,
+    /// Messages with recipients still to deliver.
+    pub live_messages: u64,
+    /// Corrupt records (or stretches of bytes) copied to quarantine.
+    pub quarantined_records: u64,
+    /// Their bytes.
+    pub quarantined_bytes: u64,
+    /// Bytes of torn tails cut off (non-zero bytes after the last valid
+    /// record of a segment).
+    pub truncated_bytes: u64,
+    /// Completion or deferral records naming a message that is not live
+    /// (already complete, or its record was quarantined).
+    pub orphan_records: u64,
+    /// Time the scan took.
+    pub elapsed: Duration,
+}
+
+impl RecoveryReport {
+    /// Scan speed in bytes per second.
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes_scanned as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Finds the first aligned offset at or after `from` where a valid record
+/// starts.
+fn resync(buf: &[u8], from: usize) -> Option<usize> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    let mut q = from;
+    while q + HEADER_BYTES <= buf.len() {
+        debug_assert!(q % RECORD_ALIGN == 0);
+        if buf[q..q + 4] == magic {
+            if let Check::Valid { .. } = format::check_at(buf, q) {
+                return Some(q);
+            }
+        }
+        q += RECORD_ALIGN;
+    }
+    None
+}
+
+/// One past the last non-zero byte in `buf[from..]`, or `from`.
+fn nonzero_end(buf: &[u8], from: usize) -> usize {
+    buf[from..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(from, |i| from + i + 1)
+}
+
+impl<S: Storage> Core<S> {
+    /// Opens the spool: recovers every segment, then starts a new head.
+    pub fn open(storage: S, cfg: SpoolConfig) -> Result<(Self, RecoveryReport), SpoolError> {
+        cfg.validate()?;
+        if let Durability::None(_) = cfg.durability {
+            log::error!(
+                "spool shard {}: durability NONE: nothing is ever synced, a crash loses \
+                 accepted mail. Benchmarks only.",
+                cfg.shard
+            );
+        }
+        let started = Instant::now();
+        let mut core = Core::empty(storage, cfg);
+        let mut report = RecoveryReport::default();
+        let mut seqs = core.storage.list_segments()?;
+        seqs.sort_unstable();
+        for &seq in &seqs {
+            let map = core.storage.open_segment(seq)?;
+            core.recover_segment(seq, map, &mut report)?;
+            core.next_seq = core.next_seq.max(seq + 1);
+        }
+        let head = core.next_seq;
+        let map = core.storage.create_segment(head, core.cfg.segment_bytes)?;
+        core.next_seq += 1;
+        core.install_segment(head, map);
+        core.head = head;
+        core.storage
+            .sync_dir_blocking()
+            .map_err(|e| SpoolError::io("syncing directory of", core.storage.describe(head), e))?;
+        // The new head's header is covered by the first group commit.
+        report.live_messages = core.index.len() as u64;
+        report.elapsed = started.elapsed();
+        log::info!(
+            "spool shard {}: recovered {} segments, {} records, {} live messages, \
+             {} quarantined, {} torn bytes truncated in {:?}",
+            core.cfg.shard,
+            report.segments,
+            report.records,
+            report.live_messages,
+            report.quarantined_records,
+            report.truncated_bytes,
+            report.elapsed
+        );
+        Ok((core, report))
+    }
+
+    fn recover_segment(&mut self, seq: u64, map: S::Segment, report: &mut RecoveryReport) -> Result<(), SpoolError> {
+        let len = map.len();
+        let map = Rc::new(map);
+        // SAFETY: nothing writes to this mapping while `buf` lives: repairs
+        // below happen after the scan, through the pointer, once `buf` is
+        // no longer used.
+        let buf = unsafe { std::slice::from_raw_parts(map.as_ptr() as *const u8, len) };
+        let mut st = SegState::new(Rc::clone(&map));
+        let mut pos = 0usize;
+        let mut repair: Option<(usize, usize)> = None;
+        report.segments += 1;
+        while pos < len {
+            match format::check_at(buf, pos) {
+                Check::Valid {
+                    kind,
+                    payload_len,
+                    total_len,
+                } => {
+                    report.records += 1;
+                    let payload = &buf[format::payload_range(pos, payload_len)];
+                    let rec = RecordRef {
+                        segment: seq,
+                        offset: pos as u32,
+                        len: total_len as u32,
+                    };
+                    if let Err(e) = self.apply(kind, payload, rec, &mut st, report) {
+                        // The checksum matched but the content does not
+                        // parse: keep it aside like any corrupt record.
+                        log::error!("spool {}: record at {pos}: {e}", self.storage.describe(seq));
+                        self.quarantine(seq, pos, &buf[pos..pos + total_len], report)?;
+                    }
+                    pos += total_len;
+                    if kind == RecordKind::SegmentEnd {
+                        break;
+                    }
+                }
+                Check::BadChecksum { total_len }
+                    if pos + total_len < len
+                        && matches!(format::check_at(buf, pos + total_len), Check::Valid { .. }) =>
+                {
+                    // Header intact and the next header validates: skip it.
+                    self.quarantine(seq, pos, &buf[pos..pos + total_len], report)?;
+                    pos += total_len;
+                }
+                Check::Zero | Check::BadChecksum { .. } | Check::Garbage => {
+                    match resync(buf, pos + RECORD_ALIGN) {
+                        Some(q) => {
+                            self.quarantine(seq, pos, &buf[pos..q], report)?;
+                            pos = q;
+                        }
+                        None => {
+                            // A torn tail (or just unwritten space).
+                            let end = nonzero_end(buf, pos);
+                            if end > pos {
+                                report.truncated_bytes += (end - pos) as u64;
+                                log::warn!(
+                                    "spool {}: truncating {} torn bytes at offset {pos}",
+                                    self.storage.describe(seq),
+                                    end - pos
+                                );
+                                repair = Some((pos, end));
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        report.bytes_scanned += pos as u64;
+        if let Some((from, to)) = repair {
+            // SAFETY: the scan is over and `buf` is dead; no slice of this
+            // segment has been handed out yet.
+            unsafe { std::ptr::write_bytes(map.as_ptr().add(from), 0, to - from) };
+            map.sync_blocking()
+                .map_err(|e| SpoolError::io("syncing repaired segment", self.storage.describe(seq), e))?;
+        }
+        // Recovered segments are never appended to again.
+        st.write_off = len;
+        st.synced_off = len;
+        self.segs.insert(seq, st);
+        Ok(())
+    }
+
+    fn quarantine(&mut self, seq: u64, pos: usize, bytes: &[u8], report: &mut RecoveryReport) -> Result<(), SpoolError> {
+        report.quarantined_records += 1;
+        report.quarantined_bytes += bytes.len() as u64;
+        let name = format!("seg-{seq:016x}-at-{pos:010}.bad");
+        log::error!(
+            "spool {}: corrupt record of {} bytes at offset {pos} quarantined as {name}",
+            self.storage.describe(seq),
+            bytes.len()
+        );
+        self.storage.quarantine(&name, bytes)
+    }
+
+    /// Applies one valid record to the state being rebuilt.
+    fn apply(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        rec: RecordRef,
+        st: &mut SegState<S::Segment>,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SpoolError> {
+        let seq = rec.segment;
+        match kind {
+            RecordKind::SegmentHeader => {
+                let h = format::parse_segment_header(payload)?;
+                if h.seq != seq {
+                    log::warn!("spool {}: header says segment {}", self.storage.describe(seq), h.seq);
+                }
+                self.next_id = self.next_id.max(h.id_floor);
+            }
+            RecordKind::SegmentEnd => {}
+            RecordKind::Message => {
+                let parts = format::parse_message(payload)?;
+                let f = parts.fixed;
+                report.message_records += 1;
+                self.next_id = self.next_id.max(f.id + 1);
+                let mut done = DoneSet::new(f.recipient_count);
+                let mut remaining = f.recipient_count;
+                for i in 0..f.recipient_count {
+                    if parts.done_mask[(i / 8) as usize] & (1 << (i % 8)) != 0 && done.insert(i) {
+                        remaining -= 1;
+                    }
+                }
+                let mut live = Live {
+                    rec,
+                    count: f.recipient_count,
+                    remaining,
+                    attempts: f.attempts,
+                    next_attempt_unix_ms: f.next_attempt_unix_ms,
+                    done,
+                };
+                if let Some(old) = self.index.remove(&f.id) {
+                    // A relocated copy supersedes the older one; merge what
+                    // was learned after it was written (nothing, in order).
+                    if old.count == live.count {
+                        for i in 0..old.count {
+                            if old.done.contains(i) && live.done.insert(i) {
+                                live.remaining -= 1;
+                            }
+                        }
+                    }
+                    if old.attempts > live.attempts {
+                        live.attempts = old.attempts;
+                        live.next_attempt_unix_ms = old.next_attempt_unix_ms;
+                    }
+                    self.release_recovered(old.rec, st);
+                    if old.rec.segment != seq {
+                        st.add_ref(old.rec.segment);
+                    }
+                }
+                if live.remaining > 0 {
+                    st.live += 1;
+                    st.live_bytes += u64::from(rec.len);
+                    self.index.insert(f.id, live);
+                }
+            }
+            RecordKind::Completion => {
+                let (id, entries) = format::parse_completion(payload)?;
+                let Some(live) = self.index.get_mut(&id) else {
+                    report.orphan_records += 1;
+                    return Ok(());
+                };
+                if live.rec.segment != seq {
+                    st.add_ref(live.rec.segment);
+                }
+                for (i, _) in entries {
+                    if i < live.count && live.done.insert(i) {
+                        live.remaining -= 1;
+                    }
+                }
+                if live.remaining == 0 {
+                    let r = live.rec;
+                    self.index.remove(&id);
+                    self.release_recovered(r, st);
+                }
+            }
+            RecordKind::Deferral => {
+                let d = format::parse_deferral(payload)?;
+                let Some(live) = self.index.get_mut(&d.id) else {
+                    report.orphan_records += 1;
+                    return Ok(());
+                };
+                if live.rec.segment != seq {
+                    st.add_ref(live.rec.segment);
+                }
+                live.attempts = d.attempts;
+                live.next_attempt_unix_ms = d.next_attempt_unix_ms;
+            }
+        }
+        Ok(())
+    }
+
+    /// Like `release_copy`, for a copy that may sit in the segment being
+    /// scanned (not yet in `segs`).
+    fn release_recovered(&mut self, r: RecordRef, st: &mut SegState<S::Segment>) {
+        let seg = if let Some(s) = self.segs.get_mut(&r.segment) {
+            s
+        } else {
+            st
+        };
+        assert!(seg.live > 0, "segment live count balances");
+        seg.live -= 1;
+        seg.live_bytes -= u64::from(r.len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_finds_the_next_record() {
+        let mut buf = vec![0u8; 256];
+        let total = format::record_len(0);
+        format::seal_record(&mut buf[96..96 + total], RecordKind::SegmentEnd, 0);
+        buf[8] = 0x55;
+        assert_eq!(resync(&buf, 0), Some(96));
+        assert_eq!(resync(&buf, 104), None);
+        assert_eq!(nonzero_end(&buf, 0), 96 + 16);
+        assert_eq!(nonzero_end(&buf, 200), 200);
+    }
+}

@@ -1,0 +1,418 @@
+//! The shard's handle on its spool: a cheap `Rc` clone shared by the
+//! listener (appends, commits) and the delivery side (bodies, completions).
+
+// std
+use std::cell::RefCell;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+// crate
+use crate::config::SpoolConfig;
+use crate::core::{Core, SyncDue};
+use crate::error::SpoolError;
+use crate::format::{self, MessageParts, NewMessage, Outcome, RecordKind};
+use crate::index::RecordRef;
+use crate::recovery::RecoveryReport;
+use crate::stats::SpoolStats;
+use crate::storage::{LocalFuture, SegmentMap, Storage};
+
+/// A message that survived recovery (or is live now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMessage {
+    /// Spool-assigned id.
+    pub id: u64,
+    /// Where its current copy is.
+    pub rec: RecordRef,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Next attempt, ms since the Unix epoch (0: now).
+    pub next_attempt_unix_ms: u64,
+    /// Indices of recipients still to deliver, ascending.
+    pub pending: Vec<u32>,
+}
+
+/// What reclamation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReclaimReport {
+    /// Segments deleted.
+    pub segments_removed: u64,
+    /// Messages copied to the head.
+    pub messages_relocated: u64,
+}
+
+/// Bytes of a record, straight from the mapping: derefs to `&[u8]`. Keeps
+/// the mapping alive even if the segment is deleted meanwhile.
+pub struct Body<M: SegmentMap> {
+    map: Rc<M>,
+    start: usize,
+    len: usize,
+}
+
+impl<M: SegmentMap> Deref for Body<M> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: built only from a checked range below the segment's write
+        // offset, which the spool never writes again; `map` keeps the
+        // mapping alive.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
+    }
+}
+
+/// A whole message record, parsed on demand.
+pub struct MessageRecord<M: SegmentMap> {
+    payload: Body<M>,
+}
+
+impl<M: SegmentMap> MessageRecord<M> {
+    /// Parses envelope and body (borrowing from the mapping).
+    pub fn parts(&self) -> Result<MessageParts<'_>, SpoolError> {
+        Ok(format::parse_message(&self.payload)?)
+    }
+}
+
+/// A per-shard spool.
+pub struct Spool<S: Storage> {
+    pub(crate) inner: Rc<RefCell<Core<S>>>,
+}
+
+impl<S: Storage> Clone for Spool<S> {
+    fn clone(&self) -> Self {
+        Spool {
+            inner: Rc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Storage> Spool<S> {
+    /// Opens (recovers) the spool in `storage`. Blocking: run it before the
+    /// shard's listener answers anything but `421 4.3.2`. With the glommio
+    /// feature, start the group-commit task with `Spool::spawn_sync_task`.
+    pub fn open(storage: S, cfg: SpoolConfig) -> Result<(Self, RecoveryReport), SpoolError> {
+        let (core, report) = Core::open(storage, cfg)?;
+        Ok((
+            Spool {
+                inner: Rc::new(RefCell::new(core)),
+            },
+            report,
+        ))
+    }
+
+    /// Appends a message (one copy, into the mapping) and assigns its id.
+    /// Never waits; it is durable once a later [`Spool::commit`] resolves.
+    pub fn append(&self, m: &NewMessage<'_>) -> Result<(u64, RecordRef), SpoolError> {
+        self.inner.borrow_mut().append(m, Instant::now())
+    }
+
+    /// A barrier: resolves once every record appended before this call is
+    /// durable, or with [`SpoolError::Poisoned`] if that can never happen.
+    pub fn commit(&self) -> Commit<S> {
+        let target = self.inner.borrow().appended_lsn;
+        Commit {
+            inner: Rc::clone(&self.inner),
+            target,
+        }
+    }
+
+    /// Records the final outcome of recipient `index` of message `id`.
+    pub fn complete(&self, id: u64, index: u32, outcome: Outcome) -> Result<(), SpoolError> {
+        self.complete_many(id, &[(index, outcome)])
+    }
+
+    /// Records final outcomes of several recipients in one record.
+    pub fn complete_many(&self, id: u64, entries: &[(u32, Outcome)]) -> Result<(), SpoolError> {
+        self.inner.borrow_mut().complete(id, entries, Instant::now())
+    }
+
+    /// Records retry state after a temporary failure, so a restart resumes
+    /// the schedule instead of retrying at once.
+    pub fn defer(&self, id: u64, attempts: u32, next_attempt_unix_ms: u64) -> Result<(), SpoolError> {
+        self.inner
+            .borrow_mut()
+            .defer(id, attempts, next_attempt_unix_ms, Instant::now())
+    }
+
+    fn payload(&self, rec: &RecordRef) -> Result<Body<S::Segment>, SpoolError> {
+        let core = self.inner.borrow();
+        let bad = || SpoolError::BadRef {
+            segment: rec.segment,
+            offset: rec.offset,
+        };
+        let seg = core.segs.get(&rec.segment).ok_or_else(bad)?;
+        let start = rec.offset as usize;
+        let end = start.checked_add(rec.len as usize).ok_or_else(bad)?;
+        if end > seg.write_off || end - start < format::HEADER_BYTES {
+            return Err(bad());
+        }
+        let header = seg.bytes(start..start + format::HEADER_BYTES);
+        if header[4] != RecordKind::Message as u8 {
+            return Err(bad());
+        }
+        let plen = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+        if format::record_len(plen) != rec.len as usize {
+            return Err(bad());
+        }
+        Ok(Body {
+            map: Rc::clone(&seg.map),
+            start: start + format::HEADER_BYTES,
+            len: plen,
+        })
+    }
+
+    /// The message's content, zero copy from the mapping.
+    pub fn body(&self, rec: &RecordRef) -> Result<Body<S::Segment>, SpoolError> {
+        let payload = self.payload(rec)?;
+        let fixed = format::message_fixed(&payload)?;
+        let skip = format::MESSAGE_FIXED_BYTES + fixed.envelope_len;
+        Ok(Body {
+            map: payload.map,
+            start: payload.start + skip,
+            len: payload.len - skip,
+        })
+    }
+
+    /// The whole message record (envelope and body).
+    pub fn message(&self, rec: &RecordRef) -> Result<MessageRecord<S::Segment>, SpoolError> {
+        Ok(MessageRecord {
+            payload: self.payload(rec)?,
+        })
+    }
+
+    /// Whether `bytes` more can be accepted now (answer `452 4.3.1` if not).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.inner.borrow().has_room(bytes)
+    }
+
+    /// Why the spool refuses appends, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.borrow().poisoned.clone()
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> SpoolStats {
+        self.inner.borrow().stats.clone()
+    }
+
+    /// Number of live messages.
+    pub fn live_count(&self) -> usize {
+        self.inner.borrow().index.len()
+    }
+
+    /// Number of segment files present.
+    pub fn segment_count(&self) -> usize {
+        self.inner.borrow().segs.len()
+    }
+
+    /// Sequence numbers of the segments present, ascending.
+    pub fn segments(&self) -> Vec<u64> {
+        self.inner.borrow().segs.keys().copied().collect()
+    }
+
+    /// Every live message, by id (the recovery iterator's source).
+    pub fn live_messages(&self) -> Vec<LiveMessage> {
+        let core = self.inner.borrow();
+        let mut v: Vec<LiveMessage> = core
+            .index
+            .iter()
+            .map(|(&id, l)| LiveMessage {
+                id,
+                rec: l.rec,
+                attempts: l.attempts,
+                next_attempt_unix_ms: l.next_attempt_unix_ms,
+                pending: (0..l.count).filter(|&i| !l.done.contains(i)).collect(),
+            })
+            .collect();
+        v.sort_unstable_by_key(|m| m.id);
+        v
+    }
+
+    /// When the group-commit task should sync next.
+    pub fn sync_due(&self, now: Instant) -> SyncDue {
+        self.inner.borrow().sync_due(now)
+    }
+
+    /// Runs one group commit now (if anything is unsynced): every fdatasync
+    /// it needs, concurrently, then releases the waiters it covers. The
+    /// group-commit task calls this; tests may call it directly.
+    pub async fn sync_now(&self) -> Result<(), SpoolError> {
+        let (job, dir_sync) = {
+            let mut core = self.inner.borrow_mut();
+            let Some(job) = core.begin_sync() else {
+                return match &core.poisoned {
+                    Some(reason) => Err(SpoolError::Poisoned {
+                        reason: reason.clone(),
+                    }),
+                    None => Ok(()),
+                };
+            };
+            let dir = job.dir.then(|| core.storage.sync_dir());
+            (job, dir)
+        };
+        let started = Instant::now();
+        let mut futs: Vec<(Option<u64>, LocalFuture<std::io::Result<()>>)> = job
+            .segs
+            .iter()
+            .map(|(seq, map, range)| (Some(*seq), map.sync_data(range.clone())))
+            .collect();
+        if let Some(d) = dir_sync {
+            futs.push((None, d));
+        }
+        // All syncs are submitted together (one poll of each), then awaited.
+        let results = JoinAll::new(futs).await;
+        let mut failure = None;
+        for (seq, r) in results {
+            if let Err(e) = r {
+                let what = match seq {
+                    Some(q) => self.inner.borrow().storage.describe(q),
+                    None => "the spool directory".to_string(),
+                };
+                failure.get_or_insert(format!("fdatasync of {what} failed: {e}"));
+            }
+        }
+        let mut core = self.inner.borrow_mut();
+        let result = match failure {
+            Some(r) => Err(r),
+            None => Ok(()),
+        };
+        core.end_sync(job, result.clone(), started.elapsed());
+        result.map_err(|reason| SpoolError::Poisoned { reason })
+    }
+
+    /// Deletes segments nobody needs and relocates the few live messages
+    /// pinning the oldest one. Background work: never on the append path.
+    pub async fn reclaim(&self) -> Result<ReclaimReport, SpoolError> {
+        let mut report = ReclaimReport::default();
+        // Bounded: each pass either removes segments or relocates the
+        // oldest one; there are finitely many segments.
+        for _ in 0..64 {
+            let candidate = self.inner.borrow().relocation_candidate();
+            if let Some(from) = candidate {
+                let r = self.inner.borrow_mut().relocate(from, Instant::now())?;
+                report.messages_relocated += r.moved.len() as u64;
+                self.sync_until(r.target_lsn).await?;
+                self.inner.borrow_mut().finish_relocation(r);
+            }
+            let gone = self.inner.borrow().deletable();
+            if gone.is_empty() {
+                if candidate.is_none() {
+                    break;
+                }
+                continue;
+            }
+            self.inner.borrow_mut().unlink(&gone)?;
+            report.segments_removed += gone.len() as u64;
+            let dir = self.inner.borrow().storage.sync_dir();
+            if let Err(e) = dir.await {
+                let reason = format!("fsync of the spool directory after removing segments failed: {e}");
+                let mut core = self.inner.borrow_mut();
+                core.poisoned = Some(reason.clone());
+                core.wake_waiters();
+                return Err(SpoolError::Poisoned { reason });
+            }
+            self.inner.borrow_mut().removing.clear();
+        }
+        Ok(report)
+    }
+
+    async fn sync_until(&self, lsn: u64) -> Result<(), SpoolError> {
+        loop {
+            if let Some(r) = self.inner.borrow().commit_state(lsn) {
+                return r;
+            }
+            if self.inner.borrow().sync_in_flight {
+                // Another task's sync covers part of it; wait for it.
+                Commit {
+                    inner: Rc::clone(&self.inner),
+                    target: lsn,
+                }
+                .await?;
+                return Ok(());
+            }
+            self.sync_now().await?;
+        }
+    }
+
+    /// Whether reclamation has something to do.
+    pub fn reclaim_wanted(&self) -> bool {
+        let core = self.inner.borrow();
+        core.relocation_candidate().is_some() || !core.deletable().is_empty()
+    }
+
+    /// Stops accepting; pending commits fail with [`SpoolError::Closed`]
+    /// unless a final sync covers them (the driver runs one).
+    pub fn close(&self) {
+        let mut core = self.inner.borrow_mut();
+        core.closed = true;
+        if let Some(w) = core.task_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The commit barrier future (see [`Spool::commit`]).
+pub struct Commit<S: Storage> {
+    inner: Rc<RefCell<Core<S>>>,
+    target: u64,
+}
+
+impl<S: Storage> Future for Commit<S> {
+    type Output = Result<(), SpoolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut core = self.inner.borrow_mut();
+        if let Some(r) = core.commit_state(self.target) {
+            return Poll::Ready(r);
+        }
+        core.waiters.push_back((self.target, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Polls several futures concurrently and returns their outputs in order.
+struct JoinAll<K, T> {
+    futs: Vec<(K, Option<LocalFuture<T>>)>,
+    done: Vec<Option<T>>,
+}
+
+impl<K: Copy + Unpin, T: Unpin> JoinAll<K, T> {
+    fn new(futs: Vec<(K, LocalFuture<T>)>) -> Self {
+        let done = futs.iter().map(|_| None).collect();
+        JoinAll {
+            futs: futs.into_iter().map(|(k, f)| (k, Some(f))).collect(),
+            done,
+        }
+    }
+}
+
+impl<K: Copy + Unpin, T: Unpin> Future for JoinAll<K, T> {
+    type Output = Vec<(K, T)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut pending = false;
+        for (i, (_, slot)) in this.futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        this.done[i] = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            return Poll::Pending;
+        }
+        let out = this
+            .futs
+            .iter()
+            .zip(this.done.iter_mut())
+            .map(|((k, _), v)| (*k, v.take().expect("every future completed")))
+            .collect();
+        Poll::Ready(out)
+    }
+}

@@ -1,0 +1,74 @@
+//! The storage seam: everything the spool asks of a file system.
+//!
+//! The spool core only sees these two traits. [`crate::fs::FsStorage`] is the
+//! real one (files, `fallocate`, `mmap`, fdatasync through io_uring);
+//! [`crate::mem::MemStorage`] is the power-loss double that keeps only synced
+//! bytes plus a torn prefix of the rest.
+
+// std
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+
+// crate
+use crate::error::SpoolError;
+
+/// A boxed single-threaded future (shards never move work across threads).
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// One mapped segment.
+///
+/// # Safety contract
+/// `as_ptr()` must point at `len()` bytes that stay mapped, readable and
+/// writable, at the same address, for as long as the value lives, and that
+/// nothing but the spool (through this pointer) modifies. The spool writes
+/// only into bytes it has not yet handed out, and hands out shared slices
+/// only of bytes it will never write again.
+pub trait SegmentMap: 'static {
+    /// Base address of the mapping.
+    fn as_ptr(&self) -> *mut u8;
+    /// Length of the mapping in bytes (the segment size).
+    fn len(&self) -> usize;
+    /// True when `len()` is zero (never, for a real segment).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes every byte written so far durable; `dirty` is the range written
+    /// since the previous successful sync (a hint: the real file syncs
+    /// everything). Completes only once the device reports completion.
+    fn sync_data(&self, dirty: Range<usize>) -> LocalFuture<io::Result<()>>;
+    /// Blocking form, used at open/recovery only.
+    fn sync_blocking(&self) -> io::Result<()>;
+}
+
+/// A shard's directory of segments.
+pub trait Storage: 'static {
+    /// The segment type.
+    type Segment: SegmentMap;
+    /// Sequence numbers of the segments present, in any order.
+    fn list_segments(&self) -> Result<Vec<u64>, SpoolError>;
+    /// Maps an existing segment.
+    fn open_segment(&self, seq: u64) -> Result<Self::Segment, SpoolError>;
+    /// Creates (exclusively), reserves `bytes` (`fallocate`) and maps a new
+    /// segment. May block; [`SpoolError::DiskFull`] when space is short.
+    fn create_segment(&self, seq: u64, bytes: usize) -> Result<Self::Segment, SpoolError>;
+    /// The same off the shard's thread where the storage can do that.
+    fn create_segment_background(
+        &self,
+        seq: u64,
+        bytes: usize,
+    ) -> LocalFuture<Result<Self::Segment, SpoolError>>;
+    /// Unlinks a segment (durable only after the next directory sync).
+    fn remove_segment(&self, seq: u64) -> Result<(), SpoolError>;
+    /// Makes creations and removals durable.
+    fn sync_dir(&self) -> LocalFuture<io::Result<()>>;
+    /// Blocking form, used at open only.
+    fn sync_dir_blocking(&self) -> io::Result<()>;
+    /// Keeps `bytes` aside under `name` (idempotent per name).
+    fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<(), SpoolError>;
+    /// Bytes free for new segments.
+    fn free_bytes(&self) -> Result<u64, SpoolError>;
+    /// A printable location of segment `seq`, for errors and logs.
+    fn describe(&self, seq: u64) -> String;
+}
