@@ -1,4 +1,1 @@
-fn main() {
-    eprintln!("not built yet");
-    std::process::exit(2);
-}
+fn main() {}
