@@ -1,2 +1,6 @@
-//! Placeholder: filled by its issue.
+//! Placeholder
 #![warn(missing_docs)]
+pub mod lease;
+pub mod limiter;
+pub mod sim;
+pub mod units;

@@ -1,0 +1,765 @@
+//! Cross-shard limits: each limit key has a home shard
+//! ([`home_shard`]); every shard keeps a [`ShardShaper`] that answers
+//! acquire calls from what it holds locally and trades shares and permits
+//! with home shards by [`Message`]s. Message bytes never cross shards: only
+//! shares, permits and limit changes do.
+//!
+//! The shaper is deterministic: it reads no clock and owns no channel. The
+//! caller feeds inbound messages with [`ShardShaper::receive`] and collects
+//! outbound ones with [`ShardShaper::poll`]; [`crate::transport`] wires that
+//! to crossbeam channels, and the property tests wire it to a simulated
+//! network with a virtual clock.
+
+mod conn;
+mod rate;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
+
+use crate::limiter::Take;
+use crate::units::{Nanos, Rate};
+use conn::ConnSlot;
+pub use rate::Lease;
+use rate::RateSlot;
+
+/// The home shard of a limit or destination key: FNV-1a (64-bit, offset
+/// basis 0xcbf29ce484222325, prime 0x100000001b3) over the key's UTF-8
+/// bytes, modulo the shard count. Stable across runs, builds and machines,
+/// so the engine routes a destination to the same shard with this function.
+pub fn home_shard(key: &str, shards: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(shards.max(1))) as u32
+}
+
+/// Tuning of the leasing protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Shortest lease granted.
+    pub lease_min: Duration,
+    /// Longest lease granted: also the bound on how long a shard with
+    /// demand can wait for a share held by another.
+    pub lease_max: Duration,
+    /// Leases are sized to carry about this many tokens at the share's rate.
+    pub tokens_per_lease: u64,
+    /// What `Wait` says while a first lease or permit is on its way.
+    pub retry_hint: Duration,
+    /// Idle permits go back to the home after this long.
+    pub permit_idle: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            lease_min: Duration::from_millis(100),
+            lease_max: Duration::from_secs(10),
+            tokens_per_lease: 512,
+            retry_hint: Duration::from_millis(1),
+            permit_idle: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A limit's value, as broadcast when backoff changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitSpec {
+    /// A message or connection rate.
+    Rate(Rate),
+    /// A maximum number of simultaneous connections.
+    Connections(u32),
+}
+
+/// What shards tell each other. Carries keys, shares and counts only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A shard asks the home for a (renewed) share of a rate limit.
+    RateRequest {
+        /// The limit key.
+        key: Box<str>,
+        /// The asking shard.
+        from: u32,
+        /// The configured limit, in case the home has not seen the key.
+        base: Rate,
+        /// Recent demand in thousandths of a token per second.
+        demand_milli: u64,
+    },
+    /// The home grants a share.
+    RateGrant {
+        /// The limit key.
+        key: Box<str>,
+        /// Version of the limit's value.
+        epoch: u64,
+        /// The limit's current value.
+        rate: Rate,
+        /// The share.
+        lease: Lease,
+    },
+    /// A shard gives up its share (it has been idle).
+    RateRelease {
+        /// The limit key.
+        key: Box<str>,
+        /// The releasing shard.
+        from: u32,
+    },
+    /// A shard asks for connection permits.
+    PermitRequest {
+        /// The limit key.
+        key: Box<str>,
+        /// The asking shard.
+        from: u32,
+        /// The configured maximum, in case the home has not seen the key.
+        base: u32,
+        /// How many it would like.
+        want: u32,
+    },
+    /// The home lends permits.
+    PermitGrant {
+        /// The limit key.
+        key: Box<str>,
+        /// Version of the limit's value.
+        epoch: u64,
+        /// The limit's current maximum.
+        max: u32,
+        /// Permits lent.
+        count: u32,
+    },
+    /// The home asks a shard to return its idle permits now (and each one
+    /// that goes idle) because other shards are waiting.
+    PermitRecall {
+        /// The limit key.
+        key: Box<str>,
+    },
+    /// A shard returns idle permits.
+    PermitReturn {
+        /// The limit key.
+        key: Box<str>,
+        /// The returning shard.
+        from: u32,
+        /// Permits returned.
+        count: u32,
+    },
+    /// A shard sets (or with `None` clears) its restriction of a limit,
+    /// e.g. because its backoff rules matched.
+    Restrict {
+        /// The limit key.
+        key: Box<str>,
+        /// The restricting shard.
+        from: u32,
+        /// The configured value, in case the home has not seen the key.
+        base: LimitSpec,
+        /// The restriction.
+        spec: Option<LimitSpec>,
+    },
+    /// The home announces a limit's new value to every participant.
+    LimitChange {
+        /// The limit key.
+        key: Box<str>,
+        /// Version of the value.
+        epoch: u64,
+        /// The value.
+        spec: LimitSpec,
+    },
+}
+
+/// A message with its destination shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The receiving shard.
+    pub to: u32,
+    /// The message.
+    pub message: Message,
+}
+
+/// A handle to a limit registered with one shard's shaper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LimitId(u32);
+
+/// The answer to a message acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquire {
+    /// Every limit gave a token; they are spent.
+    Ok,
+    /// Try again after this long; nothing was spent.
+    Wait(Duration),
+}
+
+/// A connection permit; give it back with
+/// [`ShardShaper::release_connection`] when the connection closes.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a permit must be released when its connection closes"]
+pub struct Permit {
+    limit: LimitId,
+}
+
+/// The answer to a connection acquire.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnAcquire {
+    /// Open the connection.
+    Ok(Permit),
+    /// All permits are busy; try again after this long.
+    Wait(Duration),
+    /// The limit is zero (the destination is suspended).
+    Denied,
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShaperStats {
+    /// Messages sent to other shards.
+    pub messages_sent: u64,
+    /// Messages received from other shards.
+    pub messages_received: u64,
+    /// Message tokens granted to callers.
+    pub tokens_granted: u64,
+    /// Connection permits granted to callers.
+    pub permits_granted: u64,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Rate(RateSlot),
+    Conn(ConnSlot),
+}
+
+/// One shard's shaper: its local shares and permits, plus the home ledgers
+/// of the limits whose home it is.
+#[derive(Debug)]
+pub struct ShardShaper {
+    shard: u32,
+    shards: u32,
+    config: LeaseConfig,
+    ids: HashMap<Box<str>, LimitId>,
+    slots: Vec<Slot>,
+    staged: Vec<Envelope>,
+    outbox: Vec<Envelope>,
+    wakeups: BinaryHeap<Reverse<(Nanos, u32)>>,
+    stats: ShaperStats,
+}
+
+impl ShardShaper {
+    /// The shaper of shard `shard` out of `shards`.
+    pub fn new(shard: u32, shards: u32, config: LeaseConfig) -> ShardShaper {
+        assert!(shard < shards, "shard {shard} out of {shards}");
+        ShardShaper {
+            shard,
+            shards,
+            config,
+            ids: HashMap::new(),
+            slots: Vec::new(),
+            staged: Vec::new(),
+            outbox: Vec::new(),
+            wakeups: BinaryHeap::new(),
+            stats: ShaperStats::default(),
+        }
+    }
+
+    /// This shard's index.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ShaperStats {
+        self.stats
+    }
+
+    /// Registers (or finds) a rate limit under `key`; `rate` is its
+    /// configured value.
+    pub fn rate_limit(&mut self, key: &str, rate: Rate, now: Nanos) -> LimitId {
+        if let Some(id) = self.ids.get(key) {
+            return *id;
+        }
+        let home = home_shard(key, self.shards);
+        let slot = RateSlot::new(key.into(), home, rate, self.shard, self.shards, now);
+        self.insert(key, Slot::Rate(slot))
+    }
+
+    /// Registers (or finds) a connection limit under `key`.
+    pub fn connection_limit(&mut self, key: &str, max: u32, now: Nanos) -> LimitId {
+        if let Some(id) = self.ids.get(key) {
+            return *id;
+        }
+        let home = home_shard(key, self.shards);
+        let slot = ConnSlot::new(key.into(), home, max, self.shard, self.shards, now);
+        self.insert(key, Slot::Conn(slot))
+    }
+
+    fn insert(&mut self, key: &str, slot: Slot) -> LimitId {
+        let id = LimitId(u32::try_from(self.slots.len()).expect("fewer than 2^32 limits"));
+        self.slots.push(slot);
+        self.ids.insert(key.into(), id);
+        id
+    }
+
+    /// Asks every limit in `limits` (rate limits) for one token at `now`:
+    /// all or nothing.
+    pub fn try_acquire_message(&mut self, limits: &[LimitId], now: Nanos) -> Acquire {
+        match self.try_take_all(limits, now) {
+            Ok(()) => return Acquire::Ok,
+            Err((wait, false)) => return Acquire::Wait(wait),
+            Err((_, true)) => {}
+        }
+        // Some limit has no share: ask for one. When this shard is the
+        // home, the grant arrives during `dispatch`, so look once more.
+        for id in limits {
+            self.service(id.0, now);
+        }
+        self.dispatch(now);
+        match self.try_take_all(limits, now) {
+            Ok(()) => Acquire::Ok,
+            Err((wait, missing_share)) => Acquire::Wait(if missing_share {
+                wait.max(self.config.retry_hint)
+            } else {
+                wait
+            }),
+        }
+    }
+
+    fn try_take_all(&mut self, limits: &[LimitId], now: Nanos) -> Result<(), (Duration, bool)> {
+        let mut wait = Duration::ZERO;
+        let mut missing_share = false;
+        for id in limits {
+            if let Slot::Rate(slot) = &mut self.slots[id.0 as usize] {
+                match slot.check(now) {
+                    Take::Ok => {}
+                    Take::Wait(d) => wait = wait.max(d),
+                    Take::NoShare => missing_share = true,
+                }
+            }
+        }
+        if wait.is_zero() && !missing_share {
+            for id in limits {
+                if let Slot::Rate(slot) = &mut self.slots[id.0 as usize] {
+                    slot.consume();
+                }
+            }
+            self.stats.tokens_granted += 1;
+            Ok(())
+        } else {
+            Err((wait, missing_share))
+        }
+    }
+
+    /// Asks a connection limit for a permit at `now`.
+    pub fn try_acquire_connection(&mut self, limit: LimitId, now: Nanos) -> ConnAcquire {
+        let Slot::Conn(slot) = &mut self.slots[limit.0 as usize] else {
+            return ConnAcquire::Denied;
+        };
+        slot.last_activity = now;
+        if slot.in_use < slot.held.min(slot.max) {
+            slot.in_use += 1;
+            self.stats.permits_granted += 1;
+            return ConnAcquire::Ok(Permit { limit });
+        }
+        if slot.max == 0 {
+            return ConnAcquire::Denied;
+        }
+        if !slot.requested {
+            slot.requested = true;
+            let message = Message::PermitRequest {
+                key: slot.key.clone(),
+                from: self.shard,
+                base: slot.base,
+                want: slot.want(),
+            };
+            let to = slot.home;
+            self.stage(to, message);
+            self.dispatch(now);
+        }
+        ConnAcquire::Wait(self.config.retry_hint)
+    }
+
+    /// Gives a connection permit back.
+    pub fn release_connection(&mut self, permit: Permit, now: Nanos) {
+        let id = permit.limit.0;
+        if let Slot::Conn(slot) = &mut self.slots[id as usize] {
+            assert!(slot.in_use > 0, "permit released twice");
+            slot.in_use -= 1;
+            slot.last_activity = now;
+        }
+        self.service(id, now);
+        self.dispatch(now);
+    }
+
+    /// Sets (or with `None` clears) this shard's restriction of a limit:
+    /// the home applies the most restrictive value any shard asks for and
+    /// broadcasts it.
+    pub fn restrict(&mut self, limit: LimitId, spec: Option<LimitSpec>, now: Nanos) {
+        let (key, home, base) = match &self.slots[limit.0 as usize] {
+            Slot::Rate(s) => (s.key.clone(), s.home, LimitSpec::Rate(s.base)),
+            Slot::Conn(s) => (s.key.clone(), s.home, LimitSpec::Connections(s.base)),
+        };
+        let from = self.shard;
+        self.stage(
+            home,
+            Message::Restrict {
+                key,
+                from,
+                base,
+                spec,
+            },
+        );
+        self.dispatch(now);
+    }
+
+    /// The value of a limit as this shard knows it now.
+    pub fn current(&self, limit: LimitId) -> LimitSpec {
+        match &self.slots[limit.0 as usize] {
+            Slot::Rate(s) => LimitSpec::Rate(s.bucket.rate()),
+            Slot::Conn(s) => LimitSpec::Connections(s.max),
+        }
+    }
+
+    /// Feeds one inbound message.
+    pub fn receive(&mut self, message: Message, now: Nanos) {
+        self.stats.messages_received += 1;
+        self.handle(message, now);
+        self.dispatch(now);
+    }
+
+    /// Runs due timers and returns the messages to send (drain the vector).
+    pub fn poll(&mut self, now: Nanos) -> &mut Vec<Envelope> {
+        while let Some(Reverse((at, id))) = self.wakeups.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.wakeups.pop();
+            let current = match &self.slots[id as usize] {
+                Slot::Rate(s) => s.next_wake,
+                Slot::Conn(s) => s.next_wake,
+            };
+            if current == at {
+                self.set_wake(id, Nanos::MAX);
+                self.service(id, now);
+            }
+        }
+        self.dispatch(now);
+        &mut self.outbox
+    }
+
+    /// When `poll` next has timer work to do.
+    pub fn next_wakeup(&self) -> Option<Nanos> {
+        self.wakeups.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn set_wake(&mut self, id: u32, at: Nanos) {
+        let next = match &mut self.slots[id as usize] {
+            Slot::Rate(s) => &mut s.next_wake,
+            Slot::Conn(s) => &mut s.next_wake,
+        };
+        if at != *next {
+            *next = at;
+            if at != Nanos::MAX {
+                self.wakeups.push(Reverse((at, id)));
+            }
+        }
+    }
+
+    fn stage(&mut self, to: u32, message: Message) {
+        self.staged.push(Envelope { to, message });
+    }
+
+    fn dispatch(&mut self, now: Nanos) {
+        // Messages to ourselves are handled at once; bounded because a
+        // handled message stages at most grants and broadcasts, which stage
+        // nothing further to this shard.
+        while !self.staged.is_empty() {
+            let staged = std::mem::take(&mut self.staged);
+            for envelope in staged {
+                if envelope.to == self.shard {
+                    self.handle(envelope.message, now);
+                } else {
+                    self.stats.messages_sent += 1;
+                    self.outbox.push(envelope);
+                }
+            }
+        }
+    }
+
+    /// Looks at one limit: renewals, releases, pending grants, idle permits.
+    fn service(&mut self, id: u32, now: Nanos) {
+        let (shard, shards, config) = (self.shard, self.shards, &self.config);
+        let mut out: Vec<(u32, Message)> = Vec::new();
+        let wake = match &mut self.slots[id as usize] {
+            Slot::Rate(slot) => {
+                slot.sync(now);
+                if slot.wants_request(now) {
+                    out.push((slot.home, slot.request(shard, shards, now)));
+                } else if slot.wants_release(now) {
+                    out.push((slot.home, slot.release(shard, now)));
+                }
+                if let Some(home) = &mut slot.home_state {
+                    let (epoch, rate) = (slot.epoch, home.effective);
+                    for (to, lease) in home.grant_pending(config, shard, now) {
+                        let key = slot.key.clone();
+                        out.push((
+                            to,
+                            Message::RateGrant {
+                                key,
+                                epoch,
+                                rate,
+                                lease,
+                            },
+                        ));
+                    }
+                }
+                slot.wake_time()
+            }
+            Slot::Conn(slot) => {
+                let spare = slot.idle_to_return(now, config.permit_idle);
+                if spare > 0 {
+                    out.push((slot.home, slot.give_back(shard, spare)));
+                    slot.recalled = false;
+                }
+                if slot.held > slot.in_use {
+                    slot.last_activity.add(config.permit_idle)
+                } else {
+                    Nanos::MAX
+                }
+            }
+        };
+        self.set_wake(id, if wake <= now { Nanos(now.0 + 1) } else { wake });
+        for (to, message) in out {
+            self.stage(to, message);
+        }
+    }
+
+    fn slot_for(&mut self, key: &str, base: LimitSpec, now: Nanos) -> u32 {
+        if let Some(id) = self.ids.get(key) {
+            return id.0;
+        }
+        match base {
+            LimitSpec::Rate(rate) => self.rate_limit(key, rate, now).0,
+            LimitSpec::Connections(max) => self.connection_limit(key, max, now).0,
+        }
+    }
+
+    fn handle(&mut self, message: Message, now: Nanos) {
+        match message {
+            Message::RateRequest {
+                key,
+                from,
+                base,
+                demand_milli,
+            } => {
+                let id = self.slot_for(&key, LimitSpec::Rate(base), now);
+                if let Slot::Rate(RateSlot {
+                    home_state: Some(home),
+                    ..
+                }) = &mut self.slots[id as usize]
+                {
+                    home.request(from, demand_milli, now);
+                }
+                self.service(id, now);
+            }
+            Message::RateGrant {
+                key,
+                epoch,
+                rate,
+                lease,
+            } => {
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    if let Slot::Rate(slot) = &mut self.slots[id as usize] {
+                        slot.grant(epoch, rate, lease, now);
+                    }
+                    self.service(id, now);
+                }
+            }
+            Message::RateRelease { key, from } => {
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    if let Slot::Rate(RateSlot {
+                        home_state: Some(home),
+                        ..
+                    }) = &mut self.slots[id as usize]
+                    {
+                        home.release(from, now);
+                    }
+                    self.service(id, now);
+                }
+            }
+            Message::PermitRequest {
+                key,
+                from,
+                base,
+                want,
+            } => {
+                let id = self.slot_for(&key, LimitSpec::Connections(base), now);
+                if let Slot::Conn(slot) = &mut self.slots[id as usize] {
+                    if let Some(home) = &mut slot.home_state {
+                        let grants = home.request(from, want);
+                        self.permit_grants(id, grants);
+                    }
+                }
+            }
+            Message::PermitGrant {
+                key,
+                epoch,
+                max,
+                count,
+            } => {
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    if let Slot::Conn(slot) = &mut self.slots[id as usize] {
+                        slot.held += count;
+                        slot.requested = false;
+                        // Fresh permits are for this shard's waiting demand:
+                        // they get a full idle period before going back.
+                        slot.recalled = false;
+                        slot.last_activity = now;
+                        if epoch >= slot.epoch {
+                            slot.epoch = epoch;
+                            slot.max = max;
+                        }
+                    }
+                    self.service(id, now);
+                }
+            }
+            Message::PermitRecall { key } => {
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    if let Slot::Conn(slot) = &mut self.slots[id as usize] {
+                        slot.recalled = true;
+                    }
+                    self.service(id, now);
+                }
+            }
+            Message::PermitReturn { key, from, count } => {
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    if let Slot::Conn(ConnSlot {
+                        home_state: Some(home),
+                        ..
+                    }) = &mut self.slots[id as usize]
+                    {
+                        let grants = home.returned(from, count);
+                        self.permit_grants(id, grants);
+                    }
+                }
+            }
+            Message::Restrict {
+                key,
+                from,
+                base,
+                spec,
+            } => {
+                let id = self.slot_for(&key, base, now);
+                self.restrict_at_home(id, from, spec, now);
+            }
+            Message::LimitChange { key, epoch, spec } => {
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    match (&mut self.slots[id as usize], spec) {
+                        (Slot::Rate(slot), LimitSpec::Rate(rate)) => slot.adopt(epoch, rate, now),
+                        (Slot::Conn(slot), LimitSpec::Connections(max)) if epoch >= slot.epoch => {
+                            slot.epoch = epoch;
+                            slot.max = max;
+                        }
+                        _ => {}
+                    }
+                    self.service(id, now);
+                }
+            }
+        }
+    }
+
+    fn permit_grants(&mut self, id: u32, grants: Vec<(u32, u32)>) {
+        let Slot::Conn(slot) = &self.slots[id as usize] else {
+            return;
+        };
+        let (key, epoch) = (slot.key.clone(), slot.epoch);
+        let max = slot.home_state.as_ref().map_or(slot.max, |h| h.effective);
+        let recalls = slot
+            .home_state
+            .as_ref()
+            .map(|h| h.recall_targets())
+            .unwrap_or_default();
+        for &(to, count) in &grants {
+            let key = key.clone();
+            self.stage(
+                to,
+                Message::PermitGrant {
+                    key,
+                    epoch,
+                    max,
+                    count,
+                },
+            );
+        }
+        for to in recalls {
+            if grants.iter().any(|(granted, _)| *granted == to) {
+                continue;
+            }
+            let key = key.clone();
+            self.stage(to, Message::PermitRecall { key });
+        }
+    }
+
+    fn restrict_at_home(&mut self, id: u32, from: u32, spec: Option<LimitSpec>, now: Nanos) {
+        let (key, epoch, change, participants) = match &mut self.slots[id as usize] {
+            Slot::Rate(slot) => {
+                let Some(home) = &mut slot.home_state else {
+                    return;
+                };
+                home.mark_known(from);
+                home.restrictions[from as usize] = match spec {
+                    Some(LimitSpec::Rate(rate)) => Some(rate),
+                    _ => None,
+                };
+                let Some(rate) = home.recompute(slot.base) else {
+                    return;
+                };
+                let participants: Vec<u32> = home.participants().collect();
+                slot.epoch += 1;
+                (
+                    slot.key.clone(),
+                    slot.epoch,
+                    LimitSpec::Rate(rate),
+                    participants,
+                )
+            }
+            Slot::Conn(slot) => {
+                let Some(home) = &mut slot.home_state else {
+                    return;
+                };
+                home.mark_known(from);
+                home.restrictions[from as usize] = match spec {
+                    Some(LimitSpec::Connections(max)) => Some(max),
+                    _ => None,
+                };
+                let Some(max) = home.recompute(slot.base) else {
+                    return;
+                };
+                let participants: Vec<u32> = home.participants().collect();
+                slot.epoch += 1;
+                (
+                    slot.key.clone(),
+                    slot.epoch,
+                    LimitSpec::Connections(max),
+                    participants,
+                )
+            }
+        };
+        let mut targets = participants;
+        if !targets.contains(&self.shard) {
+            targets.push(self.shard);
+        }
+        for to in targets {
+            let key = key.clone();
+            self.stage(
+                to,
+                Message::LimitChange {
+                    key,
+                    epoch,
+                    spec: change,
+                },
+            );
+        }
+        if let Slot::Conn(slot) = &mut self.slots[id as usize] {
+            if let Some(home) = &mut slot.home_state {
+                let grants = home.serve();
+                self.permit_grants(id, grants);
+            }
+        }
+        self.service(id, now);
+    }
+}
