@@ -213,6 +213,18 @@ impl<S: Storage> Core<S> {
         }
     }
 
+    /// Everything written so far was synced by `open` itself.
+    pub(crate) fn mark_synced_at_open(&mut self) {
+        for s in self.segs.values_mut() {
+            s.synced_off = s.write_off;
+        }
+        self.durable_lsn = self.appended_lsn;
+        self.unsynced_bytes = 0;
+        self.unsynced_records = 0;
+        self.oldest_unsynced = None;
+        self.dir_dirty = false;
+    }
+
     /// Bytes appended but not covered by a completed or in-flight sync.
     pub(crate) fn unsynced_bytes(&self) -> usize {
         self.unsynced_bytes

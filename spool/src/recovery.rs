@@ -14,6 +14,9 @@ use crate::format::{self, Check, RecordKind, HEADER_BYTES, RECORD_ALIGN, RECORD_
 use crate::index::{DoneSet, Live, RecordRef};
 use crate::storage::{SegmentMap, Storage};
 
+/// Message ids of one run of the spool start at a multiple of 2^this.
+pub const ID_EPOCH_BITS: u32 = 40;
+
 /// What recovery found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryReport {
@@ -94,15 +97,28 @@ impl<S: Storage> Core<S> {
             core.recover_segment(seq, map, &mut report)?;
             core.next_seq = core.next_seq.max(seq + 1);
         }
+        if !seqs.is_empty() {
+            // Ids handed out after the last sync of the previous run may
+            // have been lost with their records; start a new epoch so none
+            // is ever handed out twice (unique while a run assigns fewer
+            // than 2^ID_EPOCH_BITS ids).
+            core.next_id = (core.next_id >> ID_EPOCH_BITS).saturating_add(1) << ID_EPOCH_BITS;
+        }
         let head = core.next_seq;
         let map = core.storage.create_segment(head, core.cfg.segment_bytes)?;
         core.next_seq += 1;
         core.install_segment(head, map);
         core.head = head;
+        // Make the new head (and its id floor) durable before the first
+        // append, so the epoch above survives even a crash before any sync.
+        core.segs[&head]
+            .map
+            .sync_blocking()
+            .map_err(|e| SpoolError::io("syncing new segment", core.storage.describe(head), e))?;
         core.storage
             .sync_dir_blocking()
             .map_err(|e| SpoolError::io("syncing directory of", core.storage.describe(head), e))?;
-        // The new head's header is covered by the first group commit.
+        core.mark_synced_at_open();
         report.live_messages = core.index.len() as u64;
         report.elapsed = started.elapsed();
         log::info!(
@@ -192,9 +208,12 @@ impl<S: Storage> Core<S> {
             // SAFETY: the scan is over and `buf` is dead; no slice of this
             // segment has been handed out yet.
             unsafe { std::ptr::write_bytes(map.as_ptr().add(from), 0, to - from) };
-            map.sync_blocking()
-                .map_err(|e| SpoolError::io("syncing repaired segment", self.storage.describe(seq), e))?;
         }
+        // What recovery read may have been only in the page cache (a
+        // process crash, not a power loss): make it durable before anything
+        // is decided on it. Cheap when nothing is dirty.
+        map.sync_blocking()
+            .map_err(|e| SpoolError::io("syncing recovered segment", self.storage.describe(seq), e))?;
         // Recovered segments are never appended to again.
         st.write_off = len;
         st.synced_off = len;
