@@ -1,0 +1,159 @@
+//! The validated configuration every shard receives at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::profile::Profile;
+use crate::tls::TlsMaterial;
+
+/// Glommio io_memory per executor. The sink does no storage I/O through
+/// glommio (sockets use plain recv/send into our own buffers), so it needs
+/// little; the memlock limit on the development machines is 8 MiB for the
+/// whole process (`ulimit -l`), which the default 10 MiB would overrun.
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 512 * 1024;
+/// Largest message advertised with `SIZE` by default (RFC 1870).
+pub const SIZE_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Recipients accepted per transaction by default; RFC 5321 §4.5.3.1.8
+/// requires at least 100.
+pub const RCPT_MAX_DEFAULT: usize = 1000;
+/// Open connections per shard before new ones get `421`.
+pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: usize = 20_000;
+/// Bytes read from a socket at a time (per-connection buffer, allocated once).
+pub const READ_BYTES: usize = 64 * 1024;
+/// How often shards report counters to the reporting thread.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+
+const _: () = assert!(RCPT_MAX_DEFAULT >= 100);
+const _: () = assert!(READ_BYTES >= 1024);
+
+/// `--capture DIR` settings.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    /// Directory receiving one file per accepted message.
+    pub dir: PathBuf,
+    /// At most this many messages are captured (process-wide).
+    pub messages_max: u64,
+}
+
+/// Everything a shard needs, validated.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Address to listen on (every shard binds it with SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// CPU ids, one shard pinned to each; empty means one unpinned shard.
+    pub cores: Vec<usize>,
+    /// Name used in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Receiver profile.
+    pub profile: Profile,
+    /// Seed of the per-shard random generators (shard `i` uses `seed + i`).
+    pub seed: u64,
+    /// STARTTLS material; `None` disables STARTTLS.
+    pub tls: Option<TlsMaterial>,
+    /// `SIZE` advertised and enforced.
+    pub size_bytes_max: u64,
+    /// Recipients per transaction.
+    pub rcpt_max: usize,
+    /// Connections per shard.
+    pub connections_per_shard_max: usize,
+    /// A connection idle this long is closed with `421` (RFC 5321 §4.5.3.2.7).
+    pub idle_timeout: Duration,
+    /// How often shards report.
+    pub report_interval: Duration,
+    /// Append accepted message ids here.
+    pub record_ids: Option<PathBuf>,
+    /// Write accepted messages here.
+    pub capture: Option<Capture>,
+    /// glommio io_memory per executor.
+    pub io_memory_bytes: usize,
+    /// listen(2) backlog.
+    pub backlog: i32,
+}
+
+impl SinkConfig {
+    /// A configuration for tests and embedding: loopback, given port, one
+    /// unpinned shard, passive profile, no TLS.
+    pub fn local(port: u16) -> SinkConfig {
+        SinkConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            cores: Vec::new(),
+            hostname: "sluice-sink.invalid".into(),
+            profile: Profile::default(),
+            seed: 1,
+            tls: None,
+            size_bytes_max: SIZE_BYTES_MAX_DEFAULT,
+            rcpt_max: RCPT_MAX_DEFAULT,
+            connections_per_shard_max: CONNECTIONS_PER_SHARD_MAX_DEFAULT,
+            idle_timeout: Duration::from_secs(300),
+            report_interval: REPORT_INTERVAL,
+            record_ids: None,
+            capture: None,
+            io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
+            backlog: 1024,
+        }
+    }
+
+    /// Number of shards this configuration starts.
+    pub fn shard_count(&self) -> usize {
+        self.cores.len().max(1)
+    }
+}
+
+/// Parses `--cores`: a count `N` (the first N online CPUs) or a list
+/// `0,2,4-7`. `online` is the number of online CPUs.
+pub fn parse_cores(spec: &str, online: usize) -> Result<Vec<usize>, String> {
+    let spec = spec.trim();
+    if !spec.contains([',', '-']) {
+        let n: usize = spec
+            .parse()
+            .map_err(|_| format!("`{spec}` is neither a count nor a list like 0,2-3"))?;
+        if n == 0 || n > online {
+            return Err(format!(
+                "count {n} is not within 1..={online} (online CPUs)"
+            ));
+        }
+        return Ok((0..n).collect());
+    }
+    let mut cores = Vec::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let (a, b): (usize, usize) = match (a.trim().parse(), b.trim().parse()) {
+            (Ok(a), Ok(b)) if a <= b => (a, b),
+            _ => return Err(format!("`{part}` is not a CPU id or range like 2-5")),
+        };
+        for c in a..=b {
+            if c >= online {
+                return Err(format!("CPU {c} is not online (0..{online})"));
+            }
+            if !cores.contains(&c) {
+                cores.push(c);
+            }
+        }
+    }
+    if cores.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    Ok(cores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores() {
+        assert_eq!(parse_cores("2", 4), Ok(vec![0, 1]));
+        assert_eq!(parse_cores("1,3", 4), Ok(vec![1, 3]));
+        assert_eq!(parse_cores("0-2,1", 4), Ok(vec![0, 1, 2]));
+        assert_eq!(parse_cores("1,", 4), Ok(vec![1]));
+        assert!(parse_cores("0", 4).is_err());
+        assert!(parse_cores("5", 4).is_err());
+        assert!(parse_cores("3-1", 4).is_err());
+        assert!(parse_cores("x", 4).is_err());
+        assert!(parse_cores("2,9", 4).is_err());
+    }
+}
