@@ -101,8 +101,18 @@ impl SpoolConfig {
         }
     }
 
-    /// The largest record a segment can hold.
+    /// Bytes at the end of every segment that messages may not use: they
+    /// are kept for completions and deferrals, so deliveries can still be
+    /// recorded (and space freed) when the disk is full. 1/16 of a segment.
+    pub fn completion_reserve_bytes(&self) -> usize {
+        self.segment_bytes / 16
+    }
+
+    /// The largest message record a segment can hold.
     pub fn record_bytes_max(&self) -> usize {
-        self.segment_bytes - record_len(SEGMENT_HEADER_PAYLOAD_BYTES) - record_len(0)
+        self.segment_bytes
+            - record_len(SEGMENT_HEADER_PAYLOAD_BYTES)
+            - record_len(0)
+            - self.completion_reserve_bytes()
     }
 }

@@ -232,7 +232,11 @@ impl<S: Storage> Core<S> {
 
     /// Ensures the head has `total` bytes plus an end marker free, rotating
     /// to the spare (or a new segment) if not. Returns the head's sequence.
-    fn reserve(&mut self, total: usize, now: Instant) -> Result<u64, SpoolError> {
+    ///
+    /// Messages leave `completion_reserve_bytes()` free in every segment for
+    /// completions and deferrals, so that when the disk is full deliveries
+    /// can still be recorded (which is what frees space).
+    fn reserve(&mut self, total: usize, message: bool, now: Instant) -> Result<u64, SpoolError> {
         let max = self.cfg.record_bytes_max();
         if total > max {
             return Err(SpoolError::TooLarge {
@@ -241,8 +245,9 @@ impl<S: Storage> Core<S> {
             });
         }
         let end = format::record_len(0);
+        let keep = if message { self.cfg.completion_reserve_bytes() } else { 0 };
         let head = self.segs.get(&self.head).expect("head segment is always present");
-        if head.write_off + total + end <= head.map.len() {
+        if head.write_off + total + end + keep <= head.map.len() {
             return Ok(self.head);
         }
         let (seq, map) = match self.spare.take() {
@@ -265,7 +270,7 @@ impl<S: Storage> Core<S> {
         self.head = seq;
         self.stats.segments_created += 1;
         let head = &self.segs[&self.head];
-        assert!(head.write_off + total + end <= head.map.len(), "bounded by record_bytes_max");
+        assert!(head.write_off + total + end + keep <= head.map.len(), "bounded by record_bytes_max");
         Ok(self.head)
     }
 
@@ -275,7 +280,7 @@ impl<S: Storage> Core<S> {
         let env_len = format::envelope_len(m)?;
         let plen = format::MESSAGE_FIXED_BYTES + env_len + m.body.len();
         let total = format::record_len(plen);
-        let seq = self.reserve(total, now)?;
+        let seq = self.reserve(total, true, now)?;
         let id = self.next_id;
         self.next_id += 1;
         let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
@@ -321,7 +326,7 @@ impl<S: Storage> Core<S> {
         encode: impl FnOnce(&mut [u8]),
     ) -> Result<(), SpoolError> {
         let total = format::record_len(plen);
-        let seq = self.reserve(total, now)?;
+        let seq = self.reserve(total, false, now)?;
         let msg_seg = self.index.get(&id).map(|l| l.rec.segment);
         let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
         let rec = seg.fresh(total);
@@ -537,16 +542,17 @@ impl<S: Storage> Core<S> {
         if self.poisoned.is_some() || self.closed {
             return false;
         }
-        let end = format::record_len(0) as u64;
-        let mut reserved = self
+        let keep = (format::record_len(0) + self.cfg.completion_reserve_bytes()) as u64;
+        let head_free = self
             .segs
             .get(&self.head)
-            .map(|h| (h.map.len() - h.write_off) as u64)
+            .map(|h| ((h.map.len() - h.write_off) as u64).saturating_sub(keep))
             .unwrap_or(0);
-        if let Some((_, s)) = &self.spare {
-            reserved += s.len() as u64;
-        }
-        if bytes + end <= reserved {
+        let spare_free = match &self.spare {
+            Some((_, s)) => (s.len() as u64).saturating_sub(keep + 64),
+            None => 0,
+        };
+        if bytes <= head_free.max(spare_free) {
             return true;
         }
         match self.storage.free_bytes() {
@@ -609,7 +615,7 @@ impl<S: Storage> Core<S> {
         for id in ids {
             let old = self.index[&id].rec;
             let total = old.len as usize;
-            let seq = self.reserve(total, now)?;
+            let seq = self.reserve(total, true, now)?;
             assert_ne!(seq, from, "the head is never relocated");
             let src = Rc::clone(&self.segs[&from].map);
             let live = &self.index[&id];

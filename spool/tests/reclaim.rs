@@ -1,0 +1,183 @@
+//! Reclamation, relocation, poisoning and disk-full on the storage double
+//! (no glommio needed: its futures complete at once).
+
+use futures_lite::future::block_on;
+use sluice_spool::mem::MemStorage;
+use sluice_spool::{NewMessage, Outcome, Recipient, Spool, SpoolConfig, SpoolError};
+
+const RCPTS: [Recipient<'static>; 2] = [
+    Recipient {
+        address: b"a@example.org",
+        dsn: b"NOTIFY=DELAY",
+    },
+    Recipient {
+        address: b"b@example.org",
+        dsn: b"",
+    },
+];
+
+fn msg(body: &[u8]) -> NewMessage<'_> {
+    NewMessage {
+        sender: b"bounces@example.com",
+        dsn: b"RET=HDRS",
+        tenant: b"tenant",
+        campaign: b"spring",
+        queue: b"",
+        recipients: &RCPTS,
+        arrival_unix_ms: 1_700_000_000_000,
+        expiry_unix_ms: 1_700_400_000_000,
+        body,
+    }
+}
+
+fn cfg() -> SpoolConfig {
+    SpoolConfig {
+        segment_bytes: 64 << 10,
+        relocate_above_segments: 3,
+        relocate_live_bytes_max: 16 << 10,
+        free_bytes_reserve: 0,
+        ..SpoolConfig::default()
+    }
+}
+
+#[test]
+fn a_deferred_message_does_not_pin_old_segments() {
+    let storage = MemStorage::new();
+    let (spool, _) = Spool::open(storage.clone(), cfg()).unwrap();
+    let pinned_body = b"Subject: deferred\r\n\r\nstill trying\r\n".repeat(10);
+    let (pinned, first_ref) = spool.append(&msg(&pinned_body)).unwrap();
+    spool.complete(pinned, 0, Outcome::Delivered).unwrap();
+    spool.defer(pinned, 3, 1_700_000_900_000).unwrap();
+    let filler = vec![b'x'; 4000];
+    let mut max_segments = 0;
+    for i in 0..400 {
+        let (id, _) = spool.append(&msg(&filler)).unwrap();
+        spool
+            .complete_many(id, &[(0, Outcome::Delivered), (1, Outcome::Failed)])
+            .unwrap();
+        if i % 16 == 15 {
+            block_on(spool.sync_now()).unwrap();
+            block_on(spool.reclaim()).unwrap();
+        }
+        max_segments = max_segments.max(spool.segment_count());
+    }
+    block_on(spool.sync_now()).unwrap();
+    block_on(spool.reclaim()).unwrap();
+    let stats = spool.stats();
+    // 400 x 4 KB went through 64 KiB segments: about 25 were created and
+    // almost all deleted, although the first one held a live message.
+    assert!(stats.segments_created >= 20, "{stats:?}");
+    assert!(spool.segment_count() <= 4, "segments left: {:?}", spool.segments());
+    assert!(max_segments <= 6, "segments piled up to {max_segments}");
+    assert!(!spool.segments().contains(&first_ref.segment));
+    assert!(stats.relocated_messages >= 1, "{stats:?}");
+
+    let live = spool.live_messages();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, pinned);
+    assert_ne!(live[0].rec.segment, first_ref.segment);
+    assert_eq!(&*spool.body(&live[0].rec).unwrap(), &pinned_body[..]);
+
+    // After a power cut the relocated copy is the one recovered, with its
+    // remaining recipient and retry state; no completed message returns.
+    for seed in 1..40 {
+        let (again, report) = Spool::open(storage.crash(seed), cfg()).unwrap();
+        assert_eq!(report.quarantined_records, 0);
+        let live = again.live_messages();
+        assert_eq!(live.len(), 1, "seed {seed}: {live:?}");
+        assert_eq!(live[0].id, pinned);
+        assert_eq!(live[0].pending, vec![1]);
+        assert_eq!(live[0].attempts, 3);
+        assert_eq!(live[0].next_attempt_unix_ms, 1_700_000_900_000);
+        let parts = again.message(&live[0].rec).unwrap();
+        let parts = parts.parts().unwrap();
+        assert_eq!(parts.recipients[0].dsn, b"NOTIFY=DELAY");
+        assert_eq!(parts.body, &pinned_body[..]);
+    }
+}
+
+#[test]
+fn a_failed_sync_poisons_the_spool() {
+    let storage = MemStorage::new();
+    let (spool, _) = Spool::open(storage.clone(), cfg()).unwrap();
+    let (a, _) = spool.append(&msg(b"one")).unwrap();
+    block_on(spool.sync_now()).unwrap();
+    block_on(spool.commit()).unwrap();
+    spool.append(&msg(b"two")).unwrap();
+    let barrier = spool.commit();
+    storage.set_fail_syncs(true);
+    let err = block_on(spool.sync_now()).unwrap_err();
+    assert!(matches!(err, SpoolError::Poisoned { .. }), "{err}");
+    assert!(matches!(block_on(barrier), Err(SpoolError::Poisoned { .. })));
+    storage.set_fail_syncs(false);
+    // Never succeeds afterwards, and says why.
+    assert!(matches!(block_on(spool.commit()), Err(SpoolError::Poisoned { .. })));
+    assert!(matches!(spool.append(&msg(b"three")), Err(SpoolError::Poisoned { .. })));
+    assert!(matches!(spool.complete(a, 0, Outcome::Delivered), Err(SpoolError::Poisoned { .. })));
+    assert!(spool.poisoned().unwrap().contains("fdatasync"));
+    assert!(!spool.has_room(1));
+    assert_eq!(spool.stats().sync_failures, 1);
+}
+
+#[test]
+fn disk_full_is_typed_and_appends_resume() {
+    let storage = MemStorage::new();
+    storage.set_capacity(Some(3 * (64 << 10)));
+    let (spool, _) = Spool::open(storage.clone(), cfg()).unwrap();
+    let body = vec![b'y'; 8000];
+    let mut ids = Vec::new();
+    let err = loop {
+        match spool.append(&msg(&body)) {
+            Ok((id, _)) => ids.push(id),
+            Err(e) => break e,
+        }
+        assert!(ids.len() < 1000, "capacity never reached");
+    };
+    assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+    assert!(err.is_temporary());
+    assert!(!spool.has_room(body.len() as u64));
+    // Nothing got lost: every appended message is still readable.
+    block_on(spool.sync_now()).unwrap();
+    assert_eq!(spool.live_count(), ids.len());
+    // Space returns when delivered messages' segments are reclaimed.
+    for id in &ids {
+        spool
+            .complete_many(*id, &[(0, Outcome::Delivered), (1, Outcome::Delivered)])
+            .unwrap();
+    }
+    block_on(spool.sync_now()).unwrap();
+    let r = block_on(spool.reclaim()).unwrap();
+    assert_eq!(r.segments_removed, 2, "{r:?}");
+    assert!(spool.has_room(body.len() as u64));
+    // Two segments' worth fit again.
+    for _ in 0..10 {
+        spool.append(&msg(&body)).unwrap();
+    }
+    block_on(spool.sync_now()).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let (spool, _) = Spool::open(MemStorage::new(), cfg()).unwrap();
+    let big = vec![0u8; 70 << 10];
+    assert!(matches!(spool.append(&msg(&big)), Err(SpoolError::TooLarge { .. })));
+    let (id, rec) = spool.append(&msg(b"x")).unwrap();
+    assert!(matches!(
+        spool.complete(id, 2, Outcome::Delivered),
+        Err(SpoolError::BadRecipient { index: 2, .. })
+    ));
+    assert!(matches!(
+        spool.complete(id + 1, 0, Outcome::Delivered),
+        Err(SpoolError::UnknownMessage { .. })
+    ));
+    let mut bad = rec;
+    bad.offset += 8;
+    assert!(matches!(spool.body(&bad), Err(SpoolError::BadRef { .. })));
+    bad = rec;
+    bad.segment += 100;
+    assert!(matches!(spool.body(&bad), Err(SpoolError::BadRef { .. })));
+    let none: [Recipient<'_>; 0] = [];
+    let mut m = msg(b"x");
+    m.recipients = &none;
+    assert!(matches!(spool.append(&m), Err(SpoolError::Format(_))));
+}
