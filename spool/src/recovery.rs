@@ -195,6 +195,10 @@ impl<S: Storage> Core<S> {
                                     self.storage.describe(seq),
                                     end - pos
                                 );
+                                // Keep the bytes for forensics; they count
+                                // as truncated, not as corrupt records.
+                                let name = format!("seg-{seq:016x}-at-{pos:010}-tail.bad");
+                                self.storage.quarantine(&name, &buf[pos..end])?;
                                 repair = Some((pos, end));
                             }
                             break;
