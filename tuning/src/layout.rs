@@ -167,8 +167,9 @@ impl Layout {
             && self.sink_cpus == other.sink_cpus
     }
 
-    /// A configuration snippet to paste: the engine's `cores` list and where
-    /// its helper threads, the sink and the harness go.
+    /// A configuration snippet to paste into the engine's config: its
+    /// `cores` list, with comments saying where its helper threads, the sink
+    /// and the harness go.
     pub fn config_snippet(&self) -> String {
         let list = |cpus: &[u32]| {
             cpus.iter()
@@ -186,21 +187,41 @@ impl Layout {
             self.physical_cores,
             list(&self.nodes)
         );
-        let _ = writeln!(out, "shards = {}", self.shard_cpus.len());
+        // The engine's config key: one shard per listed CPU, in shard order.
         let _ = writeln!(out, "cores = [{}]", list(&self.shard_cpus));
-        let _ = writeln!(out, "helper_cores = [{}]", list(&self.spare_cpus));
+        if self.spare_cpus.is_empty() {
+            let _ = writeln!(out, "# no spare CPU: engine helper threads float");
+        } else {
+            let _ = writeln!(
+                out,
+                "# pin engine helper threads (logging, admin) to CPUs {}",
+                format_cpu_list(&self.spare_cpus)
+            );
+        }
+        // The sink takes a CPU list; the harness takes an executor count and
+        // inherits its CPU set from taskset.
         let _ = writeln!(out, "# bench on the same machine:");
         let _ = writeln!(
             out,
             "#   sluice-sink --cores {}",
-            format_cpu_list(&self.sink_cpus)
+            cpu_list_arg(&self.sink_cpus)
         );
         let _ = writeln!(
             out,
-            "#   sluice-bench --cores {}",
-            format_cpu_list(&self.harness_cpus)
+            "#   taskset -c {} sluice-bench --cores {}",
+            format_cpu_list(&self.harness_cpus),
+            self.harness_cpus.len()
         );
         out
+    }
+}
+
+/// A CPU list for `--cores` options that read a bare number as a count: a
+/// single CPU is written as a range (`4-4`).
+pub fn cpu_list_arg(cpus: &[u32]) -> String {
+    match cpus {
+        [one] => format!("{one}-{one}"),
+        _ => format_cpu_list(cpus),
     }
 }
 
@@ -314,12 +335,21 @@ pub fn all_layouts(
     out
 }
 
-/// The layouts worth measuring: every possible one, minus those placing
-/// everything on the same CPUs as one listed earlier (on a machine without
-/// SMT or NUMA the three pinnings often coincide).
-pub fn distinct_layouts(topology: &Topology, request: &LayoutRequest) -> Vec<Layout> {
+/// The layouts worth measuring among `pinnings` × `helpers`: every possible
+/// one, minus those placing everything on the same CPUs as one listed
+/// earlier (on a machine without SMT or NUMA the three pinnings often
+/// coincide).
+pub fn distinct_layouts(
+    topology: &Topology,
+    request: &LayoutRequest,
+    pinnings: &[Pinning],
+    helpers: &[HelperPlacement],
+) -> Vec<Layout> {
     let mut out: Vec<Layout> = Vec::new();
-    for (_, _, result) in all_layouts(topology, request) {
+    for (pinning, placement, result) in all_layouts(topology, request) {
+        if !pinnings.contains(&pinning) || !helpers.contains(&placement) {
+            continue;
+        }
         if let Ok(candidate) = result {
             if !out.iter().any(|seen| seen.same_cpus(&candidate)) {
                 out.push(candidate);

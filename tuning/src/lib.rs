@@ -23,18 +23,25 @@
 //! two syscalls, so inspection works where glommio itself would refuse to
 //! start, which is exactly when it is needed.
 //!
-//! The `sweep` subcommand (running the harness against the engine and sink
-//! over these layouts) is built on [`layout::distinct_layouts`] once the
-//! engine and harness binaries exist.
+//! [`sweep`] plans a layout sweep (shard counts, pinnings, placements, commit
+//! windows, repetitions), reads `sluice-bench --json` reports, takes medians,
+//! picks the best point and writes its config snippet; [`plot`] draws
+//! throughput and p99 against shard count; [`affinity`] confines threads and
+//! child processes to CPU sets. The `sweep` subcommand that starts sink,
+//! engine and harness for each point is wired on these once the engine
+//! binary exists.
 
 #![warn(missing_docs)]
 
+pub mod affinity;
 pub mod findings;
 pub mod inspect;
 pub mod layout;
 pub mod limits;
 pub mod nic;
+pub mod plot;
 pub mod storage;
+pub mod sweep;
 pub mod sysfs;
 pub mod topology;
 pub mod uring;

@@ -113,7 +113,7 @@ fn sixteen_cpus_two_nodes() {
     assert!(compact.config_snippet().contains("cores = [0, 1, 2, 3]\n"));
     assert!(compact
         .config_snippet()
-        .contains("#   sluice-sink --cores 4\n"));
+        .contains("#   sluice-sink --cores 4-4\n"));
 
     let spread = layout(
         &t,
@@ -268,12 +268,22 @@ fn distinct_layouts_drop_duplicates() {
         write(&format!("{base}/thread_siblings_list"), &cpu.to_string());
     }
     let t = Topology::read(&SysRoot::new(dir.path())).expect("topology");
-    let one = distinct_layouts(&t, &LayoutRequest::new(1));
+    let one = distinct_layouts(
+        &t,
+        &LayoutRequest::new(1),
+        &Pinning::ALL,
+        &HelperPlacement::ALL,
+    );
     assert_eq!(
         one.iter().map(|l| l.name()).collect::<Vec<_>>(),
         vec!["compact/separate", "compact/shared"]
     );
-    let two = distinct_layouts(&t, &LayoutRequest::new(2));
+    let two = distinct_layouts(
+        &t,
+        &LayoutRequest::new(2),
+        &Pinning::ALL,
+        &HelperPlacement::ALL,
+    );
     assert_eq!(
         two.iter().map(|l| l.name()).collect::<Vec<_>>(),
         vec!["compact/shared"]
@@ -281,7 +291,13 @@ fn distinct_layouts_drop_duplicates() {
 
     // On the 16-CPU fixture the pinnings differ and all six survive.
     assert_eq!(
-        distinct_layouts(&read("cpu16"), &LayoutRequest::new(4)).len(),
+        distinct_layouts(
+            &read("cpu16"),
+            &LayoutRequest::new(4),
+            &Pinning::ALL,
+            &HelperPlacement::ALL
+        )
+        .len(),
         6
     );
 }
