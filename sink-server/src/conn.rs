@@ -322,10 +322,7 @@ impl Conn {
 fn count_replies(shard: &Shard, out: &[u8]) {
     let mut stats = shard.stats.borrow_mut();
     for line in out.split(|&b| b == b'\n') {
-        let last = match line {
-            [_, _, _, b' ', ..] | [_, _, _, b'\r'] | [_, _, _] => true,
-            _ => false,
-        };
+        let last = matches!(line, [_, _, _, b' ', ..] | [_, _, _, b'\r'] | [_, _, _]);
         if !last {
             continue;
         }
