@@ -12,7 +12,9 @@ use sluice_tune::inspect::{inspect, render_text, InspectOptions};
 use sluice_tune::layout::{
     all_layouts, shard_cpus, HelperPlacement, Layout, LayoutRequest, Pinning,
 };
-use sluice_tune::storage::{StorageOptions, WRITE_BYTES_CEILING};
+use sluice_tune::storage::{
+    measure_parallel_fdatasync, StorageOptions, SYNC_WRITERS_MAX, WRITE_BYTES_CEILING,
+};
 use sluice_tune::sysfs::SysRoot;
 use sluice_tune::topology::Topology;
 
@@ -36,6 +38,35 @@ enum Command {
     /// Print shard pinnings (compact, spread, numa-local) with harness and
     /// sink placement (separate or shared) and a config snippet for each.
     Layouts(LayoutArgs),
+    /// Measure how fdatasync throughput and latency change as more writers
+    /// (one per shard, each syncing its own file) sync concurrently in the
+    /// spool directory: the group-commit cost of adding shards.
+    SyncScaling(SyncScalingArgs),
+}
+
+#[derive(Args, Debug)]
+struct SyncScalingArgs {
+    /// Directory to measure in (the spool's filesystem). Scratch files are
+    /// created there and removed.
+    #[arg(long, value_name = "DIR")]
+    spool: PathBuf,
+    /// Writer counts to measure, comma-separated.
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        default_value = "1,2,4,8"
+    )]
+    writers: Vec<usize>,
+    /// Write+fdatasync rounds per writer at most.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    rounds: usize,
+    /// Time limit per writer count, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    seconds: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +131,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => run_inspect(args),
         Command::Layouts(args) => run_layouts(args),
+        Command::SyncScaling(args) => run_sync_scaling(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,6 +267,59 @@ fn run_layouts(args: LayoutArgs) -> Result<()> {
             (None, Some(error)) => println!("{}: not possible: {error}", entry.name),
             (None, None) => {}
         }
+    }
+    Ok(())
+}
+
+fn run_sync_scaling(args: SyncScalingArgs) -> Result<()> {
+    if args.writers.iter().any(|&w| w == 0 || w > SYNC_WRITERS_MAX) {
+        bail!("--writers: each count must be within 1..={SYNC_WRITERS_MAX}");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if !args.spool.is_dir() {
+        bail!(
+            "--spool {}: not a directory; create it first",
+            args.spool.display()
+        );
+    }
+    let options = StorageOptions {
+        sync_count: args.rounds,
+        sync_time_max: Duration::from_secs(args.seconds),
+        ..StorageOptions::default()
+    };
+    let mut results = Vec::new();
+    if !args.json {
+        println!(
+            "fdatasync after a 4 KiB write, each writer its own file, in {}",
+            args.spool.display()
+        );
+        println!(
+            "{:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "writers", "syncs/s", "median us", "p99 us", "max us", "rounds"
+        );
+    }
+    for &writers in &args.writers {
+        let result =
+            measure_parallel_fdatasync(&args.spool, writers, &options).with_context(|| {
+                format!("measuring {writers} writer(s) in {}", args.spool.display())
+            })?;
+        if !args.json {
+            println!(
+                "{:>8} {:>10.0} {:>10} {:>10} {:>10} {:>8}",
+                result.writers,
+                result.syncs_per_s,
+                result.latency.median_us,
+                result.latency.p99_us,
+                result.latency.max_us,
+                result.latency.count
+            );
+        }
+        results.push(result);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
 }

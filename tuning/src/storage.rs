@@ -15,6 +15,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -260,18 +261,34 @@ pub fn probe_fallocate(dir: &Path) -> io::Result<()> {
 /// `sync_time_max`, in a file reserved with fallocate when the filesystem
 /// allows it.
 pub fn measure_fdatasync(dir: &Path, options: &StorageOptions) -> io::Result<SyncLatency> {
-    if options.sync_count == 0 || options.sync_write_bytes == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "nothing to measure",
-        ));
+    check_sync_options(options)?;
+    Ok(summarize(sync_rounds(dir, options, None)?))
+}
+
+/// The write+fdatasync rounds of one writer, as latency samples in
+/// microseconds. With `start`, the writer waits there first so several
+/// writers begin together.
+fn sync_rounds(
+    dir: &Path,
+    options: &StorageOptions,
+    start: Option<&Barrier>,
+) -> io::Result<Vec<u64>> {
+    let setup = || -> io::Result<Scratch> {
+        let scratch = Scratch::create(dir, "sync", false)?;
+        let total = (options.sync_count as u64).saturating_mul(options.sync_write_bytes as u64);
+        // Without fallocate every write also extends the file; that is what
+        // the spool would suffer on such a filesystem too, so measure anyway.
+        let _ = fallocate(&scratch.file, total);
+        scratch.file.sync_all()?;
+        Ok(scratch)
+    };
+    let scratch = setup();
+    // Reach the barrier even when setup failed, so the other writers and
+    // the timing thread are never left waiting.
+    if let Some(barrier) = start {
+        barrier.wait();
     }
-    let scratch = Scratch::create(dir, "sync", false)?;
-    let total = (options.sync_count as u64).saturating_mul(options.sync_write_bytes as u64);
-    // Without fallocate every write also extends the file; that is what the
-    // spool would suffer on such a filesystem too, so measure it anyway.
-    let _ = fallocate(&scratch.file, total);
-    scratch.file.sync_all()?;
+    let scratch = scratch?;
     let record = vec![0x5a_u8; options.sync_write_bytes];
     let mut samples_us = Vec::with_capacity(options.sync_count);
     let started = Instant::now();
@@ -285,7 +302,75 @@ pub fn measure_fdatasync(dir: &Path, options: &StorageOptions) -> io::Result<Syn
             break;
         }
     }
-    Ok(summarize(samples_us))
+    Ok(samples_us)
+}
+
+fn check_sync_options(options: &StorageOptions) -> io::Result<()> {
+    if options.sync_count == 0 || options.sync_write_bytes == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "nothing to measure",
+        ));
+    }
+    Ok(())
+}
+
+/// Upper bound on concurrent sync writers (one thread each).
+pub const SYNC_WRITERS_MAX: usize = 256;
+
+/// What `writers` concurrent write+fdatasync loops achieved together: how
+/// group commit scales when every shard syncs its own segment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParallelSync {
+    /// Concurrent writers (shards).
+    pub writers: usize,
+    /// Syncs completed by all writers together per second of wall time.
+    pub syncs_per_s: f64,
+    /// Latency over every round of every writer.
+    pub latency: SyncLatency,
+}
+
+/// Runs `writers` threads, each appending and fdatasyncing its own file in
+/// `dir` as [`measure_fdatasync`] does, all starting together.
+pub fn measure_parallel_fdatasync(
+    dir: &Path,
+    writers: usize,
+    options: &StorageOptions,
+) -> io::Result<ParallelSync> {
+    if writers == 0 || writers > SYNC_WRITERS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("writers must be within 1..={SYNC_WRITERS_MAX}"),
+        ));
+    }
+    check_sync_options(options)?;
+    // Every writer plus this thread, which starts the clock.
+    let barrier = Barrier::new(writers + 1);
+    let (results, seconds) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| scope.spawn(|| sync_rounds(dir, options, Some(&barrier))))
+            .collect();
+        // Every writer reaches the barrier, even after a failed setup.
+        barrier.wait();
+        let started = Instant::now();
+        let results: Vec<io::Result<Vec<u64>>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("sync writer panicked")))
+            })
+            .collect();
+        (results, started.elapsed().as_secs_f64().max(1e-9))
+    });
+    let mut samples_us = Vec::new();
+    for result in results {
+        samples_us.extend(result?);
+    }
+    Ok(ParallelSync {
+        writers,
+        syncs_per_s: samples_us.len() as f64 / seconds,
+        latency: summarize(samples_us),
+    })
 }
 
 /// Median, p99 and max of latency samples (microseconds). `samples_us` must

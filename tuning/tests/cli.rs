@@ -298,3 +298,53 @@ fn layouts_on_fixtures_and_this_machine() {
     );
     assert!(stdout(&here).contains("cores = ["));
 }
+
+#[test]
+fn sync_scaling_measures_each_writer_count() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let path = spool.path().to_str().expect("utf-8 temp path");
+    let output = run(&[
+        "sync-scaling",
+        "--spool",
+        path,
+        "--writers",
+        "1,3",
+        "--rounds",
+        "5",
+        "--seconds",
+        "2",
+        "--json",
+    ]);
+    let results = json(&output);
+    let results = results.as_array().expect("array");
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1]["writers"], 3);
+    let rounds = results[1]["latency"]["count"].as_u64().expect("count");
+    assert!(
+        (3..=15).contains(&rounds),
+        "3 writers x at most 5 rounds: {rounds}"
+    );
+    assert!(results[0]["syncs_per_s"].as_f64().is_some_and(|r| r > 0.0));
+    assert_eq!(std::fs::read_dir(spool.path()).expect("read").count(), 0);
+
+    let text = run(&[
+        "sync-scaling",
+        "--spool",
+        path,
+        "--writers",
+        "2",
+        "--rounds",
+        "3",
+    ]);
+    assert!(text.status.success());
+    assert!(stdout(&text).contains("syncs/s"));
+    assert_eq!(
+        run(&["sync-scaling", "--spool", path, "--writers", "0"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let missing = spool.path().join("missing");
+    let missing = run(&["sync-scaling", "--spool", missing.to_str().expect("utf-8")]);
+    assert_eq!(missing.status.code(), Some(1));
+}

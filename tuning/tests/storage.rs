@@ -87,3 +87,19 @@ fn inspect_dir_fills_every_field_or_says_why() {
     assert!(report.sync.is_none() && report.sync_error.is_some());
     assert!(report.write.is_none() && report.write_error.is_some());
 }
+
+#[test]
+fn parallel_writers_sync_together() {
+    use sluice_tune::storage::measure_parallel_fdatasync;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let result = measure_parallel_fdatasync(dir.path(), 4, &small()).expect("measure");
+    assert_eq!(result.writers, 4);
+    assert!((4..=64).contains(&result.latency.count));
+    assert!(result.syncs_per_s > 0.0);
+    assert_eq!(entries(dir.path()), 0);
+    assert!(measure_parallel_fdatasync(dir.path(), 0, &small()).is_err());
+    // Writers that cannot create their files fail cleanly instead of
+    // leaving the others waiting at the start line.
+    let missing = dir.path().join("missing");
+    assert!(measure_parallel_fdatasync(&missing, 3, &small()).is_err());
+}
