@@ -214,7 +214,7 @@ fn first_acquire_on_the_home_shard_succeeds_at_once() {
     let mut net = SimNetwork::new(4, config(), Duration::ZERO, 1);
     let rate = Rate::new(10, Duration::from_secs(1));
     let key = "domain:example.com";
-    let home = sluice_shaping::lease::home_shard(key, 4) as usize;
+    let home = sluice_shaping::lease::limit_home(key, 4) as usize;
     let id = net.shapers[home].rate_limit(key, rate, Nanos(0));
     for _ in 0..10 {
         assert_eq!(

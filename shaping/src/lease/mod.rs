@@ -36,6 +36,21 @@ pub fn home_shard(key: &str, shards: u32) -> u32 {
     (hash % u64::from(shards.max(1))) as u32
 }
 
+/// The home shard of a limit key `SCOPE/FIELD`: [`home_shard`] of its
+/// scope, so every limit of one domain (`domain:example.com/...`) lives on
+/// the shard that owns the domain ([`domain_shard`]) and costs no messages.
+pub fn limit_home(key: &str, shards: u32) -> u32 {
+    let scope = key.split_once('/').map_or(key, |(scope, _)| scope);
+    home_shard(scope, shards)
+}
+
+/// The shard that owns a destination domain: [`home_shard`] of
+/// `domain:<lower-case domain>`. The engine routes queues with this.
+pub fn domain_shard(domain: &str, shards: u32) -> u32 {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    home_shard(&format!("domain:{domain}"), shards)
+}
+
 /// Tuning of the leasing protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -273,7 +288,7 @@ impl ShardShaper {
         if let Some(id) = self.ids.get(key) {
             return *id;
         }
-        let home = home_shard(key, self.shards);
+        let home = limit_home(key, self.shards);
         let slot = RateSlot::new(key.into(), home, rate, self.shard, self.shards, now);
         self.insert(key, Slot::Rate(slot))
     }
@@ -283,7 +298,7 @@ impl ShardShaper {
         if let Some(id) = self.ids.get(key) {
             return *id;
         }
-        let home = home_shard(key, self.shards);
+        let home = limit_home(key, self.shards);
         let slot = ConnSlot::new(key.into(), home, max, self.shard, self.shards, now);
         self.insert(key, Slot::Conn(slot))
     }

@@ -1,0 +1,258 @@
+//! The per-shard facade the engine uses: rules cache + queue modes +
+//! [`ShardShaper`].
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::backoff::{BackoffAction, Mode, Outcome, QueueMode, Verdict};
+use crate::config::{EffectiveRule, RuleCache, Rules};
+use crate::lease::{
+    Acquire, ConnAcquire, Envelope, LeaseConfig, LimitId, LimitSpec, Message, Permit, ShardShaper,
+};
+use crate::units::{Nanos, Rate};
+
+/// Cached effective rules per shard at most.
+const RULE_CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// The base of a site rate limit that exists only so backoff can restrict
+/// it: far above anything one machine sends.
+const UNRESTRICTED: Rate = Rate {
+    count: 10_000_000,
+    period: Duration::from_secs(1),
+    burst: 10_000_000,
+};
+
+/// A destination (domain, MX set, source) resolved to its rule and the
+/// limits it draws on.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// The effective rule.
+    pub rule: Rc<EffectiveRule>,
+    message_limits: Vec<LimitId>,
+    site_rate: Option<LimitId>,
+    connections: LimitId,
+    connection_rate: Option<LimitId>,
+}
+
+#[derive(Debug)]
+struct SiteMode {
+    mode: QueueMode,
+    site_rate: Option<LimitId>,
+    connections: LimitId,
+}
+
+/// One shard's shaping state.
+#[derive(Debug)]
+pub struct Shaper {
+    cache: RuleCache,
+    lease: ShardShaper,
+    modes: HashMap<String, SiteMode>,
+}
+
+impl Shaper {
+    /// Shard `shard` of `shards`, with its own copy of the validated rules.
+    pub fn new(shard: u32, shards: u32, rules: Rules, lease: LeaseConfig) -> Shaper {
+        Shaper {
+            cache: RuleCache::new(rules, RULE_CACHE_ENTRIES_MAX),
+            lease: ShardShaper::new(shard, shards, lease),
+            modes: HashMap::new(),
+        }
+    }
+
+    /// Resolves a destination: its rule (cached) and its limits, registered
+    /// with this shard's shaper. `unix_now_s` is wall-clock time, used only
+    /// for the source's warm-up age.
+    pub fn destination(
+        &mut self,
+        domain: &str,
+        mx_hosts: &[&str],
+        source: Option<&str>,
+        unix_now_s: u64,
+        now: Nanos,
+    ) -> Destination {
+        let rule = self.cache.effective(domain, mx_hosts, source);
+        let mut message_limits = Vec::with_capacity(3);
+        let needs_site_rate = rule.backoff.iter().any(|r| {
+            matches!(
+                r.action,
+                BackoffAction::Backoff {
+                    max_message_rate: Some(_),
+                    ..
+                } | BackoffAction::Backoff { aimd: Some(_), .. }
+            )
+        });
+        let site_rate = match &rule.max_message_rate {
+            Some(limit) => Some(self.lease.rate_limit(&limit.key, limit.value, now)),
+            None if needs_site_rate => {
+                let key = format!("{}/max_message_rate", rule.site);
+                Some(self.lease.rate_limit(&key, UNRESTRICTED, now))
+            }
+            None => None,
+        };
+        message_limits.extend(site_rate);
+        let rules = self.cache.rules();
+        let source_limit = source
+            .and_then(|s| rules.sources.get(s))
+            .and_then(|s| s.rate_at(unix_now_s));
+        let pool_limit = rule
+            .pool
+            .as_ref()
+            .and_then(|p| rules.pools.get(p))
+            .and_then(|p| p.limit());
+        for limit in source_limit.into_iter().chain(pool_limit) {
+            // The value is part of the key: a warm-up step is a new limit.
+            let key = format!("{}#{}", limit.key, limit.value);
+            message_limits.push(self.lease.rate_limit(&key, limit.value, now));
+        }
+        let connections =
+            self.lease
+                .connection_limit(&rule.max_connections.key, rule.max_connections.value, now);
+        let connection_rate = rule
+            .max_connection_rate
+            .as_ref()
+            .map(|l| self.lease.rate_limit(&l.key, l.value, now));
+        Destination {
+            rule,
+            message_limits,
+            site_rate,
+            connections,
+            connection_rate,
+        }
+    }
+
+    /// May one message go to `destination` now?
+    pub fn try_acquire_message(&mut self, destination: &Destination, now: Nanos) -> Acquire {
+        self.lease
+            .try_acquire_message(&destination.message_limits, now)
+    }
+
+    /// May a new connection open to `destination` now?
+    pub fn try_acquire_connection(&mut self, destination: &Destination, now: Nanos) -> ConnAcquire {
+        let permit = match self
+            .lease
+            .try_acquire_connection(destination.connections, now)
+        {
+            ConnAcquire::Ok(permit) => permit,
+            other => return other,
+        };
+        if let Some(rate) = destination.connection_rate {
+            if let Acquire::Wait(wait) = self.lease.try_acquire_message(&[rate], now) {
+                self.lease.release_connection(permit, now);
+                return ConnAcquire::Wait(wait);
+            }
+        }
+        ConnAcquire::Ok(permit)
+    }
+
+    /// A connection closed.
+    pub fn release_connection(&mut self, permit: Permit, now: Nanos) {
+        self.lease.release_connection(permit, now);
+    }
+
+    /// Feeds one delivery outcome; a mode change restricts (or frees) the
+    /// destination's limits on every shard.
+    pub fn feed_outcome(
+        &mut self,
+        destination: &Destination,
+        outcome: &Outcome<'_>,
+        now: Nanos,
+    ) -> Verdict {
+        let rule = &destination.rule;
+        let site = self
+            .modes
+            .entry(rule.site.clone())
+            .or_insert_with(|| SiteMode {
+                mode: QueueMode::new(rule.max_message_rate.as_ref().map(|l| l.value)),
+                site_rate: destination.site_rate,
+                connections: destination.connections,
+            });
+        let verdict = site.mode.on_outcome(now, outcome, &rule.backoff);
+        if let Some(change) = &verdict.change {
+            let (rate, connections) = (site.site_rate, site.connections);
+            let (message_rate, max_connections) = (change.message_rate(), change.max_connections());
+            self.restrict(rate, connections, message_rate, max_connections, now);
+        }
+        verdict
+    }
+
+    fn restrict(
+        &mut self,
+        rate: Option<LimitId>,
+        connections: LimitId,
+        message_rate: Option<Rate>,
+        max_connections: Option<u32>,
+        now: Nanos,
+    ) {
+        if let Some(rate) = rate {
+            self.lease
+                .restrict(rate, message_rate.map(LimitSpec::Rate), now);
+        }
+        self.lease.restrict(
+            connections,
+            max_connections.map(LimitSpec::Connections),
+            now,
+        );
+    }
+
+    /// The mode of a destination's queue on this shard.
+    pub fn mode(&self, destination: &Destination) -> Mode {
+        self.modes
+            .get(&destination.rule.site)
+            .map_or(Mode::Normal, |s| s.mode.mode().clone())
+    }
+
+    /// The retry delay in force for deferred messages while backing off, if
+    /// the backoff rule set one (else use the rule's `retry_after`).
+    pub fn backoff_retry_after(&self, destination: &Destination) -> Option<Duration> {
+        match self.mode(destination) {
+            Mode::Backoff { retry_after, .. } => retry_after,
+            _ => None,
+        }
+    }
+
+    /// Feeds a message from another shard.
+    pub fn receive(&mut self, message: Message, now: Nanos) {
+        self.lease.receive(message, now);
+    }
+
+    /// Runs due timers (mode recoveries, lease renewals) and returns the
+    /// messages to send; drain the vector.
+    pub fn poll(&mut self, now: Nanos) -> &mut Vec<Envelope> {
+        let mut changes = Vec::new();
+        for site in self.modes.values_mut() {
+            if let Some(change) = site.mode.poll(now) {
+                changes.push((site.site_rate, site.connections, change));
+            }
+        }
+        for (rate, connections, change) in changes {
+            self.restrict(
+                rate,
+                connections,
+                change.message_rate(),
+                change.max_connections(),
+                now,
+            );
+        }
+        self.lease.poll(now)
+    }
+
+    /// When `poll` next has timer work.
+    pub fn next_wakeup(&self) -> Option<Nanos> {
+        let modes = self.modes.values().filter_map(|s| s.mode.deadline()).min();
+        match (modes, self.lease.next_wakeup()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The leasing layer (for its counters).
+    pub fn lease(&self) -> &ShardShaper {
+        &self.lease
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &Rules {
+        self.cache.rules()
+    }
+}
