@@ -30,9 +30,13 @@
 //!   (dot-stuffing from borrowed slices).
 //! - [`server`]: the server session (pipelining, deferred in-order replies,
 //!   BDAT, STARTTLS, AUTH hand-off).
+//! - [`client`]: reply parser, EHLO capabilities, command encoders and the
+//!   client session (pipelined transactions back to back, BDAT, STARTTLS,
+//!   per-recipient outcomes).
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod extensions;
