@@ -1,10 +1,64 @@
 //! `sluice-bench`: an SMTP load generator and latency meter for any MTA.
 //!
-//! (Crate docs are completed below, in the module overview.)
+//! It injects generated messages into an SMTP server (Sluice, a peer MTA or
+//! a sink) over many connections spread across glommio executors, one per
+//! core, and measures what the server did: messages accepted per second,
+//! per-message injection latency in HdrHistograms, errors by reply code,
+//! connection failures, and optionally the CPU time of the server's processes
+//! and what a `sluice-sink` downstream received. It never implements SMTP
+//! itself: every byte on the wire is decided by `sluice_smtp`'s
+//! `ClientSession` (pipelining whole transactions back to back, BDAT,
+//! STARTTLS); this crate only moves bytes, generates messages and counts.
+//! It never reaches beyond the target it is given: generated domains end in
+//! `.invalid`.
+//!
+//! # The load
+//! A run sends `--messages N` (or runs for `--duration`) over `--connections
+//! C`. Connection slot `i` sends message indices `i, i + C, ...`
+//! ([`schedule`]), so the batch is split exactly and message `n` is the same
+//! message whatever C is: its size, sender and recipients depend only on
+//! `--seed` and `n` ([`message`]). Messages carry `X-Sluice-Id: <run>-<n>`,
+//! a unique `Message-ID` and `X-Sluice-Injected: <unix nanoseconds>`, the
+//! header `sluice-sink` reads to measure injection-to-arrival latency.
+//! Sizes are fixed, uniform or a weighted list; recipient domains uniform or
+//! Zipf over N generated domains plus named heavy domains ([`dist`]).
+//!
+//! Closed loop (default): each connection keeps up to `--window` transactions
+//! in flight (1 without PIPELINING) and queues the next as soon as one
+//! finishes; latency runs from queuing (the first byte of MAIL) to the reply
+//! after the data. Open loop (`--rate R`): message `n` is due at `n / R`
+//! seconds; a message that cannot be sent on time (window full, connection
+//! slow) keeps its due time as its latency origin, so stalls show up in the
+//! latency instead of silently lowering the offered load (no coordinated
+//! omission).
+//!
+//! With `--route-by-domain PORT_BASE --shards N` the load is split by the
+//! engine's own `home_shard(domain, N)` and each part goes to its shard's
+//! port ([`route`]).
+//!
+//! # Threads and state
+//! One glommio executor per core ([`run`]); each connection is a local task
+//! driving [`wire::Wire`] (TCP, optionally rustls) and the session
+//! ([`conn`]). Buffers (read, write, one body buffer per window slot) are
+//! allocated when the connection starts and reused. Counters and the
+//! interval histogram are plain fields of the executor ([`stats`]); once per
+//! `--interval` each executor sends its cumulative counters and the interval
+//! histogram over a bounded channel. The main thread merges them, drives the
+//! progress display, and at the end writes the report ([`report`]), the
+//! `.hlog`/`.hgrm` files ([`hdr`]) and the plots ([`plot`]).
+//!
+//! glommio registers `io_memory` as locked memory; the harness asks for
+//! 256 KiB per executor, so it runs under an 8 MiB `ulimit -l`.
+//!
+//! # Exit status
+//! 0 when the run met its targets; 1 when it did not (connection failures,
+//! failed messages above `--max-error-rate`, fewer messages finished than
+//! asked, the sink missing messages); 2 for bad usage or setup errors.
 
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod conn;
 pub mod dist;
 pub mod hdr;
 pub mod message;
@@ -12,8 +66,12 @@ pub mod plot;
 pub mod probe;
 pub mod progress;
 pub mod report;
+pub mod route;
+pub mod run;
 pub mod schedule;
 pub mod stats;
+pub mod tls;
+pub mod wire;
 
 use std::path::Path;
 

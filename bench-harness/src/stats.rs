@@ -146,12 +146,13 @@ impl ShardStats {
     }
 
     /// Builds the report for interval `index` and starts a new interval.
-    pub fn report(&mut self, shard: usize, index: u64, last: bool) -> ShardReport {
+    pub fn report(&mut self, shard: usize, index: u64, last: bool, at: Duration) -> ShardReport {
         let interval = std::mem::replace(&mut self.interval, latency_histogram());
         ShardReport {
             shard,
             index,
             last,
+            at,
             counters: self.counters.clone(),
             interval,
             fatal: self.fatal.clone(),
@@ -175,6 +176,9 @@ pub struct ShardReport {
     pub index: u64,
     /// True for the executor's final report.
     pub last: bool,
+    /// When the report was made, since the run started (for the final
+    /// report: when the executor's last connection finished).
+    pub at: Duration,
     /// Cumulative counters.
     pub counters: Counters,
     /// Latencies recorded during the interval.
@@ -208,6 +212,8 @@ pub struct Collector {
     pub intervals: IntervalStore,
     /// First fatal reason reported by an executor.
     pub fatal: Option<String>,
+    /// Latest `at` of the executors' final reports.
+    pub finished_at: Duration,
 }
 
 impl Collector {
@@ -223,6 +229,7 @@ impl Collector {
             timeline: Vec::new(),
             intervals: IntervalStore::default(),
             fatal: None,
+            finished_at: Duration::ZERO,
         }
     }
 
@@ -233,6 +240,9 @@ impl Collector {
         self.latest[shard] = report.counters;
         self.reported_through[shard] = Some(report.index);
         self.finished[shard] |= report.last;
+        if report.last {
+            self.finished_at = self.finished_at.max(report.at);
+        }
         if self.fatal.is_none() {
             self.fatal = report.fatal;
         }
@@ -304,18 +314,18 @@ mod tests {
         let mut b = ShardStats::default();
         a.accepted(Duration::from_millis(2), 1, 100);
         a.failed(ErrorKind::Code(550));
-        c.add(a.report(0, 0, false)).unwrap();
+        c.add(a.report(0, 0, false, Duration::ZERO)).unwrap();
         // Shard 1 has not reported interval 0: nothing closed yet.
         assert!(c.timeline.is_empty());
         b.accepted(Duration::from_millis(3), 2, 200);
         b.accepted(Duration::from_millis(4), 1, 200);
-        c.add(b.report(1, 0, false)).unwrap();
+        c.add(b.report(1, 0, false, Duration::ZERO)).unwrap();
         assert_eq!(c.timeline.len(), 1);
         assert_eq!(c.timeline[0].accepted_per_sec, 3.0);
         a.accepted(Duration::from_millis(5), 1, 100);
-        c.add(a.report(0, 1, true)).unwrap();
+        c.add(a.report(0, 1, true, Duration::ZERO)).unwrap();
         assert_eq!(c.timeline.len(), 1, "shard 1 still owes interval 1");
-        c.add(b.report(1, 1, true)).unwrap();
+        c.add(b.report(1, 1, true, Duration::ZERO)).unwrap();
         c.finish().unwrap();
         assert_eq!(c.timeline.len(), 2);
         let total = c.counters();
@@ -334,10 +344,10 @@ mod tests {
         let mut c = Collector::new(2, Duration::from_secs(1));
         let mut a = ShardStats::default();
         let mut b = ShardStats::default();
-        c.add(a.report(0, 0, true)).unwrap();
+        c.add(a.report(0, 0, true, Duration::ZERO)).unwrap();
         for k in 0..3 {
             b.accepted(Duration::from_millis(1), 1, 1);
-            c.add(b.report(1, k, false)).unwrap();
+            c.add(b.report(1, k, false, Duration::ZERO)).unwrap();
         }
         assert_eq!(c.timeline.len(), 3);
     }
@@ -346,7 +356,7 @@ mod tests {
     fn restore_keeps_samples() {
         let mut a = ShardStats::default();
         a.accepted(Duration::from_millis(1), 1, 1);
-        let r = a.report(0, 0, false);
+        let r = a.report(0, 0, false, Duration::ZERO);
         a.restore(r);
         assert_eq!(a.interval.len(), 1);
     }
