@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use sluice_tune::affinity;
 use sluice_tune::inspect::{inspect, render_text, InspectOptions};
 use sluice_tune::layout::{
     all_layouts, shard_cpus, HelperPlacement, Layout, LayoutRequest, Pinning,
@@ -124,6 +125,11 @@ struct LayoutArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Lay out over every online CPU, even those outside this process's
+    /// CPU set (cgroup cpuset or taskset); by default only allowed CPUs are
+    /// used when reading this machine.
+    #[arg(long)]
+    all_cpus: bool,
 }
 
 fn main() -> ExitCode {
@@ -184,8 +190,16 @@ struct LayoutEntry {
 
 fn run_layouts(args: LayoutArgs) -> Result<()> {
     let root = SysRoot::new(&args.sys);
-    let topology = Topology::read(&root)
+    let mut topology = Topology::read(&root)
         .with_context(|| format!("cannot read the CPU topology under {}", args.sys.display()))?;
+    // On the host, only CPUs this process may use can take shards (a
+    // cgroup cpuset or taskset narrows them).
+    if root.is_host() && !args.all_cpus {
+        let allowed = affinity::current_affinity().context("reading this process's CPU set")?;
+        topology = topology.restrict(&allowed).with_context(|| {
+            format!("none of the online CPUs is in this process's CPU set {allowed:?}")
+        })?;
+    }
     let request = LayoutRequest {
         shards: args.shards,
         harness_cpus: args.harness_cpus,

@@ -226,6 +226,66 @@ impl Topology {
         })
     }
 
+    /// The same machine seen through a CPU set (a cgroup cpuset or a
+    /// taskset mask): CPUs outside `allowed` are dropped, with the cores,
+    /// nodes and caches left empty by that. `None` when no CPU remains.
+    pub fn restrict(&self, allowed: &[u32]) -> Option<Topology> {
+        let keep = |cpu: &u32| allowed.contains(cpu);
+        let mut new_index = vec![None; self.cores.len()];
+        let mut cores = Vec::new();
+        for (old, core) in self.cores.iter().enumerate() {
+            let cpus: Vec<u32> = core.cpus.iter().copied().filter(keep).collect();
+            if !cpus.is_empty() {
+                new_index[old] = Some(cores.len());
+                cores.push(PhysicalCore {
+                    cpus,
+                    ..core.clone()
+                });
+            }
+        }
+        let cpus: Vec<Cpu> = self
+            .cpus
+            .iter()
+            .filter(|cpu| keep(&cpu.id))
+            .filter_map(|cpu| {
+                Some(Cpu {
+                    core_index: new_index[cpu.core_index]?,
+                    ..cpu.clone()
+                })
+            })
+            .collect();
+        if cpus.is_empty() {
+            return None;
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NumaNode {
+                cpus: n.cpus.iter().copied().filter(keep).collect(),
+                ..n.clone()
+            })
+            .filter(|n| !n.cpus.is_empty())
+            .collect();
+        let caches = self
+            .caches
+            .iter()
+            .map(|c| Cache {
+                cpus: c.cpus.iter().copied().filter(keep).collect(),
+                ..c.clone()
+            })
+            .filter(|c| !c.cpus.is_empty())
+            .collect();
+        Some(Topology {
+            cpus,
+            cores,
+            nodes,
+            caches,
+            smt_active: self.smt_active,
+            isolated: self.isolated.iter().copied().filter(keep).collect(),
+            source: self.source,
+        })
+    }
+
     /// Number of online logical CPUs.
     pub fn cpu_count(&self) -> usize {
         self.cpus.len()

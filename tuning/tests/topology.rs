@@ -184,3 +184,26 @@ fn inconsistent_sibling_lists_never_put_a_cpu_in_two_cores() {
         vec![vec![0, 1], vec![2]]
     );
 }
+
+#[test]
+fn restricting_to_a_cpu_set() {
+    let t = read("cpu16");
+    // A cpuset of node 1's first two cores plus one sibling of node 0.
+    let r = t.restrict(&[1, 8, 9, 10]).expect("some CPUs remain");
+    check_consistent(&r);
+    assert_eq!(
+        r.cpus.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![1, 8, 9, 10]
+    );
+    assert_eq!(
+        r.cores.iter().map(|c| c.cpus.clone()).collect::<Vec<_>>(),
+        vec![vec![1], vec![8, 9], vec![10]]
+    );
+    assert_eq!(r.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), vec![0, 1]);
+    assert!(r
+        .caches
+        .iter()
+        .all(|c| c.cpus.iter().all(|cpu| [1, 8, 9, 10].contains(cpu))));
+    assert!(t.restrict(&[99]).is_none());
+    assert_eq!(t.restrict(&(0..16).collect::<Vec<u32>>()), Some(t));
+}
