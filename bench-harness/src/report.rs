@@ -15,6 +15,8 @@ use crate::stats::Counters;
 pub struct LatencyMs {
     /// Samples.
     pub count: u64,
+    /// Smallest sample.
+    pub min: f64,
     /// Mean.
     pub mean: f64,
     /// Median.
@@ -38,6 +40,7 @@ impl LatencyMs {
         let q = |p: f64| us_to_ms(h.value_at_quantile(p));
         LatencyMs {
             count: h.len(),
+            min: us_to_ms(h.min()),
             mean: h.mean() / 1000.0,
             p50: q(0.5),
             p90: q(0.9),
@@ -71,6 +74,8 @@ pub struct LoadEcho {
     pub seed: u64,
     /// Run id.
     pub run_id: String,
+    /// Wall-clock start of the run (the open-loop schedule's origin), unix ns.
+    pub started_unix_nanos: u64,
     /// Routing by domain: port base and shard count.
     pub route_by_domain: Option<(u16, u32)>,
 }

@@ -138,15 +138,13 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
         Some(_) => None,
         None => Some(args.messages.unwrap_or(RunArgs::DEFAULT_MESSAGES)),
     };
-    let started_wall = SystemTime::now();
-    let start_unix_nanos = started_wall
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let run_id = args
-        .run_id
-        .clone()
-        .unwrap_or_else(|| format!("{:x}", start_unix_nanos / 1_000_000));
+    let run_id = args.run_id.clone().unwrap_or_else(|| {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        format!("{ms:x}")
+    });
     let shape = LoadShape {
         sizes: args.size.clone(),
         recipients: args.recipients.0..=args.recipients.1,
@@ -223,6 +221,13 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
     };
     let cpu_before = own_cpu();
     let group_count = groups.len() as u64;
+    // The monotonic and wall-clock origins are taken together.
+    let started_wall = SystemTime::now();
+    let start = Instant::now();
+    let start_unix_nanos = started_wall
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     let shared = Arc::new(Shared {
         host,
         groups,
@@ -239,7 +244,7 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
             messages_per_connection: args.messages_per_connection,
             duration: args.duration,
         },
-        start: Instant::now(),
+        start,
         start_unix_nanos,
         group_count,
     });
@@ -348,6 +353,7 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
             size: size_text(args),
             seed: args.seed,
             run_id: run_id.clone(),
+            started_unix_nanos: shared.start_unix_nanos,
             route_by_domain: route,
         },
         messages: counters.sent,

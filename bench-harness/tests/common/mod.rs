@@ -10,10 +10,11 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the server offers and how it answers.
 #[derive(Clone, Debug)]
@@ -26,6 +27,8 @@ pub struct ServerOpts {
     pub data_delay: Duration,
     /// Reply code to the end of each message (250, or e.g. 554 for a storm).
     pub data_code: u16,
+    /// Write a sink-style summary (`{"messages": n}`) here after each message.
+    pub summary: Option<PathBuf>,
 }
 
 impl Default for ServerOpts {
@@ -37,6 +40,7 @@ impl Default for ServerOpts {
             auth: None,
             data_delay: Duration::ZERO,
             data_code: 250,
+            summary: None,
         }
     }
 }
@@ -53,6 +57,12 @@ pub struct Counts {
     pub tls: AtomicU64,
     pub auth_ok: AtomicU64,
     pub injected_headers: AtomicU64,
+    /// When each MAIL command arrived.
+    pub mail_times: Mutex<Vec<Instant>>,
+    /// Domain of every RCPT.
+    pub rcpt_domains: Mutex<Vec<String>>,
+    /// (X-Sluice-Id, X-Sluice-Injected) of every accepted message.
+    pub ids: Mutex<Vec<(String, u64)>>,
 }
 
 pub struct TestServer {
@@ -70,7 +80,10 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub fn start(opts: ServerOpts) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), opts)
+    }
+
+    pub fn start_on(listener: TcpListener, opts: ServerOpts) -> TestServer {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let counts = Arc::new(Counts::default());
@@ -189,10 +202,15 @@ fn serve(
                 }
             }
             "MAIL" => {
+                counts.mail_times.lock().unwrap().push(Instant::now());
                 rcpts = 0;
                 b"250 2.1.0 ok\r\n".to_vec()
             }
             "RCPT" => {
+                if let Some(domain) = text.split('@').nth(1) {
+                    let domain = domain.trim_end_matches('>').split('>').next().unwrap_or("");
+                    counts.rcpt_domains.lock().unwrap().push(domain.to_string());
+                }
                 rcpts += 1;
                 b"250 2.1.5 ok\r\n".to_vec()
             }
@@ -244,7 +262,31 @@ fn end_of_message(body: &[u8], rcpts: u32, opts: &ServerOpts, counts: &Counts) -
         counts.injected_headers.fetch_add(1, Ordering::Relaxed);
     }
     if opts.data_code == 250 {
-        counts.accepted.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(body);
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if let Some(id) = header("X-Sluice-Id: ") {
+            let injected = header("X-Sluice-Injected: ")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            counts.ids.lock().unwrap().push((id, injected));
+        }
+        let n = counts.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(path) = &opts.summary {
+            static SUMMARY_LOCK: Mutex<()> = Mutex::new(());
+            let _guard = SUMMARY_LOCK.lock().unwrap();
+            let n = counts.accepted.load(Ordering::Relaxed).max(n);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                format!("{{\"messages\": {n}, \"latency_ms\": {{\"p50\": 1.0}}}}"),
+            )
+            .unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
         counts
             .recipients
             .fetch_add(u64::from(rcpts), Ordering::Relaxed);
@@ -285,4 +327,19 @@ pub fn base64(input: &[u8]) -> String {
 pub fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Two listeners on consecutive ports of 127.0.0.1.
+pub fn consecutive_listeners() -> (TcpListener, TcpListener) {
+    for _ in 0..200 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port == u16::MAX {
+            continue;
+        }
+        if let Ok(b) = TcpListener::bind(("127.0.0.1", port + 1)) {
+            return (a, b);
+        }
+    }
+    panic!("no two consecutive free ports on 127.0.0.1");
 }
