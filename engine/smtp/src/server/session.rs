@@ -381,8 +381,9 @@ impl ServerSession {
             LineRead::Complete { line, used } => (line, used),
             LineRead::Incomplete => return (0, Some(Event::NeedInput)),
             LineRead::TooLong => {
+                // Drop what was seen; the rest of the line is skipped too.
                 self.input = Input::DiscardLine;
-                return (input.len(), None);
+                return (self.config.command_line_bytes_max, None);
             }
             LineRead::BareLineEnding { used } => {
                 return (used, Some(self.refuse(ProtocolError::BareLineEnding)));
@@ -703,7 +704,7 @@ impl ServerSession {
             LineRead::Incomplete => (0, Some(Event::NeedInput)),
             LineRead::TooLong => {
                 self.input = Input::DiscardLine;
-                (input.len(), None)
+                (self.config.command_line_bytes_max, None)
             }
             LineRead::BareLineEnding { used } => {
                 self.input = Input::Commands;
