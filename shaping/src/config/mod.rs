@@ -93,6 +93,9 @@ pub struct RawConfig {
     pub pool: BTreeMap<String, RawPool>,
     /// `[warmup.name]`.
     pub warmup: BTreeMap<String, RawWarmup>,
+    /// Key paths of entries that failed to deserialize (already reported):
+    /// references to them are not reported again.
+    pub broken: Vec<String>,
 }
 
 /// TLS policy towards a destination.
@@ -304,11 +307,23 @@ pub struct Summary {
 impl Rules {
     /// Parses and validates rules from TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Rules, ConfigError> {
-        let raw = parse_raw(text, file)?;
-        Rules::try_from(raw).map_err(|problems| ConfigError::Invalid {
-            file: file.to_string(),
-            problems,
-        })
+        // Entries that did not deserialize are left out and their problems
+        // kept; the rest is still validated so one run reports everything.
+        let (raw, mut problems) = parse_raw_partial(text, file)?;
+        match Rules::try_from(raw) {
+            Ok(rules) if problems.is_empty() => Ok(rules),
+            Ok(_) => Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems,
+            }),
+            Err(more) => {
+                problems.extend(more);
+                Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    problems,
+                })
+            }
+        }
     }
 
     /// Reads, parses and validates a rules file.
@@ -348,6 +363,18 @@ const SECTIONS: &str = "default, domain, provider, source, pool, warmup";
 /// TOML text to [`RawConfig`], reporting unknown keys and wrong types of
 /// every section entry with their key paths.
 pub fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
+    let (raw, problems) = parse_raw_partial(text, file)?;
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        })
+    }
+}
+
+fn parse_raw_partial(text: &str, file: &str) -> Result<(RawConfig, Vec<Problem>), ConfigError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Syntax {
@@ -374,14 +401,8 @@ pub fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
             }),
         }
     }
-    if problems.is_empty() {
-        Ok(raw)
-    } else {
-        Err(ConfigError::Invalid {
-            file: file.to_string(),
-            problems,
-        })
-    }
+    raw.broken = problems.iter().map(|p| p.path.clone()).collect();
+    Ok((raw, problems))
 }
 
 /// A key as it appears in a path: quoted when it is not a bare key.

@@ -22,11 +22,22 @@ const REGEX_BYTES_MAX: usize = 1 << 20;
 
 struct Check<'a> {
     problems: Vec<Problem>,
+    broken: &'a [String],
     sources: &'a BTreeMap<String, super::RawSource>,
     pools: &'a BTreeMap<String, super::RawPool>,
 }
 
 impl Check<'_> {
+    /// Whether `[section.name]` exists or was already reported as broken.
+    fn known(&self, section: &str, name: &str, exists: bool) -> bool {
+        let path = key_path(section, name);
+        exists
+            || self
+                .broken
+                .iter()
+                .any(|b| *b == path || b.starts_with(&format!("{path}.")))
+    }
+
     fn problem(&mut self, path: &str, reason: impl Into<String>) {
         self.problems.push(Problem {
             path: path.to_string(),
@@ -107,7 +118,7 @@ impl Check<'_> {
             policy
         });
         if let Some(pool) = &raw.pool {
-            if !self.pools.contains_key(pool) {
+            if !self.known("pool", pool, self.pools.contains_key(pool)) {
                 self.problem(&format!("{path}.pool"), format!("no [pool.{pool}] section"));
             }
         }
@@ -177,7 +188,7 @@ impl Check<'_> {
         let mut by_source = HashMap::new();
         for (name, over) in &raw.source {
             let over_path = key_path(&format!("{path}.source"), name);
-            if !self.sources.contains_key(name) {
+            if !self.known("source", name, self.sources.contains_key(name)) {
                 self.problem(&over_path, format!("no [source.{name}] section"));
             }
             if !over.source.is_empty() {
@@ -440,6 +451,7 @@ impl TryFrom<RawConfig> for Rules {
     fn try_from(raw: RawConfig) -> Result<Rules, Vec<Problem>> {
         let mut check = Check {
             problems: Vec::new(),
+            broken: &raw.broken,
             sources: &raw.source,
             pools: &raw.pool,
         };
@@ -554,7 +566,7 @@ impl TryFrom<RawConfig> for Rules {
                 (None, None) => None,
                 (Some(w), Some(start)) => {
                     let schedule = warmups.get(w).cloned();
-                    if schedule.is_none() {
+                    if !check.known("warmup", w, schedule.is_some()) {
                         check.problem(
                             &format!("{path}.warmup"),
                             format!("no [warmup.{w}] section"),
@@ -596,7 +608,7 @@ impl TryFrom<RawConfig> for Rules {
             }
             for (source, weight) in &p.sources {
                 let source_path = key_path(&format!("{path}.sources"), source);
-                if !raw.source.contains_key(source) {
+                if !check.known("source", source, raw.source.contains_key(source)) {
                     check.problem(&source_path, format!("no [source.{source}] section"));
                 }
                 if *weight == 0 {

@@ -384,6 +384,14 @@ impl ShardShaper {
             let to = slot.home;
             self.stage(to, message);
             self.dispatch(now);
+            // When this shard is the home the grant is already here.
+            if let Slot::Conn(slot) = &mut self.slots[limit.0 as usize] {
+                if slot.in_use < slot.held.min(slot.max) {
+                    slot.in_use += 1;
+                    self.stats.permits_granted += 1;
+                    return ConnAcquire::Ok(Permit { limit });
+                }
+            }
         }
         ConnAcquire::Wait(self.config.retry_hint)
     }
