@@ -27,9 +27,10 @@
 //! windows, repetitions), reads `sluice-bench --json` reports, takes medians,
 //! picks the best point and writes its config snippet; [`plot`] draws
 //! throughput and p99 against shard count; [`affinity`] confines threads and
-//! child processes to CPU sets. The `sweep` subcommand that starts sink,
-//! engine and harness for each point is wired on these once the engine
-//! binary exists.
+//! child processes to CPU sets; [`runner`] runs one measurement (sink and
+//! harness started on a layout's CPUs, stopped by guards whatever happens).
+//! The `sweep` subcommand that adds the engine between harness and sink is
+//! wired on these once the engine can run.
 
 #![warn(missing_docs)]
 
@@ -40,6 +41,7 @@ pub mod layout;
 pub mod limits;
 pub mod nic;
 pub mod plot;
+pub mod runner;
 pub mod storage;
 pub mod sweep;
 pub mod sysfs;
