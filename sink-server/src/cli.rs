@@ -115,6 +115,10 @@ pub struct Args {
     /// glommio io_memory per shard, bytes. Keep shards x this under `ulimit -l`.
     #[arg(long, default_value_t = IO_MEMORY_BYTES_DEFAULT)]
     pub io_memory: usize,
+    /// Busy-poll this long before an idle shard sleeps ("0": sleep at once).
+    /// Trades CPU for wake-up latency.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub spin_before_park: Duration,
     /// Profile: accept TCP connections but never send the greeting.
     #[arg(long)]
     pub never_greet: bool,
@@ -224,6 +228,7 @@ impl Args {
             }),
             io_memory_bytes: self.io_memory,
             backlog: 4096,
+            spin_before_park: self.spin_before_park,
         };
         let outputs = Outputs {
             summary: self.summary,

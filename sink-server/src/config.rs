@@ -20,7 +20,7 @@ pub const RCPT_MAX_DEFAULT: usize = 1000;
 /// Open connections per shard before new ones get `421`.
 pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: usize = 20_000;
 /// Bytes read from a socket at a time (per-connection buffer, allocated once).
-pub const READ_BYTES: usize = 64 * 1024;
+pub const READ_BYTES: usize = 32 * 1024;
 /// How often shards report counters to the reporting thread.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -69,6 +69,9 @@ pub struct SinkConfig {
     pub io_memory_bytes: usize,
     /// listen(2) backlog.
     pub backlog: i32,
+    /// Busy-poll this long before an idle shard parks (glommio
+    /// `spin_before_park`); zero parks at once.
+    pub spin_before_park: Duration,
 }
 
 impl SinkConfig {
@@ -91,6 +94,7 @@ impl SinkConfig {
             capture: None,
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             backlog: 1024,
+            spin_before_park: Duration::ZERO,
         }
     }
 

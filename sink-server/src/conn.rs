@@ -104,6 +104,9 @@ impl Conn {
             match step.event {
                 Event::NeedInput => {
                     self.flush(shard, stream).await?;
+                    // A client that always has input ready never makes a
+                    // read wait; let the shard's other connections run.
+                    glommio::yield_if_needed().await;
                     match self.read(shard, stream).await? {
                         Input::Data => {}
                         Input::Eof => return Ok(()),

@@ -101,9 +101,13 @@ impl Sink {
                 None => Placement::Unbound,
             };
             let (cfg, sh, tx) = (config.clone(), shared.clone(), tx.clone());
-            let handle = LocalExecutorBuilder::new(placement)
+            let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("sink-{index}"))
-                .io_memory(config.io_memory_bytes)
+                .io_memory(config.io_memory_bytes);
+            if !config.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(config.spin_before_park);
+            }
+            let handle = builder
                 .spawn(move || shard::run(index, cfg, sh, listener, tx))
                 .map_err(|e| StartError::Executor {
                     shard: index,
