@@ -167,7 +167,7 @@ impl Guarded {
         }
     }
 
-    /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; always reaps.
+    /// SIGTERM, up to 5 s to exit, then SIGKILL; always reaps.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         if let Ok(pid) = libc::pid_t::try_from(child.id()) {

@@ -79,7 +79,7 @@ pub struct WriteBandwidth {
     /// Bytes written (and synced).
     pub bytes: u64,
     /// Wall time including the final fdatasync.
-    pub seconds: f64,
+    pub elapsed_s: f64,
     /// `bytes / seconds` in MiB/s.
     pub mib_per_s: f64,
     /// Whether `O_DIRECT` was used (false: the filesystem refused it, so the
@@ -465,7 +465,7 @@ pub fn measure_write(dir: &Path, options: &StorageOptions) -> io::Result<WriteBa
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     Ok(WriteBandwidth {
         bytes: written,
-        seconds,
+        elapsed_s: seconds,
         mib_per_s: written as f64 / (1 << 20) as f64 / seconds,
         direct,
     })

@@ -165,7 +165,7 @@ fn storage(filesystem: &str) -> StorageReport {
         sync_error: None,
         write: Some(WriteBandwidth {
             bytes: 1 << 28,
-            seconds: 0.5,
+            elapsed_s: 0.5,
             mib_per_s: 512.0,
             direct: true,
         }),

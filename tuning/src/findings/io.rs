@@ -189,7 +189,7 @@ pub fn storage_findings(storage: Option<&StorageReport>) -> Vec<Finding> {
                 } else {
                     "buffered (O_DIRECT refused)"
                 },
-                write.seconds
+                write.elapsed_s
             ),
             format!(
                 "Ceiling of about {:.0} 2 KiB messages/s of spool appends on this device",
