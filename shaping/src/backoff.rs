@@ -274,7 +274,7 @@ impl QueueMode {
             BackoffAction::Suspend { duration } => {
                 let mode = Mode::Suspended {
                     rule: rule.name.clone(),
-                    until: now.add(*duration),
+                    until: now.plus(*duration),
                 };
                 verdict.change = self.enter(now, Some(rule.name.clone()), mode);
             }
@@ -314,7 +314,7 @@ impl QueueMode {
                 };
                 let mode = Mode::Backoff {
                     rule: rule.name.clone(),
-                    until: recovery.after.map(|d| now.add(d)),
+                    until: recovery.after.map(|d| now.plus(d)),
                     deliveries: 0,
                     message_rate,
                     max_connections: *max_connections,
@@ -491,10 +491,13 @@ mod tests {
         assert_eq!((back.mode, back.rule), (Mode::Normal, None));
         // Or the time limit does.
         q.on_outcome(Nanos(10), &outcome(421, Some("4.7.28"), "rate"), &rules);
-        assert_eq!(q.deadline(), Some(Nanos(10).add(Duration::from_secs(3600))));
+        assert_eq!(
+            q.deadline(),
+            Some(Nanos(10).plus(Duration::from_secs(3600)))
+        );
         assert!(q.poll(Nanos(11)).is_none());
         assert_eq!(
-            q.poll(Nanos(10).add(Duration::from_secs(3600)))
+            q.poll(Nanos(10).plus(Duration::from_secs(3600)))
                 .unwrap()
                 .mode,
             Mode::Normal

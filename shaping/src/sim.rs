@@ -6,8 +6,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use crate::lease::{Envelope, LeaseConfig, ShardShaper};
-use crate::units::{duration_ns, Nanos};
+use crate::lease::{Acquire, Envelope, LeaseConfig, ShardShaper};
+use crate::units::{duration_ns, Nanos, Rate};
 
 /// A small seeded generator (xorshift64*), enough for delays and demand.
 #[derive(Clone, Debug)]
@@ -147,5 +147,97 @@ impl SimNetwork {
     /// The seeded generator, for the caller's demand.
     pub fn rng(&mut self) -> &mut SimRng {
         &mut self.rng
+    }
+}
+
+/// What a steady-state run measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteadyState {
+    /// Tokens granted to callers over the measured part of the run.
+    pub tokens: u64,
+    /// Cross-shard messages over the measured part of the run.
+    pub messages: u64,
+    /// Acquire calls made over the measured part of the run.
+    pub decisions: u64,
+}
+
+impl SteadyState {
+    /// Cross-shard messages per 100 tokens granted.
+    pub fn messages_per_100_tokens(&self) -> f64 {
+        self.messages as f64 * 100.0 / self.tokens.max(1) as f64
+    }
+}
+
+/// Runs `shards` shards that all send to one limit `key` of `rate`, each
+/// wanting `demand_percent` of an equal share (above 100: more than the limit
+/// allows), for `warmup` and then `measured` of virtual time in steps of
+/// `step`. Counts tokens and messages over the measured part only.
+#[allow(clippy::too_many_arguments)]
+pub fn steady_state(
+    shards: u32,
+    key: &str,
+    rate: Rate,
+    demand_percent: u64,
+    config: LeaseConfig,
+    step: Duration,
+    warmup: Duration,
+    measured: Duration,
+) -> SteadyState {
+    let mut net = SimNetwork::new(shards, config, Duration::from_micros(50), 7);
+    let ids: Vec<_> = net
+        .shapers
+        .iter_mut()
+        .map(|s| s.rate_limit(key, rate, Nanos::ZERO))
+        .collect();
+    let step_ns = duration_ns(step).max(1);
+    // Demand per shard per step, in millionths of a token.
+    let per_step_micro =
+        u128::from(rate.count) * u128::from(step_ns) * 1_000_000 * u128::from(demand_percent)
+            / 100
+            / u128::from(rate.period_ns())
+            / u128::from(shards.max(1));
+    let per_step_micro = u64::try_from(per_step_micro).unwrap_or(u64::MAX);
+    let mut want_micro = vec![0u64; shards as usize];
+    let warm_end = duration_ns(warmup);
+    let end = warm_end.saturating_add(duration_ns(measured));
+    let mut start = SteadyState {
+        tokens: 0,
+        messages: 0,
+        decisions: 0,
+    };
+    let mut total = start;
+    let mut now = 0u64;
+    let mut started = false;
+    while now < end {
+        if !started && now >= warm_end {
+            started = true;
+            start = SteadyState {
+                messages: net.messages,
+                ..total
+            };
+        }
+        for shard in 0..shards as usize {
+            // Unmet demand does not pile up beyond one lease's worth.
+            want_micro[shard] = want_micro[shard]
+                .saturating_add(per_step_micro)
+                .min(1_000_000 * 4096);
+            while want_micro[shard] >= 1_000_000 {
+                total.decisions += 1;
+                match net.shapers[shard].try_acquire_message(&ids[shard..=shard], Nanos(now)) {
+                    Acquire::Ok => {
+                        total.tokens += 1;
+                        want_micro[shard] -= 1_000_000;
+                    }
+                    Acquire::Wait(_) => break,
+                }
+            }
+        }
+        net.step(Nanos(now));
+        now += step_ns;
+    }
+    SteadyState {
+        tokens: total.tokens - start.tokens,
+        messages: net.messages - start.messages,
+        decisions: total.decisions - start.decisions,
     }
 }

@@ -24,7 +24,7 @@ impl Nanos {
     pub const MAX: Nanos = Nanos(u64::MAX);
 
     /// `self + d`, saturating at [`Nanos::MAX`].
-    pub fn add(self, d: Duration) -> Nanos {
+    pub fn plus(self, d: Duration) -> Nanos {
         Nanos(self.0.saturating_add(duration_ns(d)))
     }
 

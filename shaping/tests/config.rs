@@ -312,7 +312,7 @@ fn shaper_end_to_end_on_one_shard() {
         shaper.try_acquire_connection(&dest, Nanos(2)),
         ConnAcquire::Denied
     );
-    let hour = Nanos(1).add(Duration::from_secs(3600));
+    let hour = Nanos(1).plus(Duration::from_secs(3600));
     assert_eq!(shaper.next_wakeup().map(|t| t <= hour), Some(true));
     shaper.poll(hour);
     assert_eq!(shaper.mode(&dest), Mode::Normal);

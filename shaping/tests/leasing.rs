@@ -273,3 +273,33 @@ fn suspended_connection_limit_denies() {
     }
     panic!("no permit after the restriction was lifted");
 }
+
+/// The protocol's message cost at steady state: below one cross-shard
+/// message per 100 tokens granted with 2 and 8 shards (the goal).
+/// This counts messages, it does not time anything.
+#[test]
+fn steady_state_costs_under_one_message_per_100_tokens() {
+    for shards in [2, 8] {
+        for demand_percent in [50, 90, 150] {
+            let stats = sluice_shaping::sim::steady_state(
+                shards,
+                "provider:bench/max_message_rate",
+                Rate {
+                    count: 100_000,
+                    period: Duration::from_secs(1),
+                    burst: 1_000,
+                },
+                demand_percent,
+                LeaseConfig::default(),
+                Duration::from_micros(100),
+                Duration::from_secs(2),
+                Duration::from_secs(5),
+            );
+            assert!(stats.tokens > 0);
+            assert!(
+                stats.messages_per_100_tokens() < 1.0,
+                "{shards} shards at {demand_percent}%: {stats:?}"
+            );
+        }
+    }
+}

@@ -434,7 +434,7 @@ fn entry<T: DeserializeOwned>(
             };
             problems.push(Problem {
                 path,
-                reason: e.into_inner().to_string(),
+                reason: e.into_inner().to_string().trim_end().to_string(),
             });
             None
         }

@@ -315,7 +315,7 @@ fn automation(value: &Value, path: &str, unmapped: &mut Vec<Unmapped>) -> Vec<Va
         };
         rule.insert("action".into(), Value::String(kind.into()));
         if kind == "suspend" {
-            rule.retain(|k, _| ["name", "text", "action"].contains(&k.as_ref()));
+            rule.retain(|k, _| ["name", "text", "action"].contains(&k));
             rule.insert("suspend_for".into(), Value::String(duration));
         } else if rule.contains_key("backoff_max_message_rate")
             || rule.contains_key("backoff_max_connections")

@@ -76,7 +76,7 @@ impl ConnSlot {
         let spare = self.held - self.in_use;
         if spare == 0 {
             0
-        } else if self.recalled || self.held > self.max || now >= self.last_activity.add(idle) {
+        } else if self.recalled || self.held > self.max || now >= self.last_activity.plus(idle) {
             spare
         } else {
             0

@@ -539,7 +539,7 @@ impl ShardShaper {
                     slot.recalled = false;
                 }
                 if slot.held > slot.in_use {
-                    slot.last_activity.add(config.permit_idle)
+                    slot.last_activity.plus(config.permit_idle)
                 } else {
                     Nanos::MAX
                 }

@@ -417,7 +417,7 @@ impl RateHome {
             })
             .count() as u32;
         let length = lease_length(config, rate, target);
-        let end = start.add(length);
+        let end = start.plus(length);
         let (rate_taken, burst_taken) = self.committed(i, start, end);
         let rate_free = SHARE_PARTS.saturating_sub(rate_taken);
         let burst_free = SHARE_PARTS
