@@ -281,3 +281,331 @@ fn too_big_message_is_refused_after_its_end() {
     assert_eq!(replies(&t), [220, 250, 552, 250, 250, 354, 552, 250]);
     assert!(t.bodies.is_empty());
 }
+
+const TXN: &[u8] = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\n";
+
+fn with_body(body: &[u8]) -> Vec<u8> {
+    [TXN, b"DATA\r\n", body, b"QUIT\r\n"].concat()
+}
+
+#[test]
+fn body_edge_cases_at_every_chunk_size() {
+    let cases: [(&[u8], &[u8]); 5] = [
+        // An empty body.
+        (b".\r\n", b""),
+        // A dot at the start of a line, and a line that is only a dot.
+        (b"..start\r\n..\r\nx\r\n.\r\n", b".start\r\n.\r\nx\r\n"),
+        // A dot not at a line start stays.
+        (b"a.b\r\n.\r\n", b"a.b\r\n"),
+        // Almost-markers are content.
+        (b"x\r\n. \r\n.x\r\n.\r\n", b"x\r\n \r\nx\r\n"),
+        // 998 octets plus CRLF is the longest legal line.
+        (
+            &[&[b'y'; 998][..], b"\r\n.\r\n"].concat().leak()[..],
+            &[&[b'y'; 998][..], b"\r\n"].concat().leak()[..],
+        ),
+    ];
+    for (wire, content) in cases {
+        let input = with_body(wire);
+        let reference = drive(config(), &input, input.len(), accept_all);
+        assert_eq!(
+            reference.bodies,
+            [content.to_vec()],
+            "{:?}",
+            String::from_utf8_lossy(wire)
+        );
+        assert_eq!(replies(&reference), [220, 250, 250, 250, 354, 250, 221]);
+        for chunk in 1..40 {
+            assert_eq!(
+                drive(config(), &input, chunk, accept_all),
+                reference,
+                "chunk {chunk}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_smuggling_ending_is_refused_and_never_ends_data() {
+    for ending in [
+        &b"\n.\n"[..],
+        b"\r\n.\n",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+    ] {
+        let input = with_body(&[b"x", ending, b"MAIL FROM:<evil@x.test>\r\n\r\n.\r\n"].concat());
+        for chunk in [1, 2, 5, input.len()] {
+            let t = drive(config(), &input, chunk, accept_all);
+            assert_eq!(
+                replies(&t),
+                [220, 250, 250, 250, 354, 554, 221],
+                "{ending:?} chunk {chunk}"
+            );
+            assert!(t.bodies.is_empty());
+        }
+    }
+    // Tolerated: passed through as content, still not an end.
+    let mut tolerant = config();
+    tolerant.bare_line_ending = BareLineEnding::Tolerate;
+    let t = drive(tolerant, &with_body(b"x\n.\ny\r\n.\r\n"), 3, accept_all);
+    assert_eq!(t.bodies, [b"x\n.\ny\r\n".to_vec()]);
+}
+
+#[test]
+fn content_line_over_998_is_refused() {
+    let input = with_body(&[&[b'y'; 999][..], b"\r\n.\r\n"].concat());
+    let t = drive(config(), &input, 100, accept_all);
+    assert_eq!(replies(&t), [220, 250, 250, 250, 354, 554, 221]);
+    assert!(t.events.iter().any(|e| e == "Aborted(ContentLineTooLong)"));
+}
+
+#[test]
+fn bare_lf_command_is_refused_by_default() {
+    let t = drive(config(), b"EHLO c\nNOOP\r\n", 100, accept_all);
+    assert_eq!(replies(&t), [220, 500, 250]);
+    let mut tolerant = config();
+    tolerant.bare_line_ending = BareLineEnding::Tolerate;
+    let t = drive(tolerant, b"EHLO c\nNOOP\n", 100, accept_all);
+    assert_eq!(replies(&t), [220, 250, 250]);
+}
+
+#[test]
+fn data_and_bdat_are_never_mixed() {
+    let input = [TXN, b"BDAT 2\r\nabDATA\r\nBDAT 1 LAST\r\nc"].concat();
+    let t = drive(config(), &input, 3, accept_all);
+    assert_eq!(replies(&t), [220, 250, 250, 250, 250, 503, 250]);
+    assert_eq!(t.bodies, [b"abc".to_vec()]);
+}
+
+#[test]
+fn bdat_errors_discard_the_chunk() {
+    // Without a transaction: refused, and the chunk bytes are skipped.
+    let t = drive(
+        config(),
+        b"EHLO c\r\nBDAT 10 LAST\r\nNOOP\r\nNOOPNOOP\r\n",
+        4,
+        accept_all,
+    );
+    assert_eq!(replies(&t), [220, 250, 503, 250]);
+    // Too big: refused, later chunks discarded, next transaction fine.
+    let mut small = config();
+    small.message_bytes_max = 4;
+    let input = [TXN, b"BDAT 3\r\nabcBDAT 3 LAST\r\ndefMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT 1 LAST\r\nz"].concat();
+    let t = drive(small, &input, 5, accept_all);
+    assert_eq!(replies(&t), [220, 250, 250, 250, 250, 552, 250, 250, 250]);
+    assert_eq!(t.bodies, [b"z".to_vec()]);
+    assert!(t.events.iter().any(|e| e == "Aborted(MessageTooBig)"));
+}
+
+#[test]
+fn rcpt_waits_for_the_mail_decision_and_data_for_rcpts() {
+    let mut session = ServerSession::new(Rc::new(config()));
+    session.greeting(Reply::greeting("mx.test"));
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";
+    let mut pos = 0;
+    let mut mail = None;
+    loop {
+        let step = session.feed(&input[pos..]);
+        pos += step.consumed;
+        match step.event {
+            Event::Mail { token, .. } => mail = Some(token),
+            Event::Blocked => break,
+            Event::Ehlo { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // The RCPT line was not consumed: its validity depends on MAIL's reply.
+    assert!(input[pos..].starts_with(b"RCPT"));
+    session
+        .reply(mail.unwrap(), Reply::fixed(550, (5, 7, 1), "no"))
+        .unwrap();
+    let step = session.feed(&input[pos..]);
+    assert!(matches!(
+        step.event,
+        Event::Rejected {
+            error: ProtocolError::NoMail,
+            ..
+        }
+    ));
+    let mut out = Vec::new();
+    session.write_output(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.ends_with("550 5.7.1 no\r\n503 5.5.1 Need MAIL command\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn outstanding_replies_are_bounded() {
+    let mut config = config();
+    config.replies_pending_max = 4;
+    let mut session = ServerSession::new(Rc::new(config));
+    session.greeting(Reply::greeting("mx.test"));
+    let input = b"NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n";
+    let mut pos = 0;
+    let mut noops = 0;
+    loop {
+        let step = session.feed(&input[pos..]);
+        pos += step.consumed;
+        match step.event {
+            Event::Noop => noops += 1,
+            Event::Blocked => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Greeting + 3 NOOP replies fill the 4 slots.
+    assert_eq!(noops, 3);
+    let mut out = Vec::new();
+    session.write_output(&mut out);
+    assert!(matches!(session.feed(&input[pos..]).event, Event::Noop));
+}
+
+#[test]
+fn auth_exchange_with_challenges() {
+    let mut config = config();
+    config.extensions |= crate::extensions::Extensions::AUTH;
+    config.auth_requires_tls = false;
+    let mut step_replies = vec![
+        Reply::plain(ReplyCode::new(334).unwrap(), "VXNlcm5hbWU6"),
+        Reply::plain(ReplyCode::new(334).unwrap(), "UGFzc3dvcmQ6"),
+        Reply::fixed(235, (2, 7, 0), "Authentication successful"),
+    ]
+    .into_iter();
+    let t = drive(
+        config,
+        b"EHLO c\r\nAUTH LOGIN\r\ndXNlcg==\r\ncGFzcw==\r\nAUTH PLAIN\r\n",
+        1,
+        |_| step_replies.next().unwrap_or_else(Reply::ok),
+    );
+    assert!(t.output.contains("250 AUTH PLAIN LOGIN\r\n"));
+    assert!(t.output.contains(
+        "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 Authentication successful\r\n"
+    ));
+    assert!(t.output.ends_with("503 5.5.1 Already authenticated\r\n"));
+    assert!(t
+        .events
+        .iter()
+        .any(|e| e.contains("AuthResponse") && e.contains("cGFzcw==")));
+}
+
+#[test]
+fn auth_requires_tls_by_default() {
+    let mut config = config();
+    config.extensions |= crate::extensions::Extensions::AUTH;
+    let t = drive(
+        config,
+        b"EHLO c\r\nAUTH PLAIN AGEAYg==\r\n",
+        100,
+        accept_all,
+    );
+    assert!(!t.output.contains("AUTH"));
+    assert!(t
+        .output
+        .ends_with("538 5.7.11 Encryption required for requested authentication mechanism\r\n"));
+}
+
+#[test]
+fn starttls_resets_the_session() {
+    let mut config = config();
+    config.extensions |= crate::extensions::Extensions::STARTTLS;
+    // The driver writes the 220 and completes the handshake at the StartTls
+    // event, before the next read: here the transcript is fed in two reads.
+    let mut session = ServerSession::new(Rc::new(config));
+    session.greeting(Reply::greeting("mx.test"));
+    let mut out = Vec::new();
+    let first = b"EHLO c\r\nSTARTTLS\r\n";
+    let mut pos = 0;
+    while pos < first.len() {
+        let step = session.feed(&first[pos..]);
+        pos += step.consumed;
+        if step.event == Event::StartTls {
+            session.write_output(&mut out);
+            session.tls_established();
+        }
+    }
+    assert!(session.is_tls());
+    let second = b"MAIL FROM:<a@b.test>\r\nEHLO c\r\n";
+    let mut pos = 0;
+    while pos < second.len() {
+        pos += session.feed(&second[pos..]).consumed;
+    }
+    out.clear();
+    session.write_output(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    // MAIL needs a new EHLO; the new EHLO reply no longer offers STARTTLS.
+    assert!(
+        text.starts_with("503 5.5.1 Send HELO/EHLO first\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("STARTTLS"));
+}
+
+#[test]
+fn greeting_554_allows_only_quit() {
+    let mut session = ServerSession::new(Rc::new(config()));
+    session.greeting(Reply::fixed(554, (5, 3, 2), "No service"));
+    let input = b"EHLO c\r\nQUIT\r\n";
+    let mut pos = 0;
+    loop {
+        let step = session.feed(&input[pos..]);
+        pos += step.consumed;
+        if matches!(step.event, Event::Close(_) | Event::NeedInput) {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    session.write_output(&mut out);
+    assert_eq!(
+        out,
+        b"554 5.3.2 No service\r\n503 5.5.1 No service, send QUIT\r\n221 2.0.0 Bye\r\n"
+    );
+}
+
+#[test]
+fn too_many_errors_close_with_421() {
+    let mut config = config();
+    config.errors_max = 3;
+    let t = drive(config, b"X\r\nX\r\nX\r\nX\r\nX\r\nX\r\n", 100, accept_all);
+    assert_eq!(replies(&t), [220, 500, 500, 500, 500, 421]);
+    assert_eq!(t.closed, Some(CloseReason::TooManyErrors));
+}
+
+#[test]
+fn parameters_need_their_extension() {
+    let mut config = config();
+    config.extensions -=
+        crate::extensions::Extensions::DSN | crate::extensions::Extensions::SMTPUTF8;
+    let input = "EHLO c\r\nMAIL FROM:<a@b.test> RET=HDRS\r\nMAIL FROM:<a@b.test> SMTPUTF8\r\nMAIL FROM:<\u{e9}@b.test>\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test> NOTIFY=NEVER\r\nRCPT TO:<\u{e9}@y.test>\r\n";
+    let t = drive(config, input.as_bytes(), 9, accept_all);
+    assert_eq!(replies(&t), [220, 250, 555, 555, 553, 250, 555, 553]);
+}
+
+#[test]
+fn late_replies_never_touch_a_new_transaction() {
+    let mut session = ServerSession::new(Rc::new(config()));
+    session.greeting(Reply::greeting("mx.test"));
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRSET\r\nMAIL FROM:<a@b.test>\r\n";
+    let mut pos = 0;
+    let mut tokens = Vec::new();
+    loop {
+        let step = session.feed(&input[pos..]);
+        pos += step.consumed;
+        match step.event {
+            Event::Mail { token, .. } => tokens.push(token),
+            Event::NeedInput => break,
+            _ => {}
+        }
+    }
+    assert_eq!(tokens.len(), 2);
+    // Accepting the first (reset) MAIL must not open the second.
+    session.reply(tokens[0], Reply::ok()).unwrap();
+    let step = session.feed(b"RCPT TO:<x@y.test>\r\n");
+    assert_eq!(step.event, Event::Blocked);
+    session.reply(tokens[1], Reply::ok()).unwrap();
+    assert!(matches!(
+        session.feed(b"RCPT TO:<x@y.test>\r\n").event,
+        Event::Rcpt { .. }
+    ));
+}
