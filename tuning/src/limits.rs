@@ -46,7 +46,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Reads the tunables under `root` and this process's rlimits.
+    /// Reads the tunables under `root`, and this process's rlimits when
+    /// `root` is the host.
     pub fn read(root: &SysRoot) -> Self {
         let cap_ipc_lock = root
             .read("proc/self/status")
@@ -54,9 +55,12 @@ impl Limits {
                 field(&status, "CapEff").and_then(|hex| u64::from_str_radix(hex, 16).ok())
             })
             .map(|caps| caps & (1 << CAP_IPC_LOCK_BIT) != 0);
+        // Resource limits belong to this process, so they describe only the
+        // machine whose files are read when that machine is this one.
+        let host = root.is_host();
         Limits {
-            memlock_bytes: rlimit(libc::RLIMIT_MEMLOCK),
-            nofile: rlimit(libc::RLIMIT_NOFILE),
+            memlock_bytes: host.then(|| rlimit(libc::RLIMIT_MEMLOCK)).flatten(),
+            nofile: host.then(|| rlimit(libc::RLIMIT_NOFILE)).flatten(),
             cap_ipc_lock,
             somaxconn: root.read_u64("proc/sys/net/core/somaxconn"),
             tcp_max_syn_backlog: root.read_u64("proc/sys/net/ipv4/tcp_max_syn_backlog"),

@@ -202,6 +202,9 @@ fn inspect_a_fixture_tree() {
     assert_eq!(finding(&report, "smt")["severity"], "info");
     assert_eq!(finding(&report, "numa")["severity"], "info");
     assert_eq!(finding(&report, "spool")["severity"], "unknown");
+    // Process limits describe this process, not the fixture's machine.
+    assert_eq!(finding(&report, "memlock")["severity"], "unknown");
+    assert_eq!(finding(&report, "nofile")["severity"], "unknown");
     let nic = finding(&report, "nic-eth0");
     assert_eq!(nic["severity"], "info");
     assert_eq!(nic["command"], "ethtool -L eth0 combined 16");

@@ -187,8 +187,9 @@ fn memlock_finding(limits: &Limits, shards: usize) -> Finding {
             format!("locked memory limit {shown}, no CAP_IPC_LOCK"),
             format!(
                 "glommio registers its I/O memory (io_memory, 10 MiB by default) with 3 rings per \
-                 executor; {shards} shard(s) want about {}, else registration is skipped and \
-                 storage I/O copies. Raise the limit {systemd} or lower io_memory",
+                 executor, charged to the user's locked memory (summed over all its processes, \
+                 sink and harness included); {shards} shard(s) want about {}, else registration \
+                 is skipped and storage I/O copies. Raise the limit {systemd} or lower io_memory",
                 format_bytes(wanted)
             ),
             command,

@@ -149,7 +149,11 @@ pub fn cpu_findings(
         "cpu",
         Severity::Info,
         topology.summary(),
-        format!("One engine shard per CPU at most; start the sweep at 1 and go up to {cores}"),
+        format!(
+            "At most one shard per CPU: sweep shard counts from 1 to {}; one per physical core \
+             ({cores}) is where throughput per shard usually stops growing",
+            topology.cpu_count()
+        ),
         Some(format!("sluice-tune layouts --shards {cores}")),
     ));
     if topology.threads_per_core() > 1 {
