@@ -11,3 +11,5 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod log;
+pub mod queue;

@@ -1,0 +1,538 @@
+//! Per-shard delivery queues: what injection hands over once a message is
+//! durable, what recovery rebuilds, and what the delivery side pulls from.
+//!
+//! # Shape
+//! - A **destination** is a recipient domain (lower-cased). It has a FIFO
+//!   *ready* queue of [`Entry`]s (one per recipient, 40 bytes, addresses
+//!   left in the spool record).
+//! - Destinations roll up into **sites**: every domain whose static route
+//!   names the same host list shares one site, and a site owns the
+//!   connections and limits (see `deliver`). Site [`UNROUTED`] holds the
+//!   domains no route matches; delivery fails those temporarily (MX
+//!   delivery is a later issue) and they are retried like any `4xx`.
+//! - One **scheduled** heap per shard holds every deferred recipient keyed
+//!   by its next attempt time (never later than its expiry); one timer per
+//!   shard sleeps until [`Queues::next_due`], never one per message.
+//! - **Max age** is enforced wherever a recipient waits: a scheduled item
+//!   is due no later than its expiry, [`Queues::take`] checks each entry it
+//!   pops, and [`Queues::sweep_expired`] trims the fronts of ready queues
+//!   that are not being served. Expired entries are collected for the
+//!   delivery side ([`Queues::drain_expired`]), which completes them in the
+//!   spool as `Expired` and logs them.
+//!
+//! # Accounting
+//! Every entry is in exactly one place: a ready queue, the scheduled heap,
+//! in flight on a connection, or the expired list; the counters always add
+//! up to [`Queues::len`] (checked by `debug_assert`s and tests).
+//!
+//! This module does no I/O and reads no clock: times are passed in as
+//! milliseconds since the Unix epoch, so it is tested without sleeping.
+
+mod entry;
+mod restore;
+mod sites;
+#[cfg(test)]
+mod tests;
+
+// std
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::task::Waker;
+use std::time::Duration;
+
+// external
+use sluice_spool::RecordRef;
+
+// crate
+pub use self::entry::{DestId, Entry, Timed, ENTRY_BYTES, TIMED_BYTES};
+pub use self::restore::RestoreError;
+pub use self::sites::{SiteId, Sites, UNROUTED};
+
+/// One recipient of an accepted message, as injection parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedRecipient {
+    /// Index of the recipient in the spool record.
+    pub index: u32,
+    /// The address (forward path without angle brackets). Not kept by the
+    /// queues: delivery reads it back from the spool record.
+    pub address: String,
+    /// DSN parameters as stored in the spool record (opaque here).
+    pub dsn: Vec<u8>,
+}
+
+/// The recipients of one message in one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecipients {
+    /// The recipient domain (any case; the queues lower-case it).
+    pub domain: String,
+    /// Its recipients.
+    pub recipients: Vec<AcceptedRecipient>,
+}
+
+/// A message injection accepted and made durable (its `250` is released).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Spool message id.
+    pub id: u64,
+    /// The spool record.
+    pub rec: RecordRef,
+    /// Arrival, ms since the Unix epoch.
+    pub arrival_unix_ms: u64,
+    /// Expiry stored in the record, ms since the Unix epoch.
+    pub expiry_unix_ms: u64,
+    /// The reverse path (empty for `<>`).
+    pub sender: String,
+    /// Recipients grouped by domain.
+    pub domains: Vec<DomainRecipients>,
+}
+
+/// Queue settings from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Longest a recipient may wait before it expires, counted from arrival
+    /// (applies when the message's own expiry is later).
+    pub max_age: Duration,
+    /// Bound on recipients queued on this shard (ready, scheduled and in
+    /// flight); injection should refuse (`452 4.3.1`) above it.
+    pub recipients_max: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            recipients_max: 50_000_000,
+        }
+    }
+}
+
+/// A destination (recipient domain) and its ready queue.
+#[derive(Debug)]
+struct Destination {
+    domain: Box<str>,
+    site: SiteId,
+    ready: VecDeque<Entry>,
+    /// Whether the destination is in its site's ring of destinations with
+    /// ready work.
+    in_ring: bool,
+}
+
+/// Per-site state the queues keep: which destinations have ready work and
+/// who waits for it.
+#[derive(Debug, Default)]
+struct SiteQueue {
+    ring: VecDeque<DestId>,
+    ready: usize,
+    in_flight: usize,
+    waiters: Vec<Waker>,
+}
+
+/// The shard's queues. Single-threaded; shared as `Rc<RefCell<Queues>>`.
+#[derive(Debug)]
+pub struct Queues {
+    cfg: QueueConfig,
+    sites: Sites,
+    site_queues: Vec<SiteQueue>,
+    dest_by_domain: HashMap<Box<str>, DestId>,
+    dests: Vec<Destination>,
+    scheduled: BinaryHeap<std::cmp::Reverse<Timed>>,
+    expired: Vec<(DestId, Entry)>,
+    ready: usize,
+    in_flight: usize,
+    /// Woken when a site gets ready work, the earliest deadline moves
+    /// earlier, or something expired: the shard's delivery driver.
+    driver: Option<Waker>,
+}
+
+impl Queues {
+    /// Empty queues for the given sites.
+    pub fn new(sites: Sites, cfg: QueueConfig) -> Queues {
+        let site_queues = (0..sites.len()).map(|_| SiteQueue::default()).collect();
+        Queues {
+            cfg,
+            sites,
+            site_queues,
+            dest_by_domain: HashMap::new(),
+            dests: Vec::new(),
+            scheduled: BinaryHeap::new(),
+            expired: Vec::new(),
+            ready: 0,
+            in_flight: 0,
+            driver: None,
+        }
+    }
+
+    /// Hands over a durable, acknowledged message: every recipient becomes
+    /// ready now. Called by injection after the spool commit covering the
+    /// message resolved, so nothing unacknowledged is ever delivered.
+    pub fn enqueue(&mut self, msg: Accepted) {
+        let expiry = self.expiry(msg.arrival_unix_ms, msg.expiry_unix_ms);
+        for group in &msg.domains {
+            let dest = self.destination(&group.domain);
+            for r in &group.recipients {
+                let entry = Entry {
+                    id: msg.id,
+                    rec: msg.rec,
+                    expiry_unix_ms: expiry,
+                    index: r.index,
+                    attempts: 0,
+                };
+                self.push_ready(dest, entry);
+            }
+        }
+    }
+
+    /// The expiry of a message: its own, or arrival plus max age if earlier.
+    pub fn expiry(&self, arrival_unix_ms: u64, expiry_unix_ms: u64) -> u64 {
+        let by_age = arrival_unix_ms.saturating_add(self.cfg.max_age.as_millis() as u64);
+        if expiry_unix_ms == 0 {
+            by_age
+        } else {
+            expiry_unix_ms.min(by_age)
+        }
+    }
+
+    /// The destination for `domain`, created (and routed) on first use.
+    pub fn destination(&mut self, domain: &str) -> DestId {
+        let lower;
+        let key = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = domain.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            domain
+        };
+        if let Some(&d) = self.dest_by_domain.get(key) {
+            return d;
+        }
+        let id = DestId::try_from(self.dests.len()).unwrap_or(DestId::MAX);
+        let site = self.sites.site_for(key);
+        self.dests.push(Destination {
+            domain: key.into(),
+            site,
+            ready: VecDeque::new(),
+            in_ring: false,
+        });
+        self.dest_by_domain.insert(key.into(), id);
+        id
+    }
+
+    fn push_ready(&mut self, dest: DestId, entry: Entry) {
+        let d = &mut self.dests[dest as usize];
+        d.ready.push_back(entry);
+        let site = d.site;
+        let sq = &mut self.site_queues[site as usize];
+        if !d.in_ring {
+            d.in_ring = true;
+            sq.ring.push_back(dest);
+        }
+        sq.ready += 1;
+        self.ready += 1;
+        if let Some(w) = sq.waiters.pop() {
+            w.wake();
+        }
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Pops the next transaction's worth of recipients for `site`: the head
+    /// of the next destination in round-robin order plus the following
+    /// recipients of the same message in that destination (up to
+    /// `recipients_max`). Expired entries met on the way go to the expired
+    /// list. The entries are in flight until [`Queues::finish`],
+    /// [`Queues::defer`] or [`Queues::requeue`] accounts for each of them.
+    pub fn take(
+        &mut self,
+        site: SiteId,
+        now_unix_ms: u64,
+        recipients_max: usize,
+        out: &mut Vec<Entry>,
+    ) -> Option<DestId> {
+        out.clear();
+        let recipients_max = recipients_max.max(1);
+        // Bounded: every iteration removes at least one entry from the site
+        // or returns.
+        loop {
+            let dest = self.site_queues[site as usize].ring.pop_front()?;
+            let d = &mut self.dests[dest as usize];
+            let mut taken = 0usize;
+            let mut expired = 0usize;
+            while let Some(e) = d.ready.front().copied() {
+                if let Some(first) = out.first() {
+                    if e.id != first.id || out.len() >= recipients_max {
+                        break;
+                    }
+                }
+                d.ready.pop_front();
+                if e.expiry_unix_ms <= now_unix_ms {
+                    self.expired.push((dest, e));
+                    expired += 1;
+                } else {
+                    out.push(e);
+                    taken += 1;
+                }
+            }
+            let more = !d.ready.is_empty();
+            if more {
+                self.site_queues[site as usize].ring.push_back(dest);
+            } else {
+                d.in_ring = false;
+            }
+            let sq = &mut self.site_queues[site as usize];
+            sq.ready -= taken + expired;
+            sq.in_flight += taken;
+            self.ready -= taken + expired;
+            self.in_flight += taken;
+            if expired > 0 {
+                if let Some(w) = &self.driver {
+                    w.wake_by_ref();
+                }
+            }
+            if taken > 0 {
+                return Some(dest);
+            }
+        }
+    }
+
+    /// Whether `site` has ready recipients.
+    pub fn site_ready(&self, site: SiteId) -> usize {
+        self.site_queues[site as usize].ready
+    }
+
+    /// Recipients of `site` currently in flight.
+    pub fn site_in_flight(&self, site: SiteId) -> usize {
+        self.site_queues[site as usize].in_flight
+    }
+
+    /// An in-flight recipient reached a final outcome (delivered, bounced):
+    /// it leaves the queues.
+    pub fn finish(&mut self, dest: DestId) {
+        let site = self.dests[dest as usize].site;
+        let sq = &mut self.site_queues[site as usize];
+        assert!(
+            sq.in_flight > 0 && self.in_flight > 0,
+            "finish without a take"
+        );
+        sq.in_flight -= 1;
+        self.in_flight -= 1;
+    }
+
+    /// An in-flight recipient failed temporarily: it waits in the scheduled
+    /// heap until `due_unix_ms`, or its expiry if that comes first.
+    pub fn defer(&mut self, dest: DestId, entry: Entry, due_unix_ms: u64) {
+        self.finish(dest);
+        self.schedule(dest, entry, due_unix_ms);
+    }
+
+    fn schedule(&mut self, dest: DestId, entry: Entry, due_unix_ms: u64) {
+        let due = due_unix_ms.min(entry.expiry_unix_ms);
+        let earlier = self.next_due().is_none_or(|d| due < d);
+        self.scheduled.push(std::cmp::Reverse(Timed {
+            due_unix_ms: due,
+            dest,
+            entry,
+        }));
+        if earlier {
+            if let Some(w) = &self.driver {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// An in-flight recipient was not attempted (its connection never got
+    /// to it): back to the front of its ready queue, attempts unchanged.
+    pub fn requeue(&mut self, dest: DestId, entry: Entry) {
+        self.finish(dest);
+        let d = &mut self.dests[dest as usize];
+        d.ready.push_front(entry);
+        let site = d.site;
+        let sq = &mut self.site_queues[site as usize];
+        if !d.in_ring {
+            d.in_ring = true;
+            sq.ring.push_front(dest);
+        }
+        sq.ready += 1;
+        self.ready += 1;
+        if let Some(w) = sq.waiters.pop() {
+            w.wake();
+        }
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The earliest scheduled time, if anything is scheduled.
+    pub fn next_due(&self) -> Option<u64> {
+        self.scheduled.peek().map(|t| t.0.due_unix_ms)
+    }
+
+    /// Moves every scheduled recipient due at `now_unix_ms` to its ready
+    /// queue (or to the expired list), at most `budget` of them; returns
+    /// how many moved. Call again while it returns `budget`.
+    pub fn promote_due(&mut self, now_unix_ms: u64, budget: usize) -> usize {
+        let mut moved = 0;
+        while moved < budget {
+            match self.scheduled.peek() {
+                Some(t) if t.0.due_unix_ms <= now_unix_ms => {}
+                _ => break,
+            }
+            let Some(std::cmp::Reverse(t)) = self.scheduled.pop() else {
+                break;
+            };
+            moved += 1;
+            if t.entry.expiry_unix_ms <= now_unix_ms {
+                self.expired.push((t.dest, t.entry));
+            } else {
+                self.push_ready(t.dest, t.entry);
+            }
+        }
+        moved
+    }
+
+    /// Moves expired entries from the fronts of ready queues to the expired
+    /// list (for destinations nobody is serving). Examines at most `budget`
+    /// destinations, resuming where the last sweep stopped.
+    pub fn sweep_expired(&mut self, now_unix_ms: u64, budget: usize) -> usize {
+        let mut found = 0;
+        for s in 0..self.site_queues.len() {
+            let ring_len = self.site_queues[s].ring.len().min(budget);
+            for _ in 0..ring_len {
+                let Some(dest) = self.site_queues[s].ring.pop_front() else {
+                    break;
+                };
+                let d = &mut self.dests[dest as usize];
+                while let Some(e) = d.ready.front().copied() {
+                    if e.expiry_unix_ms > now_unix_ms {
+                        break;
+                    }
+                    d.ready.pop_front();
+                    self.expired.push((dest, e));
+                    self.site_queues[s].ready -= 1;
+                    self.ready -= 1;
+                    found += 1;
+                }
+                if d.ready.is_empty() {
+                    d.in_ring = false;
+                } else {
+                    self.site_queues[s].ring.push_back(dest);
+                }
+            }
+        }
+        found
+    }
+
+    /// Takes the expired entries collected so far; the caller completes
+    /// each in the spool as `Expired` and logs it.
+    pub fn drain_expired(&mut self, out: &mut Vec<(DestId, Entry)>) {
+        out.clear();
+        out.append(&mut self.expired);
+    }
+
+    /// Whether expired entries wait for the delivery side.
+    pub fn has_expired(&self) -> bool {
+        !self.expired.is_empty()
+    }
+
+    /// Registers the waker of the shard's delivery driver.
+    pub fn set_driver_waker(&mut self, waker: Waker) {
+        self.driver = Some(waker);
+    }
+
+    /// Registers an idle connection of `site` to be woken by new work.
+    pub fn wait_for_work(&mut self, site: SiteId, waker: Waker) {
+        let w = &mut self.site_queues[site as usize].waiters;
+        if !w.iter().any(|x| x.will_wake(&waker)) {
+            w.push(waker);
+        }
+    }
+
+    /// Wakes every idle connection of every site (shutdown).
+    pub fn wake_all(&mut self) {
+        for sq in &mut self.site_queues {
+            for w in sq.waiters.drain(..) {
+                w.wake();
+            }
+        }
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The domain of a destination.
+    pub fn domain(&self, dest: DestId) -> &str {
+        &self.dests[dest as usize].domain
+    }
+
+    /// The site of a destination.
+    pub fn site_of(&self, dest: DestId) -> SiteId {
+        self.dests[dest as usize].site
+    }
+
+    /// The routing table.
+    pub fn sites(&self) -> &Sites {
+        &self.sites
+    }
+
+    /// Next hops of a site (empty for [`UNROUTED`]).
+    pub fn hosts(&self, site: SiteId) -> &[SocketAddr] {
+        self.sites.hosts(site)
+    }
+
+    /// Every queued recipient: ready + scheduled + in flight + expired.
+    pub fn len(&self) -> usize {
+        self.ready + self.scheduled.len() + self.in_flight + self.expired.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the shard may accept `recipients` more (else `452 4.3.1`).
+    pub fn has_room(&self, recipients: usize) -> bool {
+        self.len().saturating_add(recipients) <= self.cfg.recipients_max
+    }
+
+    /// Counts by place, for metrics and tests.
+    pub fn counts(&self) -> QueueCounts {
+        QueueCounts {
+            ready: self.ready,
+            scheduled: self.scheduled.len(),
+            in_flight: self.in_flight,
+            expired: self.expired.len(),
+            destinations: self.dests.len(),
+        }
+    }
+
+    /// Checks the accounting invariants (tests and debug builds).
+    pub fn check_invariants(&self) {
+        let ready: usize = self.dests.iter().map(|d| d.ready.len()).sum();
+        assert_eq!(ready, self.ready, "ready count");
+        let per_site: usize = self.site_queues.iter().map(|s| s.ready).sum();
+        assert_eq!(per_site, self.ready, "per-site ready count");
+        let flight: usize = self.site_queues.iter().map(|s| s.in_flight).sum();
+        assert_eq!(flight, self.in_flight, "in-flight count");
+        for (i, d) in self.dests.iter().enumerate() {
+            let in_ring = self.site_queues[d.site as usize]
+                .ring
+                .contains(&(i as DestId));
+            assert_eq!(in_ring, d.in_ring, "ring membership of {}", d.domain);
+            assert!(!d.in_ring || !d.ready.is_empty() || in_ring);
+        }
+    }
+}
+
+/// Where the queued recipients are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    /// In ready queues.
+    pub ready: usize,
+    /// In the scheduled heap.
+    pub scheduled: usize,
+    /// On connections.
+    pub in_flight: usize,
+    /// Expired, waiting to be completed.
+    pub expired: usize,
+    /// Destinations known.
+    pub destinations: usize,
+}
