@@ -109,7 +109,7 @@ pub struct Args {
     /// Open connections per shard; more get 421 and are closed.
     #[arg(long, default_value_t = CONNECTIONS_PER_SHARD_MAX_DEFAULT)]
     pub connections_max: usize,
-    /// Close a connection idle this long with 421 (RFC 5321 §4.5.3.2.7: 5 minutes).
+    /// Close a connection idle this long with 421 (RFC 5321 §4.5.3.2.7: 5 minutes; "0": never).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// glommio io_memory per shard, bytes. Keep shards x this under `ulimit -l`.

@@ -34,6 +34,12 @@ pub fn session_config(cfg: &SinkConfig) -> ServerConfig {
     }
     sc.message_bytes_max = cfg.size_bytes_max;
     sc.recipients_max = cfg.rcpt_max;
+    // The read buffer must hold the longest unconsumed input the session
+    // leaves (one command line), or a connection could stall.
+    assert!(
+        READ_BYTES >= sc.input_bytes_min(),
+        "read buffer below one command line"
+    );
     sc
 }
 
@@ -92,7 +98,8 @@ enum Input {
 
 impl Conn {
     async fn run(&mut self, shard: &Shard, stream: &mut TcpStream) -> io::Result<()> {
-        stream.set_read_timeout(Some(shard.cfg.idle_timeout))?;
+        let idle = shard.cfg.idle_timeout;
+        stream.set_read_timeout((!idle.is_zero()).then_some(idle))?;
         let Some(greeting) = self.policy.greeting(shard) else {
             return self.never_greet(shard, stream).await;
         };

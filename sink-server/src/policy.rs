@@ -132,7 +132,7 @@ impl ConnPolicy {
         }
         let rule = profile.phase(Phase::Connect);
         let delay = count_delay(&mut stats.counters.actions, Phase::Connect, rule.delay);
-        let code = rule.pick(shard.draw());
+        let code = rule.decide(|| shard.draw());
         let (reply, then) = match code {
             None => (Reply::greeting(&shard.cfg.hostname), Then::Continue),
             Some(code) => {
@@ -156,7 +156,7 @@ impl ConnPolicy {
         let rule = shard.cfg.profile.phase(Phase::Mail);
         let mut stats = shard.stats.borrow_mut();
         let delay = count_delay(&mut stats.counters.actions, Phase::Mail, rule.delay);
-        match rule.pick(shard.draw()) {
+        match rule.decide(|| shard.draw()) {
             Some(code) => {
                 stats.counters.actions.count_injected(Phase::Mail, code);
                 injected(code, Phase::Mail, delay)
@@ -184,21 +184,21 @@ impl ConnPolicy {
             Some(i) => i,
             None => self.txn.push(to.domain()),
         };
-        let domain = self.txn.name(index).to_string();
+        let (ds, de, _) = self.txn.entries[index];
+        let domain = &self.txn.text[ds..de];
         // The connection's domain is the first RCPT's (counted once).
         if self.domain.is_none() {
-            let admit = shard.shared.with_board(|b| b.join(&domain, profile));
+            let admit = shard.shared.with_board(|b| b.join(domain, profile));
             let mut stats = shard.stats.borrow_mut();
-            stats.counters.domain(&domain).connections += 1;
-            self.domain = Some(domain.clone());
+            stats.counters.domain(domain).connections += 1;
+            self.domain = Some(domain.to_string());
             if admit == Admit::OverLimit {
                 stats.counters.actions.connection_limited += 1;
                 return limit_421("Too many connections for this domain, try later", delay);
             }
             self.domain_joined = true;
         }
-        let local = to.local_part().to_ascii_lowercase();
-        if profile.rejects_local_part(&local, &domain) {
+        if profile.rejects_local_part(to.local_part(), domain) {
             shard
                 .stats
                 .borrow_mut()
@@ -212,7 +212,7 @@ impl ConnPolicy {
                 then: Then::Continue,
             };
         }
-        if let Some(code) = rule.pick(shard.draw()) {
+        if let Some(code) = rule.decide(|| shard.draw()) {
             shard
                 .stats
                 .borrow_mut()
@@ -224,12 +224,12 @@ impl ConnPolicy {
         // A message slot of a rate-limited domain is taken by its first
         // accepted recipient in the transaction.
         let first_in_txn = self.txn.entries[index].2 == 0;
-        let limit = profile.domains.get(&domain).and_then(|d| d.rate_per_second);
+        let limit = profile.domains.get(domain).and_then(|d| d.rate_per_second);
         if let (true, Some(limit)) = (first_in_txn, limit) {
             let sec = unix_now().as_secs();
             if shard
                 .shared
-                .with_board(|b| b.take_message(&domain, limit, sec))
+                .with_board(|b| b.take_message(domain, limit, sec))
                 == Admit::OverLimit
             {
                 shard.stats.borrow_mut().counters.actions.rate_limited += 1;
@@ -291,7 +291,7 @@ impl ConnPolicy {
         let now = unix_now();
         let mut stats = shard.stats.borrow_mut();
         let delay = count_delay(&mut stats.counters.actions, Phase::Data, rule.delay);
-        if let Some(code) = rule.pick(shard.draw()) {
+        if let Some(code) = rule.decide(|| shard.draw()) {
             stats.counters.actions.count_injected(Phase::Data, code);
             drop(stats);
             self.abort_capture(shard);

@@ -284,6 +284,15 @@ pub struct PhaseRule {
 }
 
 impl PhaseRule {
+    /// The code to inject, drawing from `draw` only when the phase has
+    /// reject rules (so a passive profile costs no random numbers).
+    pub fn decide(&self, draw: impl FnOnce() -> f64) -> Option<u16> {
+        if self.reject_cumulative.is_empty() {
+            return None;
+        }
+        self.pick(draw())
+    }
+
     /// The code to inject for a uniform draw `u` in `[0, 1)`, if any.
     pub fn pick(&self, u: f64) -> Option<u16> {
         self.reject_cumulative
@@ -347,13 +356,20 @@ impl Profile {
         &self.phases[phase.index()]
     }
 
-    /// Whether `local@domain` (both lower-cased) is to get `550 5.1.1`.
+    /// Whether `local@domain` (`domain` lower-cased; `local` in any case)
+    /// is to get `550 5.1.1`. Allocates only when some rule could match.
     pub fn rejects_local_part(&self, local: &str, domain: &str) -> bool {
-        self.reject_local_parts.contains(local)
-            || self
-                .domains
-                .get(domain)
-                .is_some_and(|d| d.reject_local_parts.contains(local))
+        let per_domain = self
+            .domains
+            .get(domain)
+            .map(|d| &d.reject_local_parts)
+            .filter(|set| !set.is_empty());
+        if self.reject_local_parts.is_empty() && per_domain.is_none() {
+            return false;
+        }
+        let local = local.to_ascii_lowercase();
+        self.reject_local_parts.contains(&local)
+            || per_domain.is_some_and(|set| set.contains(&local))
     }
 
     /// Merges `raw` and `ov` and checks every value, collecting all problems.
@@ -640,7 +656,7 @@ mod tests {
         assert_eq!(p.phase(Phase::Data).delay, Duration::from_millis(20));
         assert_eq!(p.domains["example.com"].rate_per_second, Some(5));
         assert!(p.rejects_local_part("nobody", "other.org"));
-        assert!(p.rejects_local_part("bounce", "example.com"));
+        assert!(p.rejects_local_part("Bounce", "example.com"));
         assert!(!p.rejects_local_part("bounce", "other.org"));
         assert!(!p.is_passive());
         assert!(Profile::build(RawProfile::default(), &Overrides::default())
