@@ -14,6 +14,10 @@ use crate::units::{Nanos, Rate};
 /// A share of a limit is expressed in parts of this many.
 pub const SHARE_PARTS: u32 = 1 << 16;
 
+// Shares are summed in u32 across at most SHARE_PARTS shards' worth of
+// parts; keep the unit small enough that a sum of two never overflows.
+const _: () = assert!(SHARE_PARTS.is_power_of_two() && SHARE_PARTS <= u32::MAX / 2);
+
 /// The outcome of asking a limiter for a token or permit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Take {
@@ -74,8 +78,12 @@ impl TokenBucket {
         self.burst_parts = burst_parts;
         let period_ns = u128::from(rate.period_ns());
         self.token_units = u128::from(SHARE_PARTS) * period_ns;
-        self.refill_per_ns = u128::from(rate.count) * u128::from(rate_parts);
-        self.capacity = u128::from(rate.burst) * u128::from(burst_parts) * period_ns;
+        // Saturating: a hand-built `Rate` beyond the parser's bounds must not
+        // overflow; it only becomes "effectively unlimited".
+        self.refill_per_ns = u128::from(rate.count).saturating_mul(u128::from(rate_parts));
+        self.capacity = u128::from(rate.burst)
+            .saturating_mul(u128::from(burst_parts))
+            .saturating_mul(period_ns);
         self.level = self.level.min(self.capacity);
     }
 

@@ -212,6 +212,18 @@ impl fmt::Display for Rate {
     }
 }
 
+/// The largest count or burst a rate may have (10^12 events).
+pub const RATE_COUNT_MAX: u64 = 1_000_000_000_000;
+/// The longest period a rate may have.
+pub const RATE_PERIOD_MAX: Duration = Duration::from_secs(366 * 86_400);
+
+// The limiter's fixed-point arithmetic (see `limiter`) stays inside u128
+// for any rate the parser accepts: capacity = burst * parts * period_ns.
+const _: () = assert!(
+    (RATE_COUNT_MAX as u128) * (crate::limiter::SHARE_PARTS as u128) * (RATE_PERIOD_MAX.as_nanos())
+        < u128::MAX / 1024
+);
+
 /// Parses `"300/min"`, `"10/s"`, `"50000/day"`, `"1_000/h"`, `"100/10m"`,
 /// optionally followed by `burst N` (`"300/min burst 20"`).
 pub fn parse_rate(text: &str) -> Result<Rate, UnitError> {
@@ -242,6 +254,14 @@ pub fn parse_rate(text: &str) -> Result<Rate, UnitError> {
     };
     if period.is_zero() {
         return Err(UnitError::Syntax("a rate's period must not be zero".into()));
+    }
+    if period > RATE_PERIOD_MAX {
+        return Err(UnitError::Syntax(
+            "a rate's period is at most a year".into(),
+        ));
+    }
+    if count > RATE_COUNT_MAX || burst.is_some_and(|b| b > RATE_COUNT_MAX) {
+        return Err(UnitError::Overflow(t.to_string()));
     }
     let mut rate = Rate::new(count, period);
     if let Some(burst) = burst {

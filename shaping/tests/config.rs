@@ -331,3 +331,93 @@ fn shaper_end_to_end_on_one_shard() {
     let verdict = shaper.feed_outcome(&dest, &unknown, hour);
     assert_eq!(verdict.bounce.as_deref(), Some("no-such-user"));
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+    use sluice_shaping::config::Rules;
+    use sluice_shaping::import::{import_kumo, import_pmta};
+
+    fn line() -> impl Strategy<Value = String> {
+        let keys = prop::sample::select(vec![
+            "max_connections",
+            "max_message_rate",
+            "retry_after",
+            "tls",
+            "pool",
+            "match",
+            "bind",
+            "ehlo",
+            "sources",
+            "steps",
+            "name",
+            "code",
+            "text",
+            "action",
+            "bogus",
+            "connection_limit",
+            "enable_tls",
+            "automation",
+            "regex",
+            "duration",
+        ]);
+        let values = prop::sample::select(vec![
+            "3",
+            "0",
+            "-1",
+            "\"300/min\"",
+            "\"0/s\"",
+            "\"10m,1h\"",
+            "\"exp(1m, x2, max 1h)\"",
+            "\"required\"",
+            "\"x\"",
+            "[{ mx_suffix = \"a.b\" }]",
+            "[]",
+            "{ a = 1 }",
+            "\"(\"",
+            "\"421\"",
+            "\"backoff\"",
+            "\"suspend\"",
+            "true",
+            "\"1.2.3.4\"",
+            "[{ after = \"0d\", max_message_rate = \"5/day\" }]",
+            "\"Suspend\"",
+        ]);
+        let headers = prop::sample::select(vec![
+            "[default]",
+            "[domain.\"a.example\"]",
+            "[provider.p]",
+            "[source.s]",
+            "[pool.p]",
+            "[warmup.w]",
+            "[[default.backoff]]",
+            "[domain.\"a.example\".source.s]",
+            "[zzz]",
+            "[\"default\"]",
+            "[[\"default\".automation]]",
+        ]);
+        prop_oneof![
+            (keys, values).prop_map(|(k, v)| format!("{k} = {v}")),
+            headers.prop_map(str::to_string),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn rules_and_importers_never_panic(lines in proptest::collection::vec(line(), 0..24)) {
+            let text = lines.join("\n");
+            if let Ok(rules) = Rules::parse(&text, "fuzz.toml") {
+                let _ = rules.effective("a.example", &["mx.a.b"], Some("s"));
+            }
+            let _ = import_kumo(&text, "fuzz.toml");
+            let _ = import_pmta(&text.replace('[', "<").replace(']', ">"), "fuzz.conf");
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = Rules::parse(&text, "fuzz.toml");
+            let _ = import_kumo(&text, "fuzz.toml");
+            let _ = import_pmta(&text, "fuzz.conf");
+        }
+    }
+}

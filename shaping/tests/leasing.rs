@@ -303,3 +303,25 @@ fn steady_state_costs_under_one_message_per_100_tokens() {
         }
     }
 }
+
+/// A busy home shard that never polls still renews its lease from the
+/// acquire path: at a sustainable pace it is never refused.
+#[test]
+fn busy_shard_renews_without_polling() {
+    let mut shaper = sluice_shaping::lease::ShardShaper::new(0, 1, config());
+    let rate = Rate {
+        count: 1_000,
+        period: Duration::from_secs(1),
+        burst: 10,
+    };
+    let id = shaper.rate_limit("domain:busy.example/max_message_rate", rate, Nanos(0));
+    // One acquire every 2ms (half the limit) for 5 s: ~12 lease periods.
+    for step in 0..2_500u64 {
+        let now = Nanos(step * 2 * MS);
+        assert_eq!(
+            shaper.try_acquire_message(&[id], now),
+            Acquire::Ok,
+            "refused at step {step}"
+        );
+    }
+}

@@ -257,8 +257,12 @@ pub struct ShardShaper {
 
 impl ShardShaper {
     /// The shaper of shard `shard` out of `shards`.
-    pub fn new(shard: u32, shards: u32, config: LeaseConfig) -> ShardShaper {
+    pub fn new(shard: u32, shards: u32, mut config: LeaseConfig) -> ShardShaper {
         assert!(shard < shards, "shard {shard} out of {shards}");
+        // Keep the protocol's timing sane whatever the caller passed.
+        config.lease_min = config.lease_min.max(Duration::from_millis(1));
+        config.lease_max = config.lease_max.max(config.lease_min);
+        config.tokens_per_lease = config.tokens_per_lease.max(1);
         ShardShaper {
             shard,
             shards,
@@ -341,18 +345,28 @@ impl ShardShaper {
             if let Slot::Rate(slot) = &mut self.slots[id.0 as usize] {
                 match slot.check(now) {
                     Take::Ok => {}
-                    Take::Wait(d) => wait = wait.max(d),
+                    Take::Wait(d) => {
+                        let change = slot.until_change(now).max(self.config.retry_hint);
+                        wait = wait.max(d.min(change));
+                    }
                     Take::NoShare => missing_share = true,
                 }
             }
         }
         if wait.is_zero() && !missing_share {
+            let mut due = false;
             for id in limits {
                 if let Slot::Rate(slot) = &mut self.slots[id.0 as usize] {
                     slot.consume();
+                    due |= slot.next_wake <= now;
                 }
             }
             self.stats.tokens_granted += 1;
+            if due {
+                // A renewal is due and the caller has not polled yet: do it
+                // now so a busy shard never runs its lease out.
+                self.poll(now);
+            }
             Ok(())
         } else {
             Err((wait, missing_share))

@@ -139,6 +139,13 @@ impl RateSlot {
         take
     }
 
+    /// How long until this shard's share may change (lease end), so a
+    /// caller never waits on a share that is about to be replaced.
+    pub fn until_change(&self, now: Nanos) -> Duration {
+        self.current
+            .map_or(Duration::ZERO, |cur| cur.end.since(now))
+    }
+
     /// Consumes the token a `check` at the same instant reported.
     pub fn consume(&mut self) {
         self.bucket.consume();
@@ -305,11 +312,15 @@ impl RateHome {
         let instants = std::iter::once(start)
             .chain(leases().map(|l| l.start).filter(|s| *s > start && *s < end));
         for t in instants {
-            let (rate, burst) = leases()
-                .filter(|l| l.start <= t && t < l.end)
-                .fold((0u32, 0u32), |(r, b), l| {
-                    (r + l.rate_parts, b + l.burst_parts)
-                });
+            let (rate, burst) =
+                leases()
+                    .filter(|l| l.start <= t && t < l.end)
+                    .fold((0u32, 0u32), |(r, b), l| {
+                        (
+                            r.saturating_add(l.rate_parts),
+                            b.saturating_add(l.burst_parts),
+                        )
+                    });
             worst = (worst.0.max(rate), worst.1.max(burst));
         }
         worst
@@ -444,6 +455,12 @@ impl RateHome {
             p.leases[0] = Some(lease);
         }
         p.pending_since = None;
+        // The books must balance: no instant over-commits the limit.
+        let (rate_total, burst_total) = self.committed(usize::MAX, start, end);
+        assert!(
+            rate_total <= SHARE_PARTS && burst_total <= SHARE_PARTS,
+            "lease accounting over-committed: {rate_total}/{burst_total} of {SHARE_PARTS}"
+        );
         Some(lease)
     }
 

@@ -1,0 +1,113 @@
+//! Two shards' `Shaper`s over the real crossbeam transport (pumped in turn
+//! on one thread, with a virtual clock): a backoff seen on one shard
+//! restricts a provider's limits on the other, and recovery frees them.
+
+use std::time::Duration;
+
+use sluice_shaping::backoff::{Mode, Outcome};
+use sluice_shaping::config::Rules;
+use sluice_shaping::lease::{home_shard, ConnAcquire, LeaseConfig};
+use sluice_shaping::transport::{mesh, ShardLink};
+use sluice_shaping::units::Nanos;
+use sluice_shaping::{Destination, Shaper};
+
+const RULES: &str = r#"
+[default]
+max_connections = 16
+
+[provider.bigmail]
+match = [{ domain_suffix = "bigmail.example" }]
+max_connections = 10
+max_message_rate = "1000/s"
+
+[[provider.bigmail.backoff]]
+name = "slow-down"
+code = "421"
+text = "(?i)too many"
+backoff_max_connections = 2
+backoff_max_message_rate = "10/s"
+recover_after = "1m"
+"#;
+
+fn pump(links: &mut [ShardLink], shapers: &mut [Shaper], now: Nanos) {
+    for _ in 0..4 {
+        for (link, shaper) in links.iter_mut().zip(shapers.iter_mut()) {
+            link.pump(shaper, now).expect("both shards alive");
+        }
+    }
+}
+
+#[test]
+fn backoff_on_one_shard_restricts_the_other() {
+    let rules = Rules::parse(RULES, "rules.toml").expect("valid rules");
+    let mut shapers: Vec<Shaper> = (0..2)
+        .map(|i| Shaper::new(i, 2, rules.clone(), LeaseConfig::default()))
+        .collect();
+    let mut links = mesh(2, 8);
+    let home = home_shard("provider:bigmail", 2) as usize;
+    let other = 1 - home;
+    let dests: Vec<Destination> = shapers
+        .iter_mut()
+        .map(|s| s.destination("a.bigmail.example", &[], None, 0, Nanos(0)))
+        .collect();
+    assert_eq!(dests[0].rule.site, "provider:bigmail");
+
+    // The non-home shard sees the 421 and backs off.
+    let reply = Outcome {
+        code: 421,
+        enhanced: Some("4.7.0"),
+        text: "Too many messages",
+        destination: "a.bigmail.example",
+        source: None,
+    };
+    let verdict = shapers[other].feed_outcome(&dests[other], &reply, Nanos(1_000));
+    assert_eq!(
+        verdict.change.as_ref().and_then(|c| c.rule.as_deref()),
+        Some("slow-down")
+    );
+    assert!(matches!(
+        shapers[other].mode(&dests[other]),
+        Mode::Backoff { .. }
+    ));
+
+    // After the messages flow, the home shard obeys the restriction too: it
+    // can hold at most 2 connections at once.
+    let mut now = Nanos(2_000);
+    pump(&mut links, &mut shapers, now);
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        now = now.plus(Duration::from_millis(1));
+        if let ConnAcquire::Ok(p) = shapers[home].try_acquire_connection(&dests[home], now) {
+            held.push(p);
+        }
+        pump(&mut links, &mut shapers, now);
+    }
+    assert_eq!(
+        held.len(),
+        2,
+        "the home shard must obey the backoff's 2 connections"
+    );
+    for p in held {
+        shapers[home].release_connection(p, now);
+    }
+
+    // Recovery after a minute frees the limit everywhere.
+    now = Nanos(1_000).plus(Duration::from_secs(61));
+    pump(&mut links, &mut shapers, now);
+    assert_eq!(shapers[other].mode(&dests[other]), Mode::Normal);
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        now = now.plus(Duration::from_millis(1));
+        for shard in [home, other] {
+            if let ConnAcquire::Ok(p) = shapers[shard].try_acquire_connection(&dests[shard], now) {
+                held.push((shard, p));
+            }
+        }
+        pump(&mut links, &mut shapers, now);
+    }
+    assert_eq!(
+        held.len(),
+        10,
+        "back to the provider's 10 connections across both shards"
+    );
+}
