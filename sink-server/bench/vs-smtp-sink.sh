@@ -77,8 +77,9 @@ fi
 
 WORK=$(mktemp -d)
 SINK_PID=""
-cleanup() { stop_pid "$SINK_PID"; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
+cleanup() { stop_pid "$SINK_PID"; SINK_PID=""; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 port_free "$PORT" || { echo "127.0.0.1:$PORT already in use" >&2; exit 1; }
 
 echo "# machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use crate::config::{
-    parse_cores, Capture, SinkConfig, CONNECTIONS_PER_SHARD_MAX_DEFAULT, IO_MEMORY_BYTES_DEFAULT,
-    RCPT_MAX_DEFAULT, REPORT_INTERVAL, SIZE_BYTES_MAX_DEFAULT,
+    allowed_cpus, parse_cores, Capture, SinkConfig, CONNECTIONS_PER_SHARD_MAX_DEFAULT,
+    IO_MEMORY_BYTES_DEFAULT, RCPT_MAX_DEFAULT, REPORT_INTERVAL, SIZE_BYTES_MAX_DEFAULT,
 };
 use crate::profile::{parse_duration, Overrides, Profile};
 use crate::runner::Outputs;
@@ -47,8 +47,9 @@ pub struct Args {
     /// Address to listen on. Every shard binds it with SO_REUSEPORT.
     #[arg(long, default_value = "127.0.0.1:2526")]
     pub listen: SocketAddr,
-    /// Shards: a count N (the first N online CPUs) or a CPU list like 0,2-3.
-    /// One executor per CPU, pinned. Default: all online CPUs.
+    /// Shards: a count N (the first N CPUs this process may use, so taskset
+    /// is honoured) or a CPU list like 0,2-3. One executor per CPU, pinned.
+    /// Default: every CPU this process may use.
     #[arg(long)]
     pub cores: Option<String>,
     /// Host name in the greeting and the EHLO reply.
@@ -167,12 +168,10 @@ impl Args {
     pub fn into_config(self) -> Result<(SinkConfig, Outputs), String> {
         let profile =
             Profile::load(self.profile.as_deref(), &self.overrides()).map_err(|e| e.to_string())?;
-        let online = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let allowed = allowed_cpus();
         let cores = match &self.cores {
-            Some(spec) => parse_cores(spec, online).map_err(|e| format!("--cores: {e}"))?,
-            None => (0..online).collect(),
+            Some(spec) => parse_cores(spec, &allowed).map_err(|e| format!("--cores: {e}"))?,
+            None => allowed,
         };
         if self.rcpt_max < 100 {
             return Err(format!(

@@ -104,20 +104,39 @@ impl SinkConfig {
     }
 }
 
-/// Parses `--cores`: a count `N` (the first N online CPUs) or a list
-/// `0,2,4-7`. `online` is the number of online CPUs.
-pub fn parse_cores(spec: &str, online: usize) -> Result<Vec<usize>, String> {
+/// CPUs this process may run on (its `sched_getaffinity` mask, so `taskset`
+/// and cgroup cpusets are honoured), ascending.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t and the size passed is its size.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..n).collect();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE, the capacity of `set`.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Parses `--cores`: a count `N` (the first N CPUs this process may use) or
+/// a list `0,2,4-7` of CPU ids, each of which must be in `allowed`.
+pub fn parse_cores(spec: &str, allowed: &[usize]) -> Result<Vec<usize>, String> {
     let spec = spec.trim();
     if !spec.contains([',', '-']) {
         let n: usize = spec
             .parse()
             .map_err(|_| format!("`{spec}` is neither a count nor a list like 0,2-3"))?;
-        if n == 0 || n > online {
+        if n == 0 || n > allowed.len() {
             return Err(format!(
-                "count {n} is not within 1..={online} (online CPUs)"
+                "count {n} is not within 1..={} (CPUs this process may use: {allowed:?})",
+                allowed.len()
             ));
         }
-        return Ok((0..n).collect());
+        return Ok(allowed[..n].to_vec());
     }
     let mut cores = Vec::new();
     for part in spec.split(',').filter(|p| !p.is_empty()) {
@@ -130,8 +149,10 @@ pub fn parse_cores(spec: &str, online: usize) -> Result<Vec<usize>, String> {
             _ => return Err(format!("`{part}` is not a CPU id or range like 2-5")),
         };
         for c in a..=b {
-            if c >= online {
-                return Err(format!("CPU {c} is not online (0..{online})"));
+            if !allowed.contains(&c) {
+                return Err(format!(
+                    "CPU {c} is not available to this process (allowed: {allowed:?})"
+                ));
             }
             if !cores.contains(&c) {
                 cores.push(c);
@@ -150,14 +171,20 @@ mod tests {
 
     #[test]
     fn cores() {
-        assert_eq!(parse_cores("2", 4), Ok(vec![0, 1]));
-        assert_eq!(parse_cores("1,3", 4), Ok(vec![1, 3]));
-        assert_eq!(parse_cores("0-2,1", 4), Ok(vec![0, 1, 2]));
-        assert_eq!(parse_cores("1,", 4), Ok(vec![1]));
-        assert!(parse_cores("0", 4).is_err());
-        assert!(parse_cores("5", 4).is_err());
-        assert!(parse_cores("3-1", 4).is_err());
-        assert!(parse_cores("x", 4).is_err());
-        assert!(parse_cores("2,9", 4).is_err());
+        let all = [0, 1, 2, 3];
+        assert_eq!(parse_cores("2", &all), Ok(vec![0, 1]));
+        assert_eq!(parse_cores("1,3", &all), Ok(vec![1, 3]));
+        assert_eq!(parse_cores("0-2,1", &all), Ok(vec![0, 1, 2]));
+        assert_eq!(parse_cores("1,", &all), Ok(vec![1]));
+        assert!(parse_cores("0", &all).is_err());
+        assert!(parse_cores("5", &all).is_err());
+        assert!(parse_cores("3-1", &all).is_err());
+        assert!(parse_cores("x", &all).is_err());
+        assert!(parse_cores("2,9", &all).is_err());
+        // Under `taskset -c 1,3` a count picks from the allowed CPUs.
+        assert_eq!(parse_cores("1", &[1, 3]), Ok(vec![1]));
+        assert!(parse_cores("0", &[1, 3]).is_err());
+        assert!(parse_cores("2-2", &[1, 3]).is_err());
+        assert!(!allowed_cpus().is_empty());
     }
 }

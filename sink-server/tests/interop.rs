@@ -50,9 +50,9 @@ fn smtp_source_counts_match_exactly() {
         return;
     }
     let mut cfg = config();
-    cfg.cores = (0..std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(2))
+    cfg.cores = sluice_sink::config::allowed_cpus()
+        .into_iter()
+        .take(2)
         .collect();
     let sink = start(cfg);
     let port = sink.addr.port();

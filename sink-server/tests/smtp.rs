@@ -318,8 +318,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn many_connections_across_two_shards() {
     let mut cfg = config();
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cfg.cores = (0..online.min(2)).collect();
+    cfg.cores = sluice_sink::config::allowed_cpus()
+        .into_iter()
+        .take(2)
+        .collect();
     let sink = start(cfg);
     let addr = sink.addr;
     let threads: Vec<_> = (0..8)
