@@ -249,6 +249,28 @@ pub struct RawDelivery {
     /// Shaping rules file (see the `sluice-shaping` crate); relative paths are
     /// resolved against the config file's directory.
     pub shaping: Option<PathBuf>,
+    /// Connections per site per shard (default 32).
+    pub connections_per_site_max: Option<u32>,
+    /// Transactions on one connection before it retires (default 1000).
+    pub deliveries_per_connection_max: Option<u32>,
+    /// Transactions pipelined back to back on one connection (default 8).
+    pub transactions_in_flight_max: Option<u32>,
+    /// Recipients per outbound transaction (default 100).
+    pub recipients_per_transaction_max: Option<u32>,
+    /// Retry schedule: `"10m,30m,2h"` or `"exp(30m, x2, max 8h, jitter 10%)"`.
+    pub retry: Option<String>,
+    /// Longest a recipient stays queued (default `"5d"`).
+    pub max_age: Option<String>,
+    /// TCP connect timeout (default `"30s"`).
+    pub connect_timeout: Option<String>,
+    /// One timeout for every reply instead of RFC 5321's per-command ones.
+    pub reply_timeout: Option<String>,
+    /// Close a connection idle this long (default `"2s"`).
+    pub idle_close: Option<String>,
+    /// Delivery log directory (default `<spool dir>/../log`).
+    pub log_dir: Option<PathBuf>,
+    /// Delivery log write interval (default `"100ms"`).
+    pub log_flush: Option<String>,
 }
 
 /// `[[route]]`: a static route.
@@ -345,6 +367,8 @@ pub struct Config {
     pub shaping_file: Option<PathBuf>,
     /// Static routes in order.
     pub routes: Vec<Route>,
+    /// Delivery settings.
+    pub delivery: crate::deliver::DeliverySettings,
 }
 
 impl Config {
@@ -521,6 +545,12 @@ impl Config {
             Some(b) if p.is_relative() => b.join(p),
             _ => p,
         };
+        let delivery = crate::deliver::DeliverySettings::from_raw(
+            &raw.delivery,
+            &resolve(raw.spool.dir.clone()),
+            base,
+            &mut bad,
+        );
         let shaping_file = raw.delivery.shaping.map(resolve);
         let mut routes = Vec::new();
         for (i, r) in raw.route.iter().enumerate() {
@@ -569,6 +599,7 @@ impl Config {
             durability,
             shaping_file,
             routes,
+            delivery,
         })
     }
 

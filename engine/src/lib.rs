@@ -11,5 +11,6 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod deliver;
 pub mod log;
 pub mod queue;

@@ -142,6 +142,8 @@ pub struct Queues {
     /// Woken when a site gets ready work, the earliest deadline moves
     /// earlier, or something expired: the shard's delivery driver.
     driver: Option<Waker>,
+    /// Set with every driver wake-up, cleared when the driver looks.
+    driver_flag: bool,
 }
 
 impl Queues {
@@ -159,6 +161,7 @@ impl Queues {
             ready: 0,
             in_flight: 0,
             driver: None,
+            driver_flag: false,
         }
     }
 
@@ -230,9 +233,7 @@ impl Queues {
         if let Some(w) = sq.waiters.pop() {
             w.wake();
         }
-        if let Some(w) = &self.driver {
-            w.wake_by_ref();
-        }
+        self.wake_driver();
     }
 
     /// Pops the next transaction's worth of recipients for `site`: the head
@@ -284,9 +285,7 @@ impl Queues {
             self.ready -= taken + expired;
             self.in_flight += taken;
             if expired > 0 {
-                if let Some(w) = &self.driver {
-                    w.wake_by_ref();
-                }
+                self.wake_driver();
             }
             if taken > 0 {
                 return Some(dest);
@@ -333,9 +332,7 @@ impl Queues {
             entry,
         }));
         if earlier {
-            if let Some(w) = &self.driver {
-                w.wake_by_ref();
-            }
+            self.wake_driver();
         }
     }
 
@@ -356,9 +353,7 @@ impl Queues {
         if let Some(w) = sq.waiters.pop() {
             w.wake();
         }
-        if let Some(w) = &self.driver {
-            w.wake_by_ref();
-        }
+        self.wake_driver();
     }
 
     /// The earliest scheduled time, if anything is scheduled.
@@ -433,6 +428,19 @@ impl Queues {
         !self.expired.is_empty()
     }
 
+    /// Wakes the shard's delivery driver (new work, a retired connection).
+    pub fn wake_driver(&mut self) {
+        self.driver_flag = true;
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Whether the driver was woken since it last looked (clears the flag).
+    pub fn take_driver_wake(&mut self) -> bool {
+        std::mem::take(&mut self.driver_flag)
+    }
+
     /// Registers the waker of the shard's delivery driver.
     pub fn set_driver_waker(&mut self, waker: Waker) {
         self.driver = Some(waker);
@@ -453,9 +461,7 @@ impl Queues {
                 w.wake();
             }
         }
-        if let Some(w) = &self.driver {
-            w.wake_by_ref();
-        }
+        self.wake_driver();
     }
 
     /// The domain of a destination.

@@ -1,0 +1,516 @@
+//! One outbound connection: a thin glommio loop around [`ClientSession`]:
+//! take work → queue → write → settle events → read with the session's
+//! timeout armed. Every protocol decision is the session's.
+
+// std
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+// external
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use sluice_smtp::client::{
+    BodyEncoding, ClientConfig, ClientEvent, ClientSession, Envelope, Failure, Outcome, QueueError,
+    Recipient, TimeoutClass, TlsPolicy,
+};
+use sluice_smtp::{DotStuffer, Reply};
+use sluice_spool::fs::FsSegment;
+use sluice_spool::Body;
+
+// crate
+use super::outcome::{self, Said, Subject};
+use super::{connect_failed, connect_succeeded, connection_ended, now_unix_ms, Shared};
+use crate::queue::{DestId, Entry, SiteId};
+
+/// Read buffer per connection (allocated once, reused for every read).
+const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Write buffer initial capacity (commands; bodies go straight from the
+/// spool mapping).
+const WRITE_BUFFER_BYTES: usize = 16 << 10;
+/// Connect failures defer at most this many ready recipients per failure.
+const CONNECT_FAIL_DEFER_MAX: usize = 100_000;
+
+/// A transaction queued in the session.
+struct Txn {
+    env_id: u64,
+    dest: DestId,
+    entries: Vec<Entry>,
+    sender: String,
+    recipients: Vec<String>,
+    arrival_ms: u64,
+    body: Body<FsSegment>,
+}
+
+/// Runs one connection of `site` to completion. Its pool slot was taken by
+/// the driver; it is released here.
+pub async fn run(shared: Rc<Shared>, site: SiteId) {
+    match connect(&shared, site).await {
+        Ok((stream, peer)) => {
+            connect_succeeded(&shared, site);
+            shared.count(|c| c.connections += 1);
+            let mut conn = Conn::new(Rc::clone(&shared), site, peer);
+            conn.run(stream).await;
+        }
+        Err(reason) => {
+            let now = now_unix_ms();
+            connect_failed(&shared, site, now);
+            shared.count(|c| c.connect_failures += 1);
+            // Only when no other connection serves the site: its waiting
+            // recipients are deferred (like a 4xx), not left to wait.
+            let alone = shared.pools.borrow()[site as usize].active <= 1;
+            if alone {
+                defer_ready(&shared, site, &reason, now).await;
+            }
+        }
+    }
+    connection_ended(&shared, site);
+}
+
+async fn connect(shared: &Shared, site: SiteId) -> Result<(TcpStream, SocketAddr), String> {
+    let hosts: Vec<SocketAddr> = shared.ctx.queues.borrow().hosts(site).to_vec();
+    let mut last = String::from("the route has no hosts");
+    for addr in hosts {
+        match TcpStream::connect_timeout(addr, shared.settings.connect_timeout).await {
+            Ok(s) => {
+                // Small pipelined writes must not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                return Ok((s, addr));
+            }
+            Err(e) => last = format!("connect to {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+async fn defer_ready(shared: &Shared, site: SiteId, reason: &str, now: u64) {
+    let mut batch = Vec::new();
+    let mut left = CONNECT_FAIL_DEFER_MAX;
+    let said = Said {
+        code: 451,
+        enhanced: Some("4.4.1"),
+        text: reason,
+        peer: None,
+    };
+    while left > 0 {
+        let dest = shared
+            .ctx
+            .queues
+            .borrow_mut()
+            .take(site, now, usize::MAX, &mut batch);
+        let Some(dest) = dest else { break };
+        for entry in batch.drain(..) {
+            outcome::defer(shared, dest, entry, &said, now);
+            left = left.saturating_sub(1);
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+struct Conn {
+    shared: Rc<Shared>,
+    site: SiteId,
+    peer: SocketAddr,
+    session: ClientSession,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    txns: VecDeque<Txn>,
+    batch: Vec<Entry>,
+    next_env: u64,
+    transactions: u32,
+    ever_ready: bool,
+    quitting: bool,
+}
+
+impl Conn {
+    fn new(shared: Rc<Shared>, site: SiteId, peer: SocketAddr) -> Conn {
+        let mut cfg = ClientConfig::new(shared.ctx.config.hostname.clone());
+        // Outbound STARTTLS is not wired yet (no client TLS config): the
+        // policy says so instead of pretending.
+        cfg.tls = TlsPolicy::Disabled;
+        cfg.transactions_in_flight_max = shared.settings.transactions_in_flight_max as usize;
+        cfg.transactions_queued_max = shared.settings.transactions_in_flight_max as usize;
+        Conn {
+            session: ClientSession::new(cfg),
+            shared,
+            site,
+            peer,
+            rbuf: vec![0; READ_BUFFER_BYTES],
+            wbuf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            txns: VecDeque::new(),
+            batch: Vec::new(),
+            next_env: 0,
+            transactions: 0,
+            ever_ready: false,
+            quitting: false,
+        }
+    }
+
+    async fn run(&mut self, mut stream: TcpStream) {
+        // Bounded: each pass either waits for I/O or work with a timeout,
+        // or the session closes; the session's timers bound every wait.
+        loop {
+            if !self.quitting {
+                self.fill();
+            }
+            if !self.quitting && self.session.is_ready() && self.session.transactions_pending() == 0
+            {
+                let retire =
+                    self.transactions >= self.shared.settings.deliveries_per_connection_max;
+                if self.shared.ctx.stopping() || retire || !self.wait_for_work().await {
+                    self.session.quit();
+                    self.quitting = true;
+                } else {
+                    continue;
+                }
+            }
+            if let Err(_e) = self.flush(&mut stream).await {
+                self.session.connection_lost();
+            }
+            self.settle_events();
+            if self.session.is_closed() {
+                break;
+            }
+            let Some(class) = self.session.timeout() else {
+                continue;
+            };
+            let limit = self
+                .shared
+                .settings
+                .reply_timeout
+                .unwrap_or_else(|| class.rfc_default());
+            let read =
+                glommio::timer::timeout(limit, async { Ok(stream.read(&mut self.rbuf).await) })
+                    .await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => self.session.connection_lost(),
+                Ok(Ok(n)) => self.session.feed(&self.rbuf[..n]),
+                Err(_) => self.session.timed_out(),
+            }
+            self.settle_events();
+            if self.session.is_closed() {
+                // Write what the session still has (QUIT after 421, etc.).
+                let _ = self.flush(&mut stream).await;
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+        let _ = stream.close().await;
+        // The session gives every queued recipient exactly one outcome
+        // before it closes; anything left is our accounting bug.
+        assert!(self.txns.is_empty(), "transactions left without outcomes");
+    }
+
+    /// Takes transactions from the site's queues into the session, up to
+    /// the in-flight bound and the per-connection bound.
+    fn fill(&mut self) {
+        let shared = Rc::clone(&self.shared);
+        let settings = &shared.settings;
+        let now = now_unix_ms();
+        while self.session.transactions_pending() < settings.transactions_in_flight_max as usize
+            && self.transactions < settings.deliveries_per_connection_max
+            && !self.shared.ctx.stopping()
+        {
+            let dest = self.shared.ctx.queues.borrow_mut().take(
+                self.site,
+                now,
+                settings.recipients_per_transaction_max as usize,
+                &mut self.batch,
+            );
+            let Some(dest) = dest else { break };
+            let entries = std::mem::take(&mut self.batch);
+            let Some(txn) = self.prepare(dest, entries, now) else {
+                continue;
+            };
+            let envelope = self.envelope(&txn);
+            match self.session.queue(envelope) {
+                Ok(()) => {
+                    self.txns.push_back(txn);
+                    self.transactions += 1;
+                }
+                Err(QueueError::Full(_) | QueueError::Closed(_)) => {
+                    let mut q = self.shared.ctx.queues.borrow_mut();
+                    for e in txn.entries.into_iter().rev() {
+                        q.requeue(txn.dest, e);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads the envelope and body of a batch from the spool. A record that
+    /// cannot be read bounces its recipients (it would never be readable).
+    fn prepare(&mut self, dest: DestId, entries: Vec<Entry>, now: u64) -> Option<Txn> {
+        let first = entries[0];
+        let spool = &self.shared.ctx.spool;
+        let read = spool.message(&first.rec).and_then(|record| {
+            let parts = record.parts()?;
+            let recipients = entries
+                .iter()
+                .map(|e| {
+                    parts
+                        .recipients
+                        .get(e.index as usize)
+                        .map(|r| String::from_utf8_lossy(r.address).into_owned())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>();
+            let sender = String::from_utf8_lossy(parts.sender).into_owned();
+            Ok((sender, recipients, parts.fixed.arrival_unix_ms))
+        });
+        let body = spool.body(&first.rec);
+        match (read, body) {
+            (Ok((sender, recipients, arrival_ms)), Ok(body)) => {
+                self.next_env += 1;
+                Some(Txn {
+                    env_id: self.next_env,
+                    dest,
+                    entries,
+                    sender,
+                    recipients,
+                    arrival_ms,
+                    body,
+                })
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!(
+                    "shard {}: message {} unreadable in the spool: {e}",
+                    self.shared.ctx.index,
+                    first.id
+                );
+                let text = format!("spool record unreadable: {e}");
+                let said = Said {
+                    code: 554,
+                    enhanced: Some("5.3.0"),
+                    text: &text,
+                    peer: None,
+                };
+                for entry in entries {
+                    let s = Subject {
+                        dest,
+                        entry,
+                        recipient: "",
+                        arrival_ms: 0,
+                    };
+                    outcome::bounced(&self.shared, &s, &said, now);
+                }
+                None
+            }
+        }
+    }
+
+    fn envelope(&self, txn: &Txn) -> Envelope {
+        let sender = txn.sender.clone();
+        let smtputf8 = !sender.is_ascii() || txn.recipients.iter().any(|r| !r.is_ascii());
+        let mut env = Envelope::new(
+            txn.env_id,
+            sender,
+            txn.recipients.iter().map(Recipient::new).collect(),
+            txn.body.len() as u64,
+        );
+        // RFC 6152: 8-bit content needs BODY=8BITMIME.
+        env.eight_bit = txn.body.iter().any(|&b| b >= 0x80);
+        env.smtputf8 = smtputf8;
+        env
+    }
+
+    /// Writes every command and body the session has, bodies straight from
+    /// the spool mapping.
+    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        loop {
+            let body = self.session.poll_transmit(&mut self.wbuf);
+            if !self.wbuf.is_empty() {
+                stream.write_all(&self.wbuf).await?;
+                self.wbuf.clear();
+            }
+            let Some(body) = body else { break };
+            let Some(txn) = self.txns.iter().find(|t| t.env_id == body.id) else {
+                // The session only names bodies of envelopes we queued.
+                continue;
+            };
+            match body.encoding {
+                BodyEncoding::Raw => stream.write_all(&txn.body).await?,
+                BodyEncoding::DotStuffed => {
+                    for piece in DotStuffer::new(&txn.body) {
+                        stream.write_all(piece).await?;
+                    }
+                }
+            }
+        }
+        stream.flush().await
+    }
+
+    fn settle_events(&mut self) {
+        let now = now_unix_ms();
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ClientEvent::Ready => self.ever_ready = true,
+                // TLS is disabled in the session config, so this cannot
+                // come; treat it as a broken session rather than hang.
+                ClientEvent::StartTls => self.session.connection_lost(),
+                ClientEvent::Recipient { id, index, outcome } => {
+                    self.settle(id, index, &outcome, now)
+                }
+                ClientEvent::TransactionDone { id } => self.txns.retain(|t| t.env_id != id),
+                ClientEvent::Closed(_) => {}
+            }
+        }
+    }
+
+    fn settle(&mut self, id: u64, index: usize, outcome: &Outcome, now: u64) {
+        let Some(txn) = self.txns.iter().find(|t| t.env_id == id) else {
+            return;
+        };
+        let Some(&entry) = txn.entries.get(index) else {
+            return;
+        };
+        let s = Subject {
+            dest: txn.dest,
+            entry,
+            recipient: &txn.recipients[index],
+            arrival_ms: txn.arrival_ms,
+        };
+        let peer = Some(self.peer);
+        match outcome {
+            Outcome::Delivered(reply) => {
+                let (enh, text) = reply_parts(reply);
+                let said = Said {
+                    code: reply.code.value(),
+                    enhanced: enh.as_deref(),
+                    text: &text,
+                    peer,
+                };
+                outcome::delivered(&self.shared, &s, &said, now);
+            }
+            Outcome::PermFail(f) => {
+                let (code, enh, text) = failure_parts(f, true);
+                let said = Said {
+                    code,
+                    enhanced: enh.as_deref(),
+                    text: &text,
+                    peer,
+                };
+                outcome::bounced(&self.shared, &s, &said, now);
+            }
+            Outcome::TempFail(Failure::NotSent) if self.ever_ready => {
+                // Never attempted on this connection: back to the front of
+                // its queue, attempts unchanged.
+                self.shared.ctx.queues.borrow_mut().requeue(s.dest, s.entry);
+            }
+            Outcome::TempFail(f) => {
+                let (code, enh, text) = failure_parts(f, false);
+                let said = Said {
+                    code,
+                    enhanced: enh.as_deref(),
+                    text: &text,
+                    peer,
+                };
+                outcome::deferred(&self.shared, &s, &said, now);
+            }
+        }
+    }
+
+    /// Waits up to `idle_close` for work on this site (or shutdown).
+    async fn wait_for_work(&self) -> bool {
+        WaitWork {
+            shared: &self.shared,
+            site: self.site,
+            timer: Timer::new(self.shared.settings.idle_close),
+        }
+        .await
+    }
+}
+
+fn reply_parts(reply: &Reply) -> (Option<String>, String) {
+    (
+        reply.enhanced.map(|e| e.to_string()),
+        reply.text.to_string(),
+    )
+}
+
+/// Code, enhanced code and text describing a failure without a reply.
+fn failure_parts(f: &Failure, permanent: bool) -> (u16, Option<String>, String) {
+    let (t, p) = (permanent, |s: &str| Some(s.to_string()));
+    match f {
+        Failure::Reply(reply) => {
+            let (enh, text) = reply_parts(reply);
+            (reply.code.value(), enh, text)
+        }
+        Failure::ConnectionLost => (451, p("4.4.2"), "connection lost".into()),
+        Failure::TimedOut(class) => (
+            451,
+            p("4.4.2"),
+            format!("timed out waiting for the {} reply", class_name(*class)),
+        ),
+        Failure::Protocol(fault) => (
+            if t { 554 } else { 451 },
+            p(if t { "5.5.0" } else { "4.5.0" }),
+            format!("protocol error: {fault}"),
+        ),
+        Failure::NotSent => (
+            451,
+            p("4.4.2"),
+            "connection closed before the session was ready".into(),
+        ),
+        Failure::TlsUnavailable => (
+            if t { 554 } else { 451 },
+            p(if t { "5.7.10" } else { "4.7.10" }),
+            "TLS required but unavailable".into(),
+        ),
+        Failure::ExtensionMissing(ext) => (
+            554,
+            p("5.6.3"),
+            format!("the server lacks {ext:?} that the message needs"),
+        ),
+        Failure::TooBig { size_max } => (
+            552,
+            p("5.3.4"),
+            format!("message larger than the server's SIZE {size_max}"),
+        ),
+    }
+}
+
+fn class_name(class: TimeoutClass) -> &'static str {
+    match class {
+        TimeoutClass::Greeting => "greeting",
+        TimeoutClass::Command => "command",
+        TimeoutClass::Mail => "MAIL",
+        TimeoutClass::Rcpt => "RCPT",
+        TimeoutClass::DataInit => "DATA",
+        TimeoutClass::DataBlock => "data block",
+        TimeoutClass::FinalDot => "end of data",
+    }
+}
+
+/// Resolves `true` when the site has ready work (or the shard stops),
+/// `false` when the timer fires first.
+struct WaitWork<'a> {
+    shared: &'a Shared,
+    site: SiteId,
+    timer: Timer,
+}
+
+impl Future for WaitWork<'_> {
+    type Output = bool;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.shared.ctx.stopping() {
+            return Poll::Ready(true);
+        }
+        {
+            let mut q = self.shared.ctx.queues.borrow_mut();
+            if q.site_ready(self.site) > 0 {
+                return Poll::Ready(true);
+            }
+            q.wait_for_work(self.site, cx.waker().clone());
+        }
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Delivery: the shard's driver task, per-site connection pools, and the
+//! thin glommio loop around `sluice-smtp`'s [`ClientSession`].
+//!
+//! # Tasks (all on the shard's executor)
+//! - **The driver** ([`start`]): one per shard. It moves due recipients from
+//!   the scheduled heap to their ready queues (one timer for the whole
+//!   shard: it sleeps until the earliest deadline, at most
+//!   [`DRIVER_TICK`]), completes expired recipients, answers the unrouted
+//!   site with a temporary failure, and opens connections: a site gets one
+//!   connection per `transactions_in_flight_max` recipients waiting, up to
+//!   `connections_per_site_max`. It is woken by the queues whenever a site
+//!   gets work and whenever a connection retires, so a retired connection is
+//!   replaced at once, not at the next tick.
+//! - **Connections** ([`conn`]): connect to the site's hosts in order, then
+//!   loop: pull transactions from the site's queues, queue them in the
+//!   session (pipelined back to back when the server offers PIPELINING; the
+//!   session decides), write commands and bodies (BDAT: the body slice from
+//!   the spool mapping; DATA: [`sluice_smtp::DotStuffer`] slices of it),
+//!   read replies with the session's timeout class armed, and settle each
+//!   recipient's outcome. An idle connection waits for work for
+//!   `idle_close`, then QUITs. After `deliveries_per_connection_max`
+//!   transactions it QUITs and the driver replaces it.
+//!
+//! # Outcomes ([`outcome`])
+//! `2xx` completes the recipient as delivered; `5xx` completes it as failed
+//! (bounced); `4xx`, a `421`, a timeout or a lost connection defers it: the
+//! attempt count goes up, the next attempt comes from the retry schedule,
+//! the deferral is written to the spool and the entry waits in the
+//! scheduled heap. A recipient the connection never sent is put back at
+//! the front of its queue unchanged, unless the connection never got ready
+//! at all (then it is deferred, so a site that refuses every session is
+//! not retried in a tight loop). Every outcome is one delivery log line.
+//!
+//! Not here yet: shaping's rules, limits and backoff (the pool uses the
+//! `[delivery]` limits per shard), MX resolution (issue 6), STARTTLS on
+//! outbound connections, DSN parameters on outbound RCPT.
+
+pub mod conn;
+pub mod outcome;
+pub mod settings;
+
+// std
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// external
+use glommio::timer::Timer;
+use sluice_spool::fs::FsStorage;
+use sluice_spool::Spool;
+
+// crate
+use crate::config::Config;
+use crate::log::DeliveryLog;
+use crate::queue::Queues;
+use crate::queue::{DestId, Entry, QueueConfig, SiteId, UNROUTED};
+
+pub use self::settings::DeliverySettings;
+
+/// Longest the driver sleeps: bounds how late an expiry sweep or a
+/// shutdown is noticed.
+pub const DRIVER_TICK: Duration = Duration::from_millis(200);
+/// Scheduled recipients promoted per driver step before yielding.
+const PROMOTE_BUDGET: usize = 4096;
+/// Destinations swept for expiry per driver step.
+const SWEEP_BUDGET: usize = 1024;
+/// How often ready queues are swept for expired entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Delivery log buffer bound per shard.
+const LOG_BUFFER_BYTES: usize = 16 << 20;
+/// Longest the driver waits for connections to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect failures back off from this...
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// ...to at most this.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const _: () = assert!(CONNECT_BACKOFF_MIN.as_millis() < CONNECT_BACKOFF_MAX.as_millis());
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl QueueConfig {
+    /// Queue settings from the delivery settings.
+    pub fn from_settings(d: &DeliverySettings) -> QueueConfig {
+        QueueConfig {
+            max_age: d.max_age,
+            ..QueueConfig::default()
+        }
+    }
+}
+
+/// What delivery needs from its shard. The runtime builds it from its
+/// shard context:
+/// ```text
+/// let stop = shutdown.clone();
+/// let delivery = deliver::start(DeliveryContext {
+///     index, config: Rc::clone(&config), spool: spool.clone(),
+///     queues: Rc::clone(&queues), stopping: Rc::new(move || stop.is_set()),
+/// });
+/// ... shutdown.trigger(); let stats = delivery.await;
+/// ```
+#[derive(Clone)]
+pub struct DeliveryContext {
+    /// The shard's index.
+    pub index: u32,
+    /// The validated configuration (`[delivery]` and routes).
+    pub config: Rc<Config>,
+    /// The shard's spool.
+    pub spool: Spool<FsStorage>,
+    /// The shard's queues.
+    pub queues: Rc<RefCell<Queues>>,
+    /// Whether the shard is stopping: connections finish what they have
+    /// in flight, QUIT, and the driver returns.
+    pub stopping: Rc<dyn Fn() -> bool>,
+}
+
+impl DeliveryContext {
+    pub(crate) fn stopping(&self) -> bool {
+        (self.stopping)()
+    }
+}
+
+/// Per-site connection pool state on this shard.
+#[derive(Debug, Default, Clone)]
+pub struct SitePool {
+    /// Connections open or opening.
+    pub active: u32,
+    /// Consecutive connect failures.
+    pub connect_failures: u32,
+    /// No new connection before this time (after connect failures).
+    pub retry_at_unix_ms: u64,
+}
+
+/// Delivery counters of a shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Recipients delivered.
+    pub delivered: u64,
+    /// Recipients bounced (permanent failure).
+    pub bounced: u64,
+    /// Temporary failures (each retried).
+    pub deferred: u64,
+    /// Recipients expired.
+    pub expired: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Connect attempts that failed.
+    pub connect_failures: u64,
+    /// Spool writes (completion, deferral) that failed.
+    pub spool_errors: u64,
+}
+
+/// What the shard's delivery tasks share.
+pub struct Shared {
+    /// The shard.
+    pub ctx: DeliveryContext,
+    /// Settings.
+    pub settings: DeliverySettings,
+    /// The delivery log.
+    pub log: DeliveryLog,
+    /// Pools per site.
+    pub pools: RefCell<Vec<SitePool>>,
+    /// Counters.
+    pub stats: Cell<DeliveryStats>,
+    /// Seed of the jitter generator (xorshift; jitter needs no quality).
+    pub rng: Cell<u64>,
+}
+
+impl Shared {
+    /// Updates the counters.
+    pub fn count(&self, f: impl FnOnce(&mut DeliveryStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// A pseudo-random number for retry jitter.
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+}
+
+/// Starts the shard's delivery: the log writer and the driver (which
+/// spawns connections). The returned task ends after the shard's
+/// shutdown signal, once connections have finished (at most
+/// [`DRAIN_TIMEOUT`]) and the log is written; it yields the counters.
+pub fn start(ctx: DeliveryContext) -> glommio::Task<DeliveryStats> {
+    let settings = ctx.config.delivery.clone();
+    let log = DeliveryLog::new(LOG_BUFFER_BYTES);
+    let sites = ctx.queues.borrow().sites().len();
+    let shared = Rc::new(Shared {
+        pools: RefCell::new(vec![SitePool::default(); sites]),
+        stats: Cell::new(DeliveryStats::default()),
+        rng: Cell::new(
+            0x9e37_79b9_7f4a_7c15 ^ (u64::from(ctx.index) + 1).wrapping_mul(now_unix_ms() | 1),
+        ),
+        ctx,
+        settings,
+        log,
+    });
+    glommio::spawn_local(drive(shared))
+}
+
+async fn drive(shared: Rc<Shared>) -> DeliveryStats {
+    let index = shared.ctx.index;
+    let writer = glommio::spawn_local(shared.log.clone().run_writer(
+        shared.settings.log_dir.clone(),
+        index,
+        now_unix_ms(),
+        shared.settings.log_flush,
+    ));
+    let mut expired = Vec::new();
+    let mut batch = Vec::new();
+    let mut last_sweep = 0u64;
+    while !shared.ctx.stopping() {
+        let now = now_unix_ms();
+        loop {
+            let moved = shared
+                .ctx
+                .queues
+                .borrow_mut()
+                .promote_due(now, PROMOTE_BUDGET);
+            if moved < PROMOTE_BUDGET {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+        if now.saturating_sub(last_sweep) >= SWEEP_EVERY.as_millis() as u64 {
+            shared
+                .ctx
+                .queues
+                .borrow_mut()
+                .sweep_expired(now, SWEEP_BUDGET);
+            last_sweep = now;
+        }
+        shared.ctx.queues.borrow_mut().drain_expired(&mut expired);
+        for (dest, entry) in expired.drain(..) {
+            outcome::expire(&shared, dest, entry, now);
+        }
+        fail_unrouted(&shared, now, &mut batch).await;
+        open_connections(&shared, now);
+        let next_due = shared.ctx.queues.borrow().next_due();
+        let sleep = match next_due {
+            Some(due) => Duration::from_millis(due.saturating_sub(now_unix_ms())).min(DRIVER_TICK),
+            None => DRIVER_TICK,
+        };
+        DriverWait {
+            shared: &shared,
+            timer: Timer::new(sleep),
+        }
+        .await;
+    }
+    // Shutdown: wake idle connections (they QUIT), wait for all to end.
+    shared.ctx.queues.borrow_mut().wake_all();
+    let deadline = now_unix_ms() + DRAIN_TIMEOUT.as_millis() as u64;
+    while shared.pools.borrow().iter().any(|p| p.active > 0) && now_unix_ms() < deadline {
+        shared.ctx.queues.borrow_mut().wake_all();
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    shared.log.close();
+    if let Err(e) = writer.await {
+        log::error!("shard {index}: delivery log: {e}");
+    }
+    shared.stats.get()
+}
+
+/// Recipients of domains no route matches: a clear temporary failure,
+/// logged and retried (MX delivery is issue 6).
+async fn fail_unrouted(shared: &Rc<Shared>, now: u64, batch: &mut Vec<Entry>) {
+    // Bounded by the number of ready unrouted recipients.
+    loop {
+        let dest: Option<DestId> =
+            shared
+                .ctx
+                .queues
+                .borrow_mut()
+                .take(UNROUTED, now, usize::MAX, batch);
+        let Some(dest) = dest else { break };
+        for entry in batch.drain(..) {
+            outcome::defer(
+                shared,
+                dest,
+                entry,
+                &outcome::Said {
+                    code: 451,
+                    enhanced: Some("4.4.0"),
+                    text: "no route (MX delivery arrives with issue 6)",
+                    peer: None,
+                },
+                now,
+            );
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Opens connections where queues are deeper than the open connections
+/// serve, within the pool's bound and after any connect backoff.
+fn open_connections(shared: &Rc<Shared>, now: u64) {
+    let sites = shared.pools.borrow().len();
+    let per_conn = shared.settings.transactions_in_flight_max.max(1) as usize;
+    for site in 1..sites as SiteId {
+        let (ready, in_flight) = {
+            let q = shared.ctx.queues.borrow();
+            (q.site_ready(site), q.site_in_flight(site))
+        };
+        if ready == 0 {
+            continue;
+        }
+        let want = (ready + in_flight)
+            .div_ceil(per_conn)
+            .min(shared.settings.connections_per_site_max as usize) as u32;
+        loop {
+            {
+                let mut pools = shared.pools.borrow_mut();
+                let pool = &mut pools[site as usize];
+                if pool.active >= want || now < pool.retry_at_unix_ms {
+                    break;
+                }
+                // One new connection at a time while the site fails.
+                if pool.connect_failures > 0 && pool.active > 0 {
+                    break;
+                }
+                pool.active += 1;
+            }
+            glommio::spawn_local(conn::run(Rc::clone(shared), site)).detach();
+        }
+    }
+}
+
+/// Records a connect failure: back off exponentially.
+pub(crate) fn connect_failed(shared: &Shared, site: SiteId, now: u64) {
+    let mut pools = shared.pools.borrow_mut();
+    let pool = &mut pools[site as usize];
+    pool.connect_failures = pool.connect_failures.saturating_add(1);
+    let shift = pool.connect_failures.min(16) - 1;
+    let backoff = CONNECT_BACKOFF_MIN
+        .saturating_mul(1u32 << shift)
+        .min(CONNECT_BACKOFF_MAX);
+    pool.retry_at_unix_ms = now + backoff.as_millis() as u64;
+}
+
+/// Records a successful connect.
+pub(crate) fn connect_succeeded(shared: &Shared, site: SiteId) {
+    let mut pools = shared.pools.borrow_mut();
+    let pool = &mut pools[site as usize];
+    pool.connect_failures = 0;
+    pool.retry_at_unix_ms = 0;
+}
+
+/// A connection task ended: free its pool slot and let the driver replace it.
+pub(crate) fn connection_ended(shared: &Shared, site: SiteId) {
+    {
+        let mut pools = shared.pools.borrow_mut();
+        let pool = &mut pools[site as usize];
+        assert!(pool.active > 0, "pool accounting: a connection ended twice");
+        pool.active -= 1;
+    }
+    shared.ctx.queues.borrow_mut().wake_driver();
+}
+
+/// Sleeps until the timer fires or the queues wake the driver.
+struct DriverWait<'a> {
+    shared: &'a Shared,
+    timer: Timer,
+}
+
+impl Future for DriverWait<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.ctx.stopping() {
+            return Poll::Ready(());
+        }
+        {
+            let mut q = self.shared.ctx.queues.borrow_mut();
+            if q.take_driver_wake() {
+                return Poll::Ready(());
+            }
+            q.set_driver_waker(cx.waker().clone());
+        }
+        Pin::new(&mut self.timer).poll(cx).map(|_| ())
+    }
+}

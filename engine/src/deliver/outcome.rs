@@ -1,0 +1,190 @@
+//! Settling one recipient: the spool record, the queues and the log line,
+//! in that order, exactly once per attempt outcome.
+
+// std
+use std::net::SocketAddr;
+use std::time::Duration;
+
+// external
+use sluice_spool::Outcome as SpoolOutcome;
+
+// crate
+use super::Shared;
+use crate::log::{one_line, LogRecord, RecordKind};
+use crate::queue::{DestId, Entry};
+
+/// What the other side (or we, for synthesized failures) said.
+#[derive(Debug, Clone, Copy)]
+pub struct Said<'a> {
+    /// Reply code.
+    pub code: u16,
+    /// Enhanced status code text.
+    pub enhanced: Option<&'a str>,
+    /// Reply text.
+    pub text: &'a str,
+    /// Peer the reply came from.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Who the outcome is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Destination.
+    pub dest: DestId,
+    /// The queue entry (attempts before this one).
+    pub entry: Entry,
+    /// Recipient address.
+    pub recipient: &'a str,
+    /// Message arrival, ms since the Unix epoch.
+    pub arrival_ms: u64,
+}
+
+fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_>>, now: u64) {
+    let queues = shared.ctx.queues.borrow();
+    let site = queues.site_of(s.dest);
+    let site_name = queues.sites().name(site);
+    let text = said.map(|x| one_line(x.text));
+    shared.log.record(&LogRecord {
+        kind,
+        id: s.entry.id,
+        recipient: s.recipient,
+        queue: queues.domain(s.dest),
+        site: &site_name,
+        code: said.map(|x| x.code),
+        enhanced: said.and_then(|x| x.enhanced),
+        text: text.as_deref().unwrap_or(""),
+        peer: said.and_then(|x| x.peer),
+        attempt: s.entry.attempts + 1,
+        arrival_ms: s.arrival_ms,
+        at_ms: now,
+        shard: shared.ctx.index,
+    });
+}
+
+fn complete(shared: &Shared, s: &Subject<'_>, outcome: SpoolOutcome) {
+    if let Err(e) = shared
+        .ctx
+        .spool
+        .complete(s.entry.id, s.entry.index, outcome)
+    {
+        // The recipient stays live in the spool: after a restart it is
+        // delivered again (a duplicate, never a loss).
+        log::error!(
+            "shard {}: recording {outcome:?} for message {} recipient {}: {e}",
+            shared.ctx.index,
+            s.entry.id,
+            s.entry.index
+        );
+        shared.count(|c| c.spool_errors += 1);
+    }
+    shared.ctx.queues.borrow_mut().finish(s.dest);
+}
+
+/// `2xx`: delivered.
+pub fn delivered(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    complete(shared, s, SpoolOutcome::Delivered);
+    shared.count(|c| c.delivered += 1);
+    log(shared, RecordKind::Delivery, s, Some(said), now);
+}
+
+/// `5xx`: bounced.
+pub fn bounced(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    complete(shared, s, SpoolOutcome::Failed);
+    shared.count(|c| c.bounced += 1);
+    log(shared, RecordKind::Bounce, s, Some(said), now);
+}
+
+/// `4xx` or a lost connection: deferred per the retry schedule.
+pub fn deferred(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    let attempts = s.entry.attempts.saturating_add(1);
+    let delay = shared
+        .settings
+        .retry
+        .delay(s.entry.attempts, shared.random());
+    let due = now.saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64);
+    if let Err(e) = shared.ctx.spool.defer(s.entry.id, attempts, due) {
+        // Only the retry state is lost: after a restart it is retried at once.
+        log::warn!(
+            "shard {}: recording the retry of message {}: {e}",
+            shared.ctx.index,
+            s.entry.id
+        );
+        shared.count(|c| c.spool_errors += 1);
+    }
+    shared.ctx.queues.borrow_mut().defer(
+        s.dest,
+        Entry {
+            attempts,
+            ..s.entry
+        },
+        due,
+    );
+    shared.count(|c| c.deferred += 1);
+    log(shared, RecordKind::TransientFailure, s, Some(said), now);
+}
+
+/// The address and arrival of a queued recipient, read from the spool
+/// (for outcomes decided without a connection at hand).
+fn recipient_of(shared: &Shared, entry: &Entry) -> (String, u64) {
+    match shared.ctx.spool.message(&entry.rec) {
+        Ok(record) => match record.parts() {
+            Ok(parts) => {
+                let address = parts
+                    .recipients
+                    .get(entry.index as usize)
+                    .map(|r| String::from_utf8_lossy(r.address).into_owned())
+                    .unwrap_or_default();
+                (address, parts.fixed.arrival_unix_ms)
+            }
+            Err(_) => (String::new(), 0),
+        },
+        Err(_) => (String::new(), 0),
+    }
+}
+
+/// A recipient without a connection at hand was deferred (no route,
+/// connect failure).
+pub fn defer(shared: &Shared, dest: DestId, entry: Entry, said: &Said<'_>, now: u64) {
+    let (recipient, arrival_ms) = recipient_of(shared, &entry);
+    let s = Subject {
+        dest,
+        entry,
+        recipient: &recipient,
+        arrival_ms,
+    };
+    deferred(shared, &s, said, now);
+}
+
+/// A recipient outlived its max age: completed as expired. (The queues
+/// already removed it.)
+pub fn expire(shared: &Shared, dest: DestId, entry: Entry, now: u64) {
+    let (recipient, arrival_ms) = recipient_of(shared, &entry);
+    let s = Subject {
+        dest,
+        entry,
+        recipient: &recipient,
+        arrival_ms,
+    };
+    if let Err(e) = shared
+        .ctx
+        .spool
+        .complete(entry.id, entry.index, SpoolOutcome::Expired)
+    {
+        log::error!(
+            "shard {}: recording the expiry of message {}: {e}",
+            shared.ctx.index,
+            entry.id
+        );
+        shared.count(|c| c.spool_errors += 1);
+    }
+    shared.count(|c| c.expired += 1);
+    let waited = Duration::from_millis(now.saturating_sub(arrival_ms));
+    let text = format!("expired after {}s in the queue", waited.as_secs());
+    let said = Said {
+        code: 554,
+        enhanced: Some("4.4.7"),
+        text: &text,
+        peer: None,
+    };
+    log(shared, RecordKind::Expiration, &s, Some(&said), now);
+}
