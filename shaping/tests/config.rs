@@ -167,7 +167,7 @@ fn warmup_and_pools() {
         "source:ip1/max_message_rate"
     );
     let pool = &rules.pools["main"];
-    let picks: Vec<_> = (0..4).map(|r| pool.pick(r)).collect();
+    let picks: Vec<_> = (0..4).map(|r| pool.pick(r).unwrap()).collect();
     assert_eq!(picks, ["ip1", "ip1", "ip1", "ip2"]);
 }
 

@@ -251,17 +251,18 @@ pub struct Pool {
 
 impl Pool {
     /// Picks a source by weight; `random` comes from the caller's seeded RNG.
-    pub fn pick(&self, random: u64) -> &str {
+    /// `None` only for a pool built by hand without sources (validation
+    /// rejects those).
+    pub fn pick(&self, random: u64) -> Option<&str> {
         let total: u64 = self.sources.iter().map(|(_, w)| u64::from(*w)).sum();
         let mut point = random % total.max(1);
         for (name, weight) in &self.sources {
             if point < u64::from(*weight) {
-                return name;
+                return Some(name);
             }
             point -= u64::from(*weight);
         }
-        // Validation guarantees at least one source with a positive weight.
-        &self.sources[0].0
+        self.sources.first().map(|(name, _)| name.as_str())
     }
 
     /// The pool's limit, keyed `pool:NAME/max_message_rate`.

@@ -308,6 +308,8 @@ impl ShardShaper {
     }
 
     fn insert(&mut self, key: &str, slot: Slot) -> LimitId {
+        // Invariant: one slot per distinct key registered on this shard; a
+        // shard holding 2^32 limits would have run out of memory long before.
         let id = LimitId(u32::try_from(self.slots.len()).expect("fewer than 2^32 limits"));
         self.slots.push(slot);
         self.ids.insert(key.into(), id);
