@@ -38,8 +38,22 @@ pub struct Destination {
 #[derive(Debug)]
 struct SiteMode {
     mode: QueueMode,
-    site_rate: Option<LimitId>,
-    connections: LimitId,
+    /// Every (rate, connections) pair of limits this site's destinations
+    /// use on this shard (per-source overrides give a site several).
+    limits: Vec<(Option<LimitId>, LimitId)>,
+}
+
+/// The (message rate, connections) restrictions a mode asks for.
+fn restrictions(mode: &Mode) -> (Option<Rate>, Option<u32>) {
+    match mode {
+        Mode::Normal => (None, None),
+        Mode::Backoff {
+            message_rate,
+            max_connections,
+            ..
+        } => (*message_rate, *max_connections),
+        Mode::Suspended { .. } => (None, Some(0)),
+    }
 }
 
 /// One shard's shaping state.
@@ -164,14 +178,26 @@ impl Shaper {
             .entry(rule.site.clone())
             .or_insert_with(|| SiteMode {
                 mode: QueueMode::new(rule.max_message_rate.as_ref().map(|l| l.value)),
-                site_rate: destination.site_rate,
-                connections: destination.connections,
+                limits: Vec::new(),
             });
+        let pair = (destination.site_rate, destination.connections);
+        let newly_seen = !site.limits.contains(&pair);
+        if newly_seen {
+            site.limits.push(pair);
+        }
         let verdict = site.mode.on_outcome(now, outcome, &rule.backoff);
-        if let Some(change) = &verdict.change {
-            let (rate, connections) = (site.site_rate, site.connections);
-            let (message_rate, max_connections) = (change.message_rate(), change.max_connections());
-            self.restrict(rate, connections, message_rate, max_connections, now);
+        let (targets, spec) = if let Some(change) = &verdict.change {
+            (site.limits.clone(), Some(restrictions(&change.mode)))
+        } else if newly_seen && *site.mode.mode() != Mode::Normal {
+            // A destination joining a site already in backoff inherits it.
+            (vec![pair], Some(restrictions(site.mode.mode())))
+        } else {
+            (Vec::new(), None)
+        };
+        if let Some((message_rate, max_connections)) = spec {
+            for (rate, connections) in targets {
+                self.restrict(rate, connections, message_rate, max_connections, now);
+            }
         }
         verdict
     }
@@ -222,17 +248,13 @@ impl Shaper {
         let mut changes = Vec::new();
         for site in self.modes.values_mut() {
             if let Some(change) = site.mode.poll(now) {
-                changes.push((site.site_rate, site.connections, change));
+                for &(rate, connections) in &site.limits {
+                    changes.push((rate, connections, restrictions(&change.mode)));
+                }
             }
         }
-        for (rate, connections, change) in changes {
-            self.restrict(
-                rate,
-                connections,
-                change.message_rate(),
-                change.max_connections(),
-                now,
-            );
+        for (rate, connections, (message_rate, max_connections)) in changes {
+            self.restrict(rate, connections, message_rate, max_connections, now);
         }
         self.lease.poll(now)
     }
