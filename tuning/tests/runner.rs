@@ -67,7 +67,7 @@ fn harness_against_sink_on_a_layout_of_this_machine() {
         messages: 2_000,
         connections: 4,
         size: "2k".into(),
-        run_timeout: Duration::from_secs(120),
+        run_timeout: Duration::from_secs(60),
         startup_timeout: Duration::from_secs(20),
     };
     let sample = run_sink_and_harness(&tools, &placed, &spec, workdir.path())
