@@ -3,8 +3,11 @@
 //!
 //! [`Aggregator`] runs on the main thread (never on a shard). It keeps the
 //! latest cumulative [`Counters`] of every shard, the total latency
-//! histogram, and per-domain deliveries per second (bounded to
-//! [`RATE_HISTORY_SECS_MAX`] seconds).
+//! histogram, and per-domain deliveries per wall-clock second. Every domain
+//! gets its highest per-second count; the full per-second history (bounded
+//! to [`RATE_HISTORY_SECS_MAX`] seconds) is kept for the domains the profile
+//! names and for the first [`HISTORY_DOMAINS_MAX`] others, so memory and
+//! summary size stay bounded with many domains.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -16,6 +19,20 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::profile::RATE_HISTORY_SECS_MAX;
+
+/// Domains (besides those the profile names) with a full per-second history.
+pub const HISTORY_DOMAINS_MAX: usize = 64;
+/// Seconds kept for the other domains: enough for late shard reports of a
+/// second to land in its bucket before it is dropped.
+pub const RECENT_SECS: usize = 5;
+
+/// Deliveries per second of one domain.
+#[derive(Debug, Default)]
+struct DomainRate {
+    seconds: BTreeMap<u64, u64>,
+    max_per_s: u64,
+    full_history: bool,
+}
 use crate::stats::{new_latency_histogram, Counters, ShardReport, Shared, REPLY_CODE_MIN};
 
 /// Merged view of every shard.
@@ -27,7 +44,8 @@ pub struct Aggregator {
     finished: Vec<bool>,
     latency_total: Histogram<u64>,
     latency_interval: Histogram<u64>,
-    rates: HashMap<String, BTreeMap<u64, u64>>,
+    rates: HashMap<String, DomainRate>,
+    history_domains: usize,
     last_line: Option<(Instant, u64)>,
 }
 
@@ -42,6 +60,7 @@ impl Aggregator {
             latency_total: new_latency_histogram(),
             latency_interval: new_latency_histogram(),
             rates: HashMap::new(),
+            history_domains: 0,
             last_line: None,
         }
     }
@@ -63,14 +82,33 @@ impl Aggregator {
             .add(&report.latency)
             .expect("histograms share bounds");
         for (domain, delta) in report.rates {
-            let hist = self.rates.entry(domain).or_default();
-            for (sec, n) in delta.seconds {
-                *hist.entry(sec).or_default() += n;
+            if !self.rates.contains_key(&domain) {
+                let full = self.history_domains < HISTORY_DOMAINS_MAX;
+                self.history_domains += usize::from(full);
+                self.track(domain.clone(), full);
             }
-            while hist.len() as u64 > RATE_HISTORY_SECS_MAX {
-                hist.pop_first();
+            // Inserted just above when missing.
+            let rate = self.rates.get_mut(&domain).expect("domain tracked");
+            for (sec, n) in delta.seconds {
+                let bucket = rate.seconds.entry(sec).or_default();
+                *bucket += n;
+                rate.max_per_s = rate.max_per_s.max(*bucket);
+            }
+            let keep = if rate.full_history {
+                RATE_HISTORY_SECS_MAX as usize
+            } else {
+                RECENT_SECS
+            };
+            while rate.seconds.len() > keep {
+                rate.seconds.pop_first();
             }
         }
+    }
+
+    /// Keeps the full per-second history of `domain` (the profile's domains).
+    pub fn track(&mut self, domain: String, full_history: bool) {
+        let rate = self.rates.entry(domain).or_default();
+        rate.full_history |= full_history;
     }
 
     /// Whether every shard sent its final report.
@@ -147,22 +185,19 @@ impl Aggregator {
         let mut domains = serde_json::Map::new();
         for name in names {
             let c = t.domains.get(name).cloned().unwrap_or_default();
-            let hist = self.rates.get(name);
-            let max_per_s = hist.and_then(|h| h.values().max().copied()).unwrap_or(0);
-            let history: Vec<Value> = hist
-                .map(|h| h.iter().map(|(s, n)| json!([s, n])).collect())
-                .unwrap_or_default();
-            domains.insert(
-                name.clone(),
-                json!({
-                    "messages": c.messages,
-                    "recipients": c.recipients,
-                    "connections": c.connections,
-                    "peak_connections": peaks.get(name).copied().unwrap_or(0),
-                    "max_messages_per_s": max_per_s,
-                    "messages_per_s": history,
-                }),
-            );
+            let rate = self.rates.get(name);
+            let mut entry = json!({
+                "messages": c.messages,
+                "recipients": c.recipients,
+                "connections": c.connections,
+                "peak_connections": peaks.get(name).copied().unwrap_or(0),
+                "max_messages_per_s": rate.map_or(0, |r| r.max_per_s),
+            });
+            if let Some(r) = rate.filter(|r| r.full_history) {
+                let history: Vec<Value> = r.seconds.iter().map(|(s, n)| json!([s, n])).collect();
+                entry["messages_per_s"] = Value::Array(history);
+            }
+            domains.insert(name.clone(), entry);
         }
         let mut out = json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -255,6 +290,45 @@ mod tests {
         assert_eq!(v["latency_ms"]["max"].as_f64().unwrap().round(), 2.0);
         assert_eq!(agg.take_interval().len(), 2);
         assert_eq!(agg.take_interval().len(), 0);
+    }
+
+    #[test]
+    fn history_is_bounded_to_named_and_first_domains() {
+        let shared = Shared::default();
+        let mut agg = Aggregator::new(1, 1);
+        agg.track("named.test".into(), true);
+        let mut s = ShardStats::default();
+        for d in 0..HISTORY_DOMAINS_MAX + 10 {
+            for sec in 0..20 {
+                s.count_rate(&format!("d{d}.test"), sec);
+            }
+        }
+        for sec in 0..20 {
+            s.count_rate("named.test", sec);
+            s.count_rate("named.test", sec);
+        }
+        agg.absorb(s.take_report(0, true));
+        let v = agg.summary(&shared);
+        assert_eq!(
+            v["domains"]["named.test"]["messages_per_s"]
+                .as_array()
+                .unwrap()
+                .len(),
+            20
+        );
+        assert_eq!(v["domains"]["named.test"]["max_messages_per_s"], 2);
+        let with_history = v["domains"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|d| d.get("messages_per_s").is_some())
+            .count();
+        assert_eq!(with_history, HISTORY_DOMAINS_MAX + 1);
+        // Which unnamed domains keep a history depends on arrival order;
+        // every domain still has its highest rate.
+        for d in 0..HISTORY_DOMAINS_MAX + 10 {
+            assert_eq!(v["domains"][&format!("d{d}.test")]["max_messages_per_s"], 1);
+        }
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub struct Sink {
     handles: Vec<ExecutorJoinHandle<()>>,
     shards: usize,
     seed: u64,
+    profiled_domains: Vec<String>,
 }
 
 impl Sink {
@@ -93,6 +94,7 @@ impl Sink {
         let shared = Arc::new(Shared::default());
         let (tx, reports) = crossbeam_channel::bounded(REPORT_QUEUE_PER_SHARD * shards);
         let seed = config.seed;
+        let profiled_domains = config.profile.domains.keys().cloned().collect();
         let config = Arc::new(config);
         let mut handles = Vec::with_capacity(shards);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -122,6 +124,7 @@ impl Sink {
             handles,
             shards,
             seed,
+            profiled_domains,
         })
     }
 
@@ -139,6 +142,9 @@ impl Sink {
     /// the final reports, writes the outputs and returns the summary.
     pub fn run(self, out: &Outputs) -> io::Result<Value> {
         let mut agg = Aggregator::new(self.shards, self.seed);
+        for d in &self.profiled_domains {
+            agg.track(d.clone(), true);
+        }
         let mut hlog_file = match &out.hlog {
             Some(p) => Some(BufWriter::new(File::create(p)?)),
             None => None,
