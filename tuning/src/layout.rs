@@ -470,8 +470,9 @@ fn llc_domains(topology: &Topology) -> Vec<usize> {
 }
 
 /// Harness and sink on CPUs no shard uses: free physical cores first, one
-/// thread per core first, in topology order; harness and sink share the
-/// spare CPUs when there are too few for both.
+/// thread per core first, then cores whose last-level cache hosts the fewest
+/// shards, then topology order; harness and sink share the spare CPUs when
+/// there are too few for both.
 fn separate_helpers(
     topology: &Topology,
     shard_cpus: &[u32],
@@ -482,11 +483,20 @@ fn separate_helpers(
         .iter()
         .map(|&cpu| core_index(topology, cpu))
         .collect();
-    let mut candidates: Vec<((bool, usize, usize), u32)> = Vec::new();
+    // Shards per last-level-cache domain: helpers prefer a domain with
+    // fewer shards so their cache traffic disturbs fewer of them.
+    let llc_of = llc_domains(topology);
+    let mut shards_in_domain: BTreeMap<usize, usize> = BTreeMap::new();
+    for &index in &shard_cores {
+        *shards_in_domain.entry(llc_of[index]).or_default() += 1;
+    }
+    let mut candidates: Vec<((bool, usize, usize, usize), u32)> = Vec::new();
     for (index, core) in topology.cores.iter().enumerate() {
+        let neighbours = shards_in_domain.get(&llc_of[index]).copied().unwrap_or(0);
         for (thread, &cpu) in core.cpus.iter().enumerate() {
             if !shard_set.contains(&cpu) {
-                candidates.push(((shard_cores.contains(&index), thread, index), cpu));
+                let key = (shard_cores.contains(&index), thread, neighbours, index);
+                candidates.push((key, cpu));
             }
         }
     }

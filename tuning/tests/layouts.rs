@@ -100,20 +100,21 @@ fn sixteen_cpus_two_nodes() {
         &LayoutRequest::new(4),
     )
     .expect("layout");
-    // Harness and sink go on free physical cores, one thread each.
+    // Harness and sink go on free physical cores, one thread each, in the
+    // cache domain without shards (node 1's L3).
     assert_eq!(
         (compact.sink_cpus.clone(), compact.harness_cpus.clone()),
-        (vec![4], vec![6])
+        (vec![8], vec![10])
     );
     assert!(!compact.helpers_touch_shard_cores);
     assert_eq!(compact.physical_cores, 2);
     assert_eq!(compact.shards_sharing_core, 4);
     assert_eq!(compact.nodes, vec![0]);
-    assert_eq!(compact.spare_cpus, vec![5, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    assert_eq!(compact.spare_cpus, vec![4, 5, 6, 7, 9, 11, 12, 13, 14, 15]);
     assert!(compact.config_snippet().contains("cores = [0, 1, 2, 3]\n"));
     assert!(compact
         .config_snippet()
-        .contains("#   sluice-sink --cores 4-4\n"));
+        .contains("#   sluice-sink --cores 8-8\n"));
 
     let spread = layout(
         &t,
@@ -122,6 +123,7 @@ fn sixteen_cpus_two_nodes() {
         &LayoutRequest::new(4),
     )
     .expect("layout");
+    // Both cache domains hold two shards: topology order decides.
     assert_eq!((spread.sink_cpus, spread.harness_cpus), (vec![4], vec![6]));
     assert_eq!((spread.physical_cores, spread.shards_sharing_core), (4, 0));
     assert_eq!(spread.nodes, vec![0, 1]);
