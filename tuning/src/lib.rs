@@ -46,9 +46,10 @@
 //! any). *NUMA-local* takes thread 0 of every core of one node, then that
 //! node's siblings, then the next node, starting with `--prefer-node` (the
 //! NIC's node). Harness and sink go on free physical cores first, one thread
-//! each, in the cache domains holding the fewest shards (*separate*), or on the first and last shard CPUs (*shared*, the only
-//! option when shards take every CPU). Layouts that put everything on the
-//! same CPUs as an earlier one are measured once.
+//! each, in the cache domains holding the fewest shards (*separate*), or on
+//! the first and last shard CPUs (*shared*, the only option when shards take
+//! every CPU). Layouts that put everything on the same CPUs as an earlier
+//! one are measured once.
 //!
 //! # Sweeps
 //!
