@@ -27,12 +27,30 @@
 //! [`transport::ShardLink::pump`] (or `receive` + `poll` itself) and arms a
 //! timer for [`Shaper::next_wakeup`].
 //!
+//! # Rules
+//!
+//! [`config::Rules::load`] reads a TOML file (see `examples/rules.toml`):
+//! `[default]`, `[domain."example.com"]`, `[provider.NAME]` with
+//! `match = [{ mx_suffix = … }, { domain_suffix = … }]`, per-source
+//! overrides `[domain."x".source.NAME]`, `[source.NAME]` (bind address, EHLO
+//! name, rate, warm-up), `[pool.NAME]` (weighted sources) and
+//! `[warmup.NAME]` (rates by source age). Quantities are strings with units:
+//! `"300/min"`, `"10/s burst 20"`, `"30s"`, `"10m,20m,1h"`,
+//! `"exp(5m, x2, max 4h, jitter 20%)"`. Every problem is reported at once
+//! with the file, key path and reason; [`config::validate`] is the
+//! `check-config` entry point (`cargo run -p sluice-shaping --example check
+//! -- FILE`). [`import`] converts KumoMTA and PowerMTA shaping files.
+//!
 //! # Limits across shards
 //!
-//! Every limit key (`provider:google/max_message_rate`,
-//! `source:ip1/max_message_rate`, …) has a home shard, [`lease::home_shard`]
-//! (FNV-1a 64 of the key modulo the shard count; the engine routes
-//! destinations with the same function). The home divides a rate into
+//! Every limit key `SCOPE/FIELD` (`provider:google/max_message_rate`,
+//! `source:ip1/max_message_rate`, …) has a home shard,
+//! [`lease::limit_home`]: [`lease::home_shard`] (FNV-1a 64 of the UTF-8
+//! bytes modulo the shard count) of its scope. The engine routes a
+//! destination domain with [`lease::domain_shard`], the same hash of
+//! `domain:<domain>`, so a domain's own limits live on the shard that owns
+//! its queue and cost no messages; only provider, source and pool limits,
+//! which span domains, are leased across shards. The home divides a rate into
 //! time-bounded shares: lease `i` gives shard `i` a fraction `r_i` of the
 //! rate and `b_i` of the burst for `[start, end)`. The home only grants a
 //! lease if, at every instant of its interval, the shares add up to at most

@@ -11,6 +11,7 @@
 //! network with a virtual clock.
 
 mod conn;
+mod handle;
 mod rate;
 
 use std::cmp::Reverse;
@@ -456,6 +457,24 @@ impl ShardShaper {
     /// Feeds one inbound message.
     pub fn receive(&mut self, message: Message, now: Nanos) {
         self.stats.messages_received += 1;
+        let from = match &message {
+            Message::RateRequest { from, .. }
+            | Message::RateRelease { from, .. }
+            | Message::PermitRequest { from, .. }
+            | Message::PermitReturn { from, .. }
+            | Message::Restrict { from, .. } => Some(*from),
+            _ => None,
+        };
+        // Shards of one process agree on the count; a message claiming a
+        // shard beyond it comes from a mis-wired caller and is ignored
+        // rather than trusted as an index.
+        debug_assert!(
+            from.is_none_or(|f| f < self.shards),
+            "message from shard {from:?}"
+        );
+        if from.is_some_and(|f| f >= self.shards) {
+            return;
+        }
         self.handle(message, now);
         self.dispatch(now);
     }
@@ -565,240 +584,5 @@ impl ShardShaper {
         for (to, message) in out {
             self.stage(to, message);
         }
-    }
-
-    fn slot_for(&mut self, key: &str, base: LimitSpec, now: Nanos) -> u32 {
-        if let Some(id) = self.ids.get(key) {
-            return id.0;
-        }
-        match base {
-            LimitSpec::Rate(rate) => self.rate_limit(key, rate, now).0,
-            LimitSpec::Connections(max) => self.connection_limit(key, max, now).0,
-        }
-    }
-
-    fn handle(&mut self, message: Message, now: Nanos) {
-        match message {
-            Message::RateRequest {
-                key,
-                from,
-                base,
-                demand_milli,
-            } => {
-                let id = self.slot_for(&key, LimitSpec::Rate(base), now);
-                if let Slot::Rate(RateSlot {
-                    home_state: Some(home),
-                    ..
-                }) = &mut self.slots[id as usize]
-                {
-                    home.request(from, demand_milli, now);
-                }
-                self.service(id, now);
-            }
-            Message::RateGrant {
-                key,
-                epoch,
-                rate,
-                lease,
-            } => {
-                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
-                    if let Slot::Rate(slot) = &mut self.slots[id as usize] {
-                        slot.grant(epoch, rate, lease, now);
-                    }
-                    self.service(id, now);
-                }
-            }
-            Message::RateRelease { key, from } => {
-                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
-                    if let Slot::Rate(RateSlot {
-                        home_state: Some(home),
-                        ..
-                    }) = &mut self.slots[id as usize]
-                    {
-                        home.release(from, now);
-                    }
-                    self.service(id, now);
-                }
-            }
-            Message::PermitRequest {
-                key,
-                from,
-                base,
-                want,
-            } => {
-                let id = self.slot_for(&key, LimitSpec::Connections(base), now);
-                if let Slot::Conn(slot) = &mut self.slots[id as usize] {
-                    if let Some(home) = &mut slot.home_state {
-                        let grants = home.request(from, want);
-                        self.permit_grants(id, grants);
-                    }
-                }
-            }
-            Message::PermitGrant {
-                key,
-                epoch,
-                max,
-                count,
-            } => {
-                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
-                    if let Slot::Conn(slot) = &mut self.slots[id as usize] {
-                        slot.held += count;
-                        slot.requested = false;
-                        // Fresh permits are for this shard's waiting demand:
-                        // they get a full idle period before going back.
-                        slot.recalled = false;
-                        slot.last_activity = now;
-                        if epoch >= slot.epoch {
-                            slot.epoch = epoch;
-                            slot.max = max;
-                        }
-                    }
-                    self.service(id, now);
-                }
-            }
-            Message::PermitRecall { key } => {
-                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
-                    if let Slot::Conn(slot) = &mut self.slots[id as usize] {
-                        slot.recalled = true;
-                    }
-                    self.service(id, now);
-                }
-            }
-            Message::PermitReturn { key, from, count } => {
-                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
-                    if let Slot::Conn(ConnSlot {
-                        home_state: Some(home),
-                        ..
-                    }) = &mut self.slots[id as usize]
-                    {
-                        let grants = home.returned(from, count);
-                        self.permit_grants(id, grants);
-                    }
-                }
-            }
-            Message::Restrict {
-                key,
-                from,
-                base,
-                spec,
-            } => {
-                let id = self.slot_for(&key, base, now);
-                self.restrict_at_home(id, from, spec, now);
-            }
-            Message::LimitChange { key, epoch, spec } => {
-                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
-                    match (&mut self.slots[id as usize], spec) {
-                        (Slot::Rate(slot), LimitSpec::Rate(rate)) => slot.adopt(epoch, rate, now),
-                        (Slot::Conn(slot), LimitSpec::Connections(max)) if epoch >= slot.epoch => {
-                            slot.epoch = epoch;
-                            slot.max = max;
-                        }
-                        _ => {}
-                    }
-                    self.service(id, now);
-                }
-            }
-        }
-    }
-
-    fn permit_grants(&mut self, id: u32, grants: Vec<(u32, u32)>) {
-        let Slot::Conn(slot) = &self.slots[id as usize] else {
-            return;
-        };
-        let (key, epoch) = (slot.key.clone(), slot.epoch);
-        let max = slot.home_state.as_ref().map_or(slot.max, |h| h.effective);
-        let recalls = slot
-            .home_state
-            .as_ref()
-            .map(|h| h.recall_targets())
-            .unwrap_or_default();
-        for &(to, count) in &grants {
-            let key = key.clone();
-            self.stage(
-                to,
-                Message::PermitGrant {
-                    key,
-                    epoch,
-                    max,
-                    count,
-                },
-            );
-        }
-        for to in recalls {
-            if grants.iter().any(|(granted, _)| *granted == to) {
-                continue;
-            }
-            let key = key.clone();
-            self.stage(to, Message::PermitRecall { key });
-        }
-    }
-
-    fn restrict_at_home(&mut self, id: u32, from: u32, spec: Option<LimitSpec>, now: Nanos) {
-        let (key, epoch, change, participants) = match &mut self.slots[id as usize] {
-            Slot::Rate(slot) => {
-                let Some(home) = &mut slot.home_state else {
-                    return;
-                };
-                home.mark_known(from);
-                home.restrictions[from as usize] = match spec {
-                    Some(LimitSpec::Rate(rate)) => Some(rate),
-                    _ => None,
-                };
-                let Some(rate) = home.recompute(slot.base) else {
-                    return;
-                };
-                let participants: Vec<u32> = home.participants().collect();
-                slot.epoch += 1;
-                (
-                    slot.key.clone(),
-                    slot.epoch,
-                    LimitSpec::Rate(rate),
-                    participants,
-                )
-            }
-            Slot::Conn(slot) => {
-                let Some(home) = &mut slot.home_state else {
-                    return;
-                };
-                home.mark_known(from);
-                home.restrictions[from as usize] = match spec {
-                    Some(LimitSpec::Connections(max)) => Some(max),
-                    _ => None,
-                };
-                let Some(max) = home.recompute(slot.base) else {
-                    return;
-                };
-                let participants: Vec<u32> = home.participants().collect();
-                slot.epoch += 1;
-                (
-                    slot.key.clone(),
-                    slot.epoch,
-                    LimitSpec::Connections(max),
-                    participants,
-                )
-            }
-        };
-        let mut targets = participants;
-        if !targets.contains(&self.shard) {
-            targets.push(self.shard);
-        }
-        for to in targets {
-            let key = key.clone();
-            self.stage(
-                to,
-                Message::LimitChange {
-                    key,
-                    epoch,
-                    spec: change,
-                },
-            );
-        }
-        if let Slot::Conn(slot) = &mut self.slots[id as usize] {
-            if let Some(home) = &mut slot.home_state {
-                let grants = home.serve();
-                self.permit_grants(id, grants);
-            }
-        }
-        self.service(id, now);
     }
 }
