@@ -120,7 +120,13 @@ fn inspect_json_on_this_machine_with_a_spool_dir() {
     assert_eq!(storage["dir"], path);
     let rounds = storage["sync"]["count"].as_u64().expect("sync measured");
     assert!((1..=20).contains(&rounds));
-    assert_eq!(storage["write"]["bytes"].as_u64(), Some(8 << 20));
+    // At most the 8 MiB asked for; fewer only if the time bound hit first
+    // (a loaded machine), never more, and whole 1 MiB chunks.
+    let written = storage["write"]["bytes"].as_u64().expect("write measured");
+    assert!(
+        (1..=8).contains(&(written >> 20)) && written % (1 << 20) == 0,
+        "{written}"
+    );
     for f in report["findings"].as_array().expect("findings") {
         for key in [
             "id",

@@ -56,7 +56,9 @@ fn measurements_stop_at_their_time_bound() {
 fn sequential_write_and_fallocate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let write = measure_write(dir.path(), &small()).expect("write");
-    assert_eq!(write.bytes, 4 << 20);
+    // Whole 1 MiB chunks up to the 4 MiB asked for (fewer only if the time
+    // bound hit first on a loaded machine).
+    assert!(write.bytes >= 1 << 20 && write.bytes <= 4 << 20 && write.bytes % (1 << 20) == 0);
     assert!(write.elapsed_s > 0.0 && write.mib_per_s > 0.0);
     probe_fallocate(dir.path()).expect("fallocate on the temp filesystem");
     let stats = statfs(dir.path()).expect("statfs");
