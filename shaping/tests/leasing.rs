@@ -95,6 +95,15 @@ fn run(
     (uses, uses_shard0)
 }
 
+/// Cases per property: 48 by default (quick), more with
+/// `SLUICE_SIM_CASES=5000` for a long soak.
+fn cases() -> u32 {
+    std::env::var("SLUICE_SIM_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48)
+}
+
 fn rate_strategy() -> impl Strategy<Value = Rate> {
     (1u64..400, 100u64..2_000, 1u64..64).prop_map(|(count, period_ms, burst)| Rate {
         count,
@@ -104,7 +113,7 @@ fn rate_strategy() -> impl Strategy<Value = Rate> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Tokens spent across all shards never exceed the limit in any window,
     /// GCRA burst included, whatever the demand and link delays.
@@ -113,7 +122,7 @@ proptest! {
         shards in 2u32..=8,
         rate in rate_strategy(),
         busy in proptest::collection::vec(0u8..=8, 1..8),
-        max_delay_ms in 0u64..10,
+        max_delay_ms in 0u64..80, // up to twice lease_min: safety holds whatever the delay
         seed in any::<u64>(),
     ) {
         let (uses, _) = run(shards, rate, &busy, 2_000, MS, max_delay_ms, seed, None, None);
