@@ -26,8 +26,9 @@ pub const THROUGHPUT_TIE_FRACTION: f64 = 0.02;
 /// What to sweep.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SweepOptions {
-    /// Shard counts `1..=shards_max`.
-    pub shards_max: usize,
+    /// Shard counts to measure (ascending; counts above the CPU count are
+    /// skipped).
+    pub shard_counts: Vec<usize>,
     /// Pinnings to try.
     pub pinnings: Vec<Pinning>,
     /// Harness/sink placements to try.
@@ -45,11 +46,11 @@ pub struct SweepOptions {
 }
 
 impl SweepOptions {
-    /// Every pinning and placement, shard counts up to every CPU, the
+    /// Every pinning and placement, the [`default_shard_counts`], the
     /// engine's default 1 ms commit window, three runs each.
     pub fn full(topology: &Topology) -> Self {
         Self {
-            shards_max: topology.cpu_count(),
+            shard_counts: default_shard_counts(topology),
             pinnings: Pinning::ALL.to_vec(),
             helpers: HelperPlacement::ALL.to_vec(),
             commit_windows: vec![Duration::from_millis(1)],
@@ -59,6 +60,25 @@ impl SweepOptions {
             preferred_node: None,
         }
     }
+}
+
+/// Shard counts worth measuring on `topology`: powers of two, plus the
+/// counts where the hardware changes character (one node's physical cores,
+/// all physical cores, every CPU). On 128 CPUs that is 8 counts instead of
+/// 128, which keeps a full sweep to hours rather than days.
+pub fn default_shard_counts(topology: &Topology) -> Vec<usize> {
+    let cpus = topology.cpu_count();
+    let node_cores = topology.nodes.first().map_or(0, |n| {
+        topology.cores.iter().filter(|c| c.node == n.id).count()
+    });
+    let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |&n| n.checked_mul(2))
+        .take_while(|&n| n <= cpus)
+        .collect();
+    counts.extend([node_cores, topology.core_count(), cpus]);
+    counts.retain(|&n| n >= 1);
+    counts.sort_unstable();
+    counts.dedup();
+    counts
 }
 
 /// Why a sweep cannot be planned or a report not read.
@@ -110,8 +130,12 @@ impl SweepPoint {
 /// that coincide with an earlier one at the same shard count are measured
 /// once.
 pub fn plan(topology: &Topology, options: &SweepOptions) -> Result<Vec<SweepPoint>, SweepError> {
-    if options.shards_max == 0 {
-        return Err(SweepError::Empty("shards_max"));
+    if options
+        .shard_counts
+        .iter()
+        .all(|&n| n == 0 || n > topology.cpu_count())
+    {
+        return Err(SweepError::Empty("shard_counts"));
     }
     if options.pinnings.is_empty() {
         return Err(SweepError::Empty("pinnings"));
@@ -126,7 +150,15 @@ pub fn plan(topology: &Topology, options: &SweepOptions) -> Result<Vec<SweepPoin
         return Err(SweepError::Empty("repetitions"));
     }
     let mut points = Vec::new();
-    for shards in 1..=options.shards_max.min(topology.cpu_count()) {
+    let mut counts: Vec<usize> = options
+        .shard_counts
+        .iter()
+        .copied()
+        .filter(|&n| n >= 1 && n <= topology.cpu_count())
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    for shards in counts {
         let request = LayoutRequest {
             shards,
             harness_cpus: options.harness_cpus,

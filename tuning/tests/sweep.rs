@@ -9,8 +9,8 @@ use sluice_tune::affinity::{confine, current_affinity, pin_current_thread};
 use sluice_tune::layout::{layout, HelperPlacement, LayoutRequest, Pinning};
 use sluice_tune::plot::plot_sweep;
 use sluice_tune::sweep::{
-    best, best_snippet, median, parse_harness_report, plan, render_table, summarize, RunSample,
-    SweepError, SweepOptions, SweepPoint,
+    best, best_snippet, default_shard_counts, median, parse_harness_report, plan, render_table,
+    summarize, RunSample, SweepError, SweepOptions, SweepPoint,
 };
 use sluice_tune::sysfs::{parse_cpu_list, SysRoot};
 use sluice_tune::topology::Topology;
@@ -61,7 +61,7 @@ fn plans_skip_duplicate_and_impossible_layouts() {
 
     let t16 = read("cpu16");
     let options = SweepOptions {
-        shards_max: 2,
+        shard_counts: vec![2, 1, 99],
         pinnings: vec![Pinning::Spread],
         helpers: vec![HelperPlacement::Separate],
         commit_windows: vec![Duration::from_micros(500), Duration::from_millis(2)],
@@ -71,6 +71,25 @@ fn plans_skip_duplicate_and_impossible_layouts() {
     assert_eq!(points.len(), 4);
     assert_eq!(points[3].layout.shard_cpus, vec![0, 8]);
     assert_eq!(points[3].commit_window, Duration::from_millis(2));
+
+    // Powers of two plus node cores, all cores and all CPUs.
+    assert_eq!(default_shard_counts(&t), vec![1, 2]);
+    assert_eq!(default_shard_counts(&t16), vec![1, 2, 4, 8, 16]);
+    assert_eq!(
+        default_shard_counts(&read("cpu128")),
+        vec![1, 2, 4, 8, 16, 32, 64, 128]
+    );
+    let mut t6 = read("cpu16");
+    t6 = t6.restrict(&[0, 2, 4, 6, 8, 10]).expect("six CPUs");
+    assert_eq!(default_shard_counts(&t6), vec![1, 2, 4, 6]);
+    let none = SweepOptions {
+        shard_counts: vec![0, 17],
+        ..SweepOptions::full(&t)
+    };
+    assert!(matches!(
+        plan(&t, &none),
+        Err(SweepError::Empty("shard_counts"))
+    ));
 
     let empty = SweepOptions {
         pinnings: Vec::new(),
@@ -90,6 +109,7 @@ fn plans_skip_duplicate_and_impossible_layouts() {
     ));
     let t128 = read("cpu128");
     let huge = SweepOptions {
+        shard_counts: (1..=128).collect(),
         commit_windows: (1..=10).map(Duration::from_millis).collect(),
         ..SweepOptions::full(&t128)
     };
