@@ -42,6 +42,10 @@ pub struct SpoolConfig {
     pub commit_window: Duration,
     /// ... or once this many bytes are unsynced, whichever is first.
     pub sync_threshold_bytes: usize,
+    /// Start writeback of the head (`sync_file_range`, off the shard's
+    /// thread) each time this many bytes were appended, so a group commit's
+    /// fdatasync finds most pages already on their way (0: off).
+    pub write_behind_bytes: usize,
     /// fdatasync (default) or none.
     pub durability: Durability,
     /// Relocate live messages out of the oldest segment once more than this
@@ -62,6 +66,7 @@ impl Default for SpoolConfig {
             segment_bytes: 64 << 20,
             commit_window: Duration::from_millis(1),
             sync_threshold_bytes: 8 << 20,
+            write_behind_bytes: 1 << 20,
             durability: Durability::Fdatasync,
             relocate_above_segments: 4,
             relocate_live_bytes_max: 8 << 20,
@@ -80,7 +85,9 @@ impl SpoolConfig {
     pub fn validate(&self) -> Result<(), SpoolError> {
         let mut problems = Vec::new();
         if self.segment_bytes < SEGMENT_BYTES_MIN {
-            problems.push(format!("segment_bytes must be at least {SEGMENT_BYTES_MIN}"));
+            problems.push(format!(
+                "segment_bytes must be at least {SEGMENT_BYTES_MIN}"
+            ));
         }
         if self.segment_bytes > u32::MAX as usize {
             problems.push("segment_bytes must fit in 32 bits (4 GiB)".to_string());

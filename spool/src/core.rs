@@ -30,6 +30,8 @@ pub(crate) struct SegState<M> {
     pub(crate) live: u32,
     /// Their bytes.
     pub(crate) live_bytes: u64,
+    /// Bytes below this were handed to write-behind (writeback started).
+    pub(crate) behind_off: usize,
     /// Older segments holding message copies that records here refer to
     /// (completions, deferrals, relocated copies). This segment may go only
     /// after all of them are durably gone, or recovery would resurrect them.
@@ -44,6 +46,7 @@ impl<M: SegmentMap> SegState<M> {
             synced_off: 0,
             live: 0,
             live_bytes: 0,
+            behind_off: 0,
             refs: Vec::new(),
         }
     }
@@ -71,9 +74,7 @@ impl<M: SegmentMap> SegState<M> {
         assert!(self.write_off + len <= self.map.len());
         // SAFETY: beyond `write_off` no shared slice has been handed out and
         // this is the only mutable view (single-threaded, `&mut self`).
-        unsafe {
-            std::slice::from_raw_parts_mut(self.map.as_ptr().add(self.write_off), len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(self.write_off), len) }
     }
 }
 
@@ -109,6 +110,7 @@ pub struct Core<S: Storage> {
     pub(crate) segs: BTreeMap<u64, SegState<S::Segment>>,
     pub(crate) head: u64,
     pub(crate) spare: Option<(u64, S::Segment)>,
+    #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
     pub(crate) spare_pending: bool,
     pub(crate) next_seq: u64,
     pub(crate) next_id: u64,
@@ -206,7 +208,12 @@ impl<S: Storage> Core<S> {
         self.unsynced_records += 1;
         self.unsynced_bytes += bytes;
         let over = self.unsynced_bytes >= self.cfg.sync_threshold_bytes;
-        if first || over {
+        let behind = self.cfg.write_behind_bytes > 0
+            && self
+                .segs
+                .get(&self.head)
+                .is_some_and(|h| h.write_off - h.behind_off >= self.cfg.write_behind_bytes);
+        if first || over || behind {
             if let Some(w) = self.task_waker.take() {
                 w.wake();
             }
@@ -245,8 +252,15 @@ impl<S: Storage> Core<S> {
             });
         }
         let end = format::record_len(0);
-        let keep = if message { self.cfg.completion_reserve_bytes() } else { 0 };
-        let head = self.segs.get(&self.head).expect("head segment is always present");
+        let keep = if message {
+            self.cfg.completion_reserve_bytes()
+        } else {
+            0
+        };
+        let head = self
+            .segs
+            .get(&self.head)
+            .expect("head segment is always present");
         if head.write_off + total + end + keep <= head.map.len() {
             return Ok(self.head);
         }
@@ -261,7 +275,10 @@ impl<S: Storage> Core<S> {
             }
         };
         // Seal the old head: recovery stops at the end marker.
-        let old = self.segs.get_mut(&self.head).expect("head segment is always present");
+        let old = self
+            .segs
+            .get_mut(&self.head)
+            .expect("head segment is always present");
         let rec = old.fresh(end);
         format::seal_record(rec, RecordKind::SegmentEnd, 0);
         old.write_off += end;
@@ -270,12 +287,19 @@ impl<S: Storage> Core<S> {
         self.head = seq;
         self.stats.segments_created += 1;
         let head = &self.segs[&self.head];
-        assert!(head.write_off + total + end + keep <= head.map.len(), "bounded by record_bytes_max");
+        assert!(
+            head.write_off + total + end + keep <= head.map.len(),
+            "bounded by record_bytes_max"
+        );
         Ok(self.head)
     }
 
     /// Appends a message; the id is assigned here.
-    pub fn append(&mut self, m: &NewMessage<'_>, now: Instant) -> Result<(u64, RecordRef), SpoolError> {
+    pub fn append(
+        &mut self,
+        m: &NewMessage<'_>,
+        now: Instant,
+    ) -> Result<(u64, RecordRef), SpoolError> {
         self.check_open()?;
         let env_len = format::envelope_len(m)?;
         let plen = format::MESSAGE_FIXED_BYTES + env_len + m.body.len();
@@ -283,12 +307,18 @@ impl<S: Storage> Core<S> {
         let seq = self.reserve(total, true, now)?;
         let id = self.next_id;
         self.next_id += 1;
-        let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
+        let seg = self
+            .segs
+            .get_mut(&seq)
+            .expect("reserve returned a present segment");
         let offset = seg.write_off;
         let rec = seg.fresh(total);
         format::encode_message(&mut rec[format::payload_range(0, plen)], id, m, env_len);
         format::seal_record(rec, RecordKind::Message, plen);
-        debug_assert!(matches!(format::check_at(rec, 0), format::Check::Valid { .. }));
+        debug_assert!(matches!(
+            format::check_at(rec, 0),
+            format::Check::Valid { .. }
+        ));
         seg.write_off += total;
         seg.live += 1;
         seg.live_bytes += total as u64;
@@ -328,7 +358,10 @@ impl<S: Storage> Core<S> {
         let total = format::record_len(plen);
         let seq = self.reserve(total, false, now)?;
         let msg_seg = self.index.get(&id).map(|l| l.rec.segment);
-        let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
+        let seg = self
+            .segs
+            .get_mut(&seq)
+            .expect("reserve returned a present segment");
         let rec = seg.fresh(total);
         encode(&mut rec[format::payload_range(0, plen)]);
         format::seal_record(rec, kind, plen);
@@ -342,9 +375,17 @@ impl<S: Storage> Core<S> {
 
     /// Records final outcomes for some recipients of `id`. Recipients
     /// already complete are ignored; the message dies with its last one.
-    pub fn complete(&mut self, id: u64, entries: &[(u32, Outcome)], now: Instant) -> Result<(), SpoolError> {
+    pub fn complete(
+        &mut self,
+        id: u64,
+        entries: &[(u32, Outcome)],
+        now: Instant,
+    ) -> Result<(), SpoolError> {
         self.check_open()?;
-        let live = self.index.get(&id).ok_or(SpoolError::UnknownMessage { id })?;
+        let live = self
+            .index
+            .get(&id)
+            .ok_or(SpoolError::UnknownMessage { id })?;
         if let Some(&(index, _)) = entries.iter().find(|(i, _)| *i >= live.count) {
             return Err(SpoolError::BadRecipient { id, index });
         }
@@ -361,7 +402,10 @@ impl<S: Storage> Core<S> {
             format::encode_completion(p, id, &fresh)
         })?;
         self.stats.completions += 1;
-        let live = self.index.get_mut(&id).expect("checked above, nothing removed it");
+        let live = self
+            .index
+            .get_mut(&id)
+            .expect("checked above, nothing removed it");
         for (i, _) in &fresh {
             if live.done.insert(*i) {
                 live.remaining -= 1;
@@ -376,7 +420,13 @@ impl<S: Storage> Core<S> {
     }
 
     /// Records retry state for `id` after a temporary failure.
-    pub fn defer(&mut self, id: u64, attempts: u32, next_attempt_unix_ms: u64, now: Instant) -> Result<(), SpoolError> {
+    pub fn defer(
+        &mut self,
+        id: u64,
+        attempts: u32,
+        next_attempt_unix_ms: u64,
+        now: Instant,
+    ) -> Result<(), SpoolError> {
         self.check_open()?;
         if !self.index.contains_key(&id) {
             return Err(SpoolError::UnknownMessage { id });
@@ -386,9 +436,13 @@ impl<S: Storage> Core<S> {
             attempts,
             next_attempt_unix_ms,
         };
-        self.append_about(id, RecordKind::Deferral, format::DEFERRAL_PAYLOAD_BYTES, now, |p| {
-            format::encode_deferral(p, &d)
-        })?;
+        self.append_about(
+            id,
+            RecordKind::Deferral,
+            format::DEFERRAL_PAYLOAD_BYTES,
+            now,
+            |p| format::encode_deferral(p, &d),
+        )?;
         let live = self.index.get_mut(&id).expect("checked above");
         live.attempts = attempts;
         live.next_attempt_unix_ms = next_attempt_unix_ms;
@@ -411,7 +465,11 @@ impl<S: Storage> Core<S> {
             return SyncDue::Idle;
         }
         let Some(oldest) = self.oldest_unsynced else {
-            return if self.dir_dirty { SyncDue::Now } else { SyncDue::Idle };
+            return if self.dir_dirty {
+                SyncDue::Now
+            } else {
+                SyncDue::Idle
+            };
         };
         let at = oldest + self.cfg.commit_window;
         if self.closed || now >= at || self.unsynced_bytes() >= self.cfg.sync_threshold_bytes {
@@ -448,7 +506,12 @@ impl<S: Storage> Core<S> {
     }
 
     /// Applies the result of a sync: releases its waiters, or poisons.
-    pub(crate) fn end_sync(&mut self, job: SyncJob<S::Segment>, result: Result<(), String>, took: Duration) {
+    pub(crate) fn end_sync(
+        &mut self,
+        job: SyncJob<S::Segment>,
+        result: Result<(), String>,
+        took: Duration,
+    ) {
         self.sync_in_flight = false;
         match result {
             Ok(()) => {
@@ -457,7 +520,10 @@ impl<S: Storage> Core<S> {
                         s.synced_off = s.synced_off.max(range.end);
                     }
                 }
-                assert!(job.target_lsn >= self.durable_lsn, "durable position only grows");
+                assert!(
+                    job.target_lsn >= self.durable_lsn,
+                    "durable position only grows"
+                );
                 self.durable_lsn = job.target_lsn;
                 self.stats.record_sync(job.records, took);
             }
@@ -468,6 +534,9 @@ impl<S: Storage> Core<S> {
             }
         }
         self.wake_waiters();
+        if let Some(w) = self.task_waker.take() {
+            w.wake();
+        }
     }
 
     pub(crate) fn wake_waiters(&mut self) {
@@ -501,7 +570,29 @@ impl<S: Storage> Core<S> {
         None
     }
 
+    /// A range of the head whose writeback should start now (write-behind),
+    /// so the next fdatasync finds most pages already written.
+    // Used by the glommio driver only.
+    #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
+    pub(crate) fn write_behind_due(&mut self) -> Option<(Rc<S::Segment>, Range<usize>)> {
+        const PAGE: usize = 4096;
+        let wb = self.cfg.write_behind_bytes;
+        if wb == 0 || self.no_sync() || self.poisoned.is_some() {
+            return None;
+        }
+        let h = self.segs.get_mut(&self.head)?;
+        if h.write_off - h.behind_off < wb {
+            return None;
+        }
+        let from = h.behind_off / PAGE * PAGE;
+        let to = h.write_off / PAGE * PAGE;
+        h.behind_off = to;
+        (to > from).then(|| (Rc::clone(&h.map), from..to))
+    }
+
     /// The segment to pre-create next, if none is ready or pending.
+    // Used by the glommio driver only.
+    #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
     pub(crate) fn spare_wanted(&mut self) -> Option<u64> {
         if self.spare.is_some() || self.spare_pending || self.poisoned.is_some() || self.closed {
             return None;
@@ -517,6 +608,8 @@ impl<S: Storage> Core<S> {
         Some(seq)
     }
 
+    // Used by the glommio driver only.
+    #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
     pub(crate) fn spare_ready(&mut self, seq: u64, r: Result<S::Segment, SpoolError>) {
         self.spare_pending = false;
         match r {
@@ -525,7 +618,10 @@ impl<S: Storage> Core<S> {
             Ok(map) if seq < self.head => {
                 drop(map);
                 if let Err(e) = self.storage.remove_segment(seq) {
-                    log::warn!("spool shard {}: removing stale spare {seq}: {e}", self.cfg.shard);
+                    log::warn!(
+                        "spool shard {}: removing stale spare {seq}: {e}",
+                        self.cfg.shard
+                    );
                 }
                 self.dir_dirty = true;
             }
@@ -533,7 +629,10 @@ impl<S: Storage> Core<S> {
                 self.spare = Some((seq, map));
                 self.dir_dirty = true;
             }
-            Err(e) => log::warn!("spool shard {}: pre-creating segment {seq}: {e}", self.cfg.shard),
+            Err(e) => log::warn!(
+                "spool shard {}: pre-creating segment {seq}: {e}",
+                self.cfg.shard
+            ),
         }
     }
 
@@ -619,14 +718,16 @@ impl<S: Storage> Core<S> {
             assert_ne!(seq, from, "the head is never relocated");
             let src = Rc::clone(&self.segs[&from].map);
             let live = &self.index[&id];
-            let seg = self.segs.get_mut(&seq).expect("reserve returned a present segment");
+            let seg = self
+                .segs
+                .get_mut(&seq)
+                .expect("reserve returned a present segment");
             let offset = seg.write_off;
             let dst = seg.fresh(total);
             // SAFETY: `old` lies below the old segment's write_off (published,
             // immutable) and `dst` is fresh space in another mapping.
-            let src_bytes = unsafe {
-                std::slice::from_raw_parts(src.as_ptr().add(old.offset as usize), total)
-            };
+            let src_bytes =
+                unsafe { std::slice::from_raw_parts(src.as_ptr().add(old.offset as usize), total) };
             dst.copy_from_slice(src_bytes);
             let format::Check::Valid { payload_len, .. } = format::check_at(dst, 0) else {
                 panic!("a live record in a mapped segment keeps its checksum");
@@ -636,7 +737,8 @@ impl<S: Storage> Core<S> {
             payload[24..32].copy_from_slice(&live.next_attempt_unix_ms.to_le_bytes());
             payload[32..36].copy_from_slice(&live.attempts.to_le_bytes());
             payload[36..40].copy_from_slice(&(fixed.flags | format::FLAG_RELOCATED).to_le_bytes());
-            live.done.write_mask(&mut payload[format::done_mask_range(&fixed)]);
+            live.done
+                .write_mask(&mut payload[format::done_mask_range(&fixed)]);
             format::seal_record(dst, RecordKind::Message, payload_len);
             seg.write_off += total;
             seg.live += 1;
@@ -660,7 +762,10 @@ impl<S: Storage> Core<S> {
 
     /// The relocated copies are durable: the old ones are no longer needed.
     pub(crate) fn finish_relocation(&mut self, r: Relocation) {
-        assert!(r.target_lsn <= self.durable_lsn, "relocation finished before its commit");
+        assert!(
+            r.target_lsn <= self.durable_lsn,
+            "relocation finished before its commit"
+        );
         for (_, old) in r.moved {
             self.release_copy(old);
         }
@@ -669,7 +774,6 @@ impl<S: Storage> Core<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::index::DoneSet;
 
     #[test]

@@ -17,7 +17,7 @@ use futures_lite::future;
 // crate
 use crate::core::SyncDue;
 use crate::spool::Spool;
-use crate::storage::Storage;
+use crate::storage::{SegmentMap, Storage};
 
 /// Resolves at the first wake-up after its first poll.
 struct Notified<S: Storage> {
@@ -37,6 +37,9 @@ impl<S: Storage> Future for Notified<S> {
         Poll::Pending
     }
 }
+
+/// At shutdown, wait at most this many 5 ms rounds for a segment creation.
+const SHUTDOWN_WAIT_ROUNDS: u32 = 2000;
 
 /// Back-off after a failed background step, so an error does not spin.
 const RETRY_BACKGROUND: Duration = Duration::from_millis(500);
@@ -59,25 +62,39 @@ impl<S: Storage> Spool<S> {
     /// The group-commit loop (see the module docs).
     pub async fn run_sync_task(self) {
         loop {
+            self.kick_write_behind();
             match self.sync_due(Instant::now()) {
                 SyncDue::Now => {
-                    // An error poisons the spool and is reported to every
-                    // waiter; the loop then idles.
-                    let _ = self.sync_now().await;
+                    // The sync runs as its own task so this loop stays free
+                    // to start write-behind meanwhile; an error poisons the
+                    // spool and reaches every waiter.
+                    match self.start_sync() {
+                        Ok(Some(f)) => {
+                            glommio::spawn_local(async move {
+                                let _ = f.await;
+                            })
+                            .detach();
+                        }
+                        Ok(None) | Err(_) => self.notified().await,
+                    }
                 }
                 SyncDue::At(t) => {
                     let wait = t.saturating_duration_since(Instant::now());
                     future::or(glommio::timer::sleep(wait), self.notified()).await;
                 }
                 SyncDue::Idle => {
-                    if self.inner.borrow().closed {
+                    if self.inner.borrow().closed && !self.inner.borrow().sync_in_flight {
                         break;
                     }
                     self.start_spare();
-                    if self.reclaim_wanted() && self.poisoned().is_none() {
+                    if self.reclaim_wanted()
+                        && self.poisoned().is_none()
+                        && !self.inner.borrow().closed
+                    {
                         if let Err(e) = self.reclaim().await {
                             log::warn!("spool reclamation: {e}");
-                            future::or(glommio::timer::sleep(RETRY_BACKGROUND), self.notified()).await;
+                            future::or(glommio::timer::sleep(RETRY_BACKGROUND), self.notified())
+                                .await;
                         }
                         continue;
                     }
@@ -85,8 +102,27 @@ impl<S: Storage> Spool<S> {
                 }
             }
         }
-        let mut core = self.inner.borrow_mut();
-        core.wake_waiters();
+        // Let a background segment creation finish: the blocking pool must
+        // not outlive the executor with work in hand.
+        for _ in 0..SHUTDOWN_WAIT_ROUNDS {
+            if !self.inner.borrow().spare_pending {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        self.inner.borrow_mut().wake_waiters();
+    }
+
+    fn kick_write_behind(&self) {
+        while let Some((map, range)) = self.inner.borrow_mut().write_behind_due() {
+            if let Some(f) = map.write_behind(range) {
+                glommio::spawn_local(async move {
+                    f.await;
+                    drop(map);
+                })
+                .detach();
+            }
+        }
     }
 
     /// Pre-creates the next segment in a separate task (the reservation
@@ -97,7 +133,8 @@ impl<S: Storage> Spool<S> {
         };
         let fut = {
             let core = self.inner.borrow();
-            core.storage.create_segment_background(seq, core.cfg.segment_bytes)
+            core.storage
+                .create_segment_background(seq, core.cfg.segment_bytes)
         };
         let inner = Rc::clone(&self.inner);
         glommio::spawn_local(async move {

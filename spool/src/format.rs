@@ -344,8 +344,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FormatError> {
-        let end = self.p.checked_add(n).ok_or(FormatError::Truncated { what })?;
-        let s = self.b.get(self.p..end).ok_or(FormatError::Truncated { what })?;
+        let end = self
+            .p
+            .checked_add(n)
+            .ok_or(FormatError::Truncated { what })?;
+        let s = self
+            .b
+            .get(self.p..end)
+            .ok_or(FormatError::Truncated { what })?;
         self.p = end;
         Ok(s)
     }

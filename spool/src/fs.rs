@@ -91,15 +91,21 @@ fn ensure_private_dir(path: &Path) -> Result<(), SpoolError> {
     }
 }
 
-fn map_file(file: &File, path: &Path, bytes: usize) -> Result<MmapRaw, SpoolError> {
-    MmapOptions::new()
-        .len(bytes)
-        .map_raw(file)
+/// Maps `bytes` of `file`. With `populate`, the kernel faults every page in
+/// now (for a fresh segment that is where the zero-filling of the reserved
+/// blocks happens), so the shard's appends do not pay for it.
+fn map_file(file: &File, path: &Path, bytes: usize, populate: bool) -> Result<MmapRaw, SpoolError> {
+    let mut o = MmapOptions::new();
+    o.len(bytes);
+    if populate {
+        o.populate();
+    }
+    o.map_raw(file)
         .map_err(|e| SpoolError::io("mapping", path, e))
 }
 
 /// Creates, reserves and maps a segment: runs on any thread.
-fn create_file(path: &Path, bytes: usize) -> Result<(File, MmapRaw), SpoolError> {
+fn create_file(path: &Path, bytes: usize, populate: bool) -> Result<(File, MmapRaw), SpoolError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -125,7 +131,7 @@ fn create_file(path: &Path, bytes: usize) -> Result<(File, MmapRaw), SpoolError>
             _ => SpoolError::io("reserving (fallocate)", path, err),
         });
     }
-    let map = map_file(&file, path, bytes)?;
+    let map = map_file(&file, path, bytes, populate)?;
     Ok((file, map))
 }
 
@@ -176,7 +182,10 @@ impl FsStorage {
     }
 }
 
-async fn sync_handle(path: &Path, slot: &RefCell<Option<Rc<BufferedFile>>>) -> io::Result<Rc<BufferedFile>> {
+async fn sync_handle(
+    path: &Path,
+    slot: &RefCell<Option<Rc<BufferedFile>>>,
+) -> io::Result<Rc<BufferedFile>> {
     if let Some(f) = slot.borrow().as_ref() {
         return Ok(Rc::clone(f));
     }
@@ -212,13 +221,34 @@ impl SegmentMap for FsSegment {
     fn sync_blocking(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn write_behind(&self, range: Range<usize>) -> Option<LocalFuture<()>> {
+        // The caller keeps the segment (and so the descriptor) alive until
+        // this future completes.
+        let fd = self.file.as_raw_fd();
+        let (off, len) = (
+            range.start as libc::off64_t,
+            (range.end - range.start) as libc::off64_t,
+        );
+        Some(Box::pin(async move {
+            glommio::executor()
+                .spawn_blocking(move || {
+                    // SAFETY: plain syscall; `fd` stays open (see above).
+                    // SYNC_FILE_RANGE_WRITE only starts writeback: errors
+                    // surface in the fdatasync that follows.
+                    unsafe { libc::sync_file_range(fd, off, len, libc::SYNC_FILE_RANGE_WRITE) };
+                })
+                .await;
+        }))
+    }
 }
 
 impl Storage for FsStorage {
     type Segment = FsSegment;
 
     fn list_segments(&self) -> Result<Vec<u64>, SpoolError> {
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| SpoolError::io("listing", &self.dir, e))?;
+        let rd =
+            std::fs::read_dir(&self.dir).map_err(|e| SpoolError::io("listing", &self.dir, e))?;
         let mut out = Vec::new();
         for entry in rd {
             let entry = entry.map_err(|e| SpoolError::io("listing", &self.dir, e))?;
@@ -243,11 +273,16 @@ impl Storage for FsStorage {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| SpoolError::io("opening segment", &path, e))?;
-        let m = file.metadata().map_err(|e| SpoolError::io("inspecting", &path, e))?;
+        let m = file
+            .metadata()
+            .map_err(|e| SpoolError::io("inspecting", &path, e))?;
         if !m.is_file() || m.mode() & 0o077 != 0 {
             return Err(SpoolError::Permissions {
                 path,
-                detail: format!("must be a regular file with mode 0600 (is {:04o})", m.mode() & 0o7777),
+                detail: format!(
+                    "must be a regular file with mode 0600 (is {:04o})",
+                    m.mode() & 0o7777
+                ),
             });
         }
         let len = usize::try_from(m.len()).unwrap_or(usize::MAX);
@@ -255,25 +290,33 @@ impl Storage for FsStorage {
             return Err(SpoolError::Io {
                 op: "sizing segment",
                 path,
-                source: io::Error::new(io::ErrorKind::InvalidData, format!("size {len} out of range")),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("size {len} out of range"),
+                ),
             });
         }
-        let map = map_file(&file, &path, len)?;
+        // Recovery reads the whole segment once: fault it in up front.
+        let map = map_file(&file, &path, len, true)?;
         Ok(self.segment(file, map, path))
     }
 
     fn create_segment(&self, seq: u64, bytes: usize) -> Result<FsSegment, SpoolError> {
         let path = self.path(seq);
-        let (file, map) = create_file(&path, bytes)?;
+        let (file, map) = create_file(&path, bytes, false)?;
         Ok(self.segment(file, map, path))
     }
 
-    fn create_segment_background(&self, seq: u64, bytes: usize) -> LocalFuture<Result<FsSegment, SpoolError>> {
+    fn create_segment_background(
+        &self,
+        seq: u64,
+        bytes: usize,
+    ) -> LocalFuture<Result<FsSegment, SpoolError>> {
         let path = self.path(seq);
         Box::pin(async move {
             let p = path.clone();
             let (file, map) = glommio::executor()
-                .spawn_blocking(move || create_file(&p, bytes))
+                .spawn_blocking(move || create_file(&p, bytes, true))
                 .await?;
             let seg = FsSegment {
                 map,
@@ -330,7 +373,8 @@ impl Storage for FsStorage {
             Err(e) => return Err(SpoolError::io("creating quarantine file", &path, e)),
         };
         io::Write::write_all(&mut f, bytes).map_err(|e| SpoolError::io("writing", &path, e))?;
-        f.sync_all().map_err(|e| SpoolError::io("syncing", &path, e))
+        f.sync_all()
+            .map_err(|e| SpoolError::io("syncing", &path, e))
     }
 
     fn free_bytes(&self) -> Result<u64, SpoolError> {
@@ -338,7 +382,11 @@ impl Storage for FsStorage {
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::fstatvfs(self.dir_file.as_raw_fd(), &mut st) };
         if rc != 0 {
-            return Err(SpoolError::io("statvfs", &self.dir, io::Error::last_os_error()));
+            return Err(SpoolError::io(
+                "statvfs",
+                &self.dir,
+                io::Error::last_os_error(),
+            ));
         }
         Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }

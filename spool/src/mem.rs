@@ -69,7 +69,11 @@ struct Disk {
 
 impl Disk {
     fn used_bytes(&self) -> u64 {
-        self.files.values().filter(|f| !f.removed).map(|f| f.buf.len as u64).sum()
+        self.files
+            .values()
+            .filter(|f| !f.removed)
+            .map(|f| f.buf.len as u64)
+            .sum()
     }
 }
 
@@ -207,7 +211,10 @@ impl MemStorage {
             let mut image = f.durable.clone();
             let live = f.buf.copy(0..f.buf.len);
             if let Some(first) = (0..image.len()).find(|&i| image[i] != live[i]) {
-                let last = (first..image.len()).rev().find(|&i| image[i] != live[i]).unwrap_or(first);
+                let last = (first..image.len())
+                    .rev()
+                    .find(|&i| image[i] != live[i])
+                    .unwrap_or(first);
                 let keep = rng.below((last - first + 2) as u64) as usize;
                 image[first..first + keep].copy_from_slice(&live[first..first + keep]);
             }
@@ -294,7 +301,11 @@ impl Storage for MemStorage {
         Ok(self.segment(seq, buf))
     }
 
-    fn create_segment_background(&self, seq: u64, bytes: usize) -> LocalFuture<Result<MemSegment, SpoolError>> {
+    fn create_segment_background(
+        &self,
+        seq: u64,
+        bytes: usize,
+    ) -> LocalFuture<Result<MemSegment, SpoolError>> {
         let r = self.create_segment(seq, bytes);
         Box::pin(async move { r })
     }
@@ -316,7 +327,7 @@ impl Storage for MemStorage {
         if disk.fail_syncs {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        disk.files.retain(|_, f| !(f.removed && f.entry_durable) && !f.removed);
+        disk.files.retain(|_, f| !f.removed);
         for f in disk.files.values_mut() {
             f.entry_durable = true;
         }

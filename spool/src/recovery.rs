@@ -68,6 +68,16 @@ fn resync(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Whether every byte is zero (word at a time: unwritten space is most of
+/// a fresh segment).
+fn all_zero(buf: &[u8]) -> bool {
+    let mut words = buf.chunks_exact(64);
+    let zero_words = words
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0);
+    zero_words && words.remainder().iter().all(|&b| b == 0)
+}
+
 /// One past the last non-zero byte in `buf[from..]`, or `from`.
 fn nonzero_end(buf: &[u8], from: usize) -> usize {
     buf[from..]
@@ -135,7 +145,12 @@ impl<S: Storage> Core<S> {
         Ok((core, report))
     }
 
-    fn recover_segment(&mut self, seq: u64, map: S::Segment, report: &mut RecoveryReport) -> Result<(), SpoolError> {
+    fn recover_segment(
+        &mut self,
+        seq: u64,
+        map: S::Segment,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SpoolError> {
         let len = map.len();
         let map = Rc::new(map);
         // SAFETY: nothing writes to this mapping while `buf` lives: repairs
@@ -173,12 +188,16 @@ impl<S: Storage> Core<S> {
                 }
                 Check::BadChecksum { total_len }
                     if pos + total_len < len
-                        && matches!(format::check_at(buf, pos + total_len), Check::Valid { .. }) =>
+                        && matches!(
+                            format::check_at(buf, pos + total_len),
+                            Check::Valid { .. }
+                        ) =>
                 {
                     // Header intact and the next header validates: skip it.
                     self.quarantine(seq, pos, &buf[pos..pos + total_len], report)?;
                     pos += total_len;
                 }
+                Check::Zero if all_zero(&buf[pos..]) => break,
                 Check::Zero | Check::BadChecksum { .. } | Check::Garbage => {
                     match resync(buf, pos + RECORD_ALIGN) {
                         Some(q) => {
@@ -216,8 +235,9 @@ impl<S: Storage> Core<S> {
         // What recovery read may have been only in the page cache (a
         // process crash, not a power loss): make it durable before anything
         // is decided on it. Cheap when nothing is dirty.
-        map.sync_blocking()
-            .map_err(|e| SpoolError::io("syncing recovered segment", self.storage.describe(seq), e))?;
+        map.sync_blocking().map_err(|e| {
+            SpoolError::io("syncing recovered segment", self.storage.describe(seq), e)
+        })?;
         // Recovered segments are never appended to again.
         st.write_off = len;
         st.synced_off = len;
@@ -225,7 +245,13 @@ impl<S: Storage> Core<S> {
         Ok(())
     }
 
-    fn quarantine(&mut self, seq: u64, pos: usize, bytes: &[u8], report: &mut RecoveryReport) -> Result<(), SpoolError> {
+    fn quarantine(
+        &mut self,
+        seq: u64,
+        pos: usize,
+        bytes: &[u8],
+        report: &mut RecoveryReport,
+    ) -> Result<(), SpoolError> {
         report.quarantined_records += 1;
         report.quarantined_bytes += bytes.len() as u64;
         let name = format!("seg-{seq:016x}-at-{pos:010}.bad");
@@ -251,7 +277,11 @@ impl<S: Storage> Core<S> {
             RecordKind::SegmentHeader => {
                 let h = format::parse_segment_header(payload)?;
                 if h.seq != seq {
-                    log::warn!("spool {}: header says segment {}", self.storage.describe(seq), h.seq);
+                    log::warn!(
+                        "spool {}: header says segment {}",
+                        self.storage.describe(seq),
+                        h.seq
+                    );
                 }
                 self.next_id = self.next_id.max(h.id_floor);
             }

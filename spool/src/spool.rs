@@ -124,12 +124,19 @@ impl<S: Storage> Spool<S> {
 
     /// Records final outcomes of several recipients in one record.
     pub fn complete_many(&self, id: u64, entries: &[(u32, Outcome)]) -> Result<(), SpoolError> {
-        self.inner.borrow_mut().complete(id, entries, Instant::now())
+        self.inner
+            .borrow_mut()
+            .complete(id, entries, Instant::now())
     }
 
     /// Records retry state after a temporary failure, so a restart resumes
     /// the schedule instead of retrying at once.
-    pub fn defer(&self, id: u64, attempts: u32, next_attempt_unix_ms: u64) -> Result<(), SpoolError> {
+    pub fn defer(
+        &self,
+        id: u64,
+        attempts: u32,
+        next_attempt_unix_ms: u64,
+    ) -> Result<(), SpoolError> {
         self.inner
             .borrow_mut()
             .defer(id, attempts, next_attempt_unix_ms, Instant::now())
@@ -238,6 +245,18 @@ impl<S: Storage> Spool<S> {
     /// it needs, concurrently, then releases the waiters it covers. The
     /// group-commit task calls this; tests may call it directly.
     pub async fn sync_now(&self) -> Result<(), SpoolError> {
+        match self.start_sync()? {
+            Some(f) => f.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Snapshots the next group commit now (so a second call sees it in
+    /// flight) and returns the future that performs it, or `None` if
+    /// nothing is unsynced or a sync is already in flight.
+    pub(crate) fn start_sync(
+        &self,
+    ) -> Result<Option<LocalFuture<Result<(), SpoolError>>>, SpoolError> {
         let (job, dir_sync) = {
             let mut core = self.inner.borrow_mut();
             let Some(job) = core.begin_sync() else {
@@ -245,40 +264,43 @@ impl<S: Storage> Spool<S> {
                     Some(reason) => Err(SpoolError::Poisoned {
                         reason: reason.clone(),
                     }),
-                    None => Ok(()),
+                    None => Ok(None),
                 };
             };
             let dir = job.dir.then(|| core.storage.sync_dir());
             (job, dir)
         };
-        let started = Instant::now();
-        let mut futs: Vec<(Option<u64>, LocalFuture<std::io::Result<()>>)> = job
-            .segs
-            .iter()
-            .map(|(seq, map, range)| (Some(*seq), map.sync_data(range.clone())))
-            .collect();
-        if let Some(d) = dir_sync {
-            futs.push((None, d));
-        }
-        // All syncs are submitted together (one poll of each), then awaited.
-        let results = JoinAll::new(futs).await;
-        let mut failure = None;
-        for (seq, r) in results {
-            if let Err(e) = r {
-                let what = match seq {
-                    Some(q) => self.inner.borrow().storage.describe(q),
-                    None => "the spool directory".to_string(),
-                };
-                failure.get_or_insert(format!("fdatasync of {what} failed: {e}"));
+        let inner = Rc::clone(&self.inner);
+        Ok(Some(Box::pin(async move {
+            let started = Instant::now();
+            let mut futs: Vec<(Option<u64>, LocalFuture<std::io::Result<()>>)> = job
+                .segs
+                .iter()
+                .map(|(seq, map, range)| (Some(*seq), map.sync_data(range.clone())))
+                .collect();
+            if let Some(d) = dir_sync {
+                futs.push((None, d));
             }
-        }
-        let mut core = self.inner.borrow_mut();
-        let result = match failure {
-            Some(r) => Err(r),
-            None => Ok(()),
-        };
-        core.end_sync(job, result.clone(), started.elapsed());
-        result.map_err(|reason| SpoolError::Poisoned { reason })
+            // All syncs are submitted together (one poll of each), then awaited.
+            let results = JoinAll::new(futs).await;
+            let mut failure = None;
+            for (seq, r) in results {
+                if let Err(e) = r {
+                    let what = match seq {
+                        Some(q) => inner.borrow().storage.describe(q),
+                        None => "the spool directory".to_string(),
+                    };
+                    failure.get_or_insert(format!("fdatasync of {what} failed: {e}"));
+                }
+            }
+            let mut core = inner.borrow_mut();
+            let result = match failure {
+                Some(r) => Err(r),
+                None => Ok(()),
+            };
+            core.end_sync(job, result.clone(), started.elapsed());
+            result.map_err(|reason| SpoolError::Poisoned { reason })
+        })))
     }
 
     /// Deletes segments nobody needs and relocates the few live messages
@@ -306,7 +328,8 @@ impl<S: Storage> Spool<S> {
             report.segments_removed += gone.len() as u64;
             let dir = self.inner.borrow().storage.sync_dir();
             if let Err(e) = dir.await {
-                let reason = format!("fsync of the spool directory after removing segments failed: {e}");
+                let reason =
+                    format!("fsync of the spool directory after removing segments failed: {e}");
                 let mut core = self.inner.borrow_mut();
                 core.poisoned = Some(reason.clone());
                 core.wake_waiters();

@@ -40,6 +40,12 @@ pub trait SegmentMap: 'static {
     fn sync_data(&self, dirty: Range<usize>) -> LocalFuture<io::Result<()>>;
     /// Blocking form, used at open/recovery only.
     fn sync_blocking(&self) -> io::Result<()>;
+    /// Starts (does not wait for) writeback of `range`: an optimisation
+    /// with no durability meaning. `None`: not supported.
+    fn write_behind(&self, range: Range<usize>) -> Option<LocalFuture<()>> {
+        let _ = range;
+        None
+    }
 }
 
 /// A shard's directory of segments.

@@ -3,12 +3,12 @@
 //! small tmpfs.
 #![cfg(feature = "glommio")]
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::rc::Rc;
-use std::cell::RefCell;
 
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 use sluice_spool::fs::FsStorage;
@@ -88,7 +88,10 @@ fn group_commit_on_real_files() {
         // One sync released many waiters.
         assert!(st.syncs >= 1 && st.syncs < st.appends / 4, "{st:?}");
         assert!(st.sync_batch_records_max > 1);
-        assert!(st.segments_created >= 2, "3.2 MB through 1 MiB segments: {st:?}");
+        assert!(
+            st.segments_created >= 2,
+            "3.2 MB through 1 MiB segments: {st:?}"
+        );
         spool.close();
         task.await;
     });
@@ -109,7 +112,10 @@ fn group_commit_on_real_files() {
     assert_eq!(report.quarantined_records, 0);
     let live = spool.live_messages();
     for (id, tag) in written.borrow().iter() {
-        let m = live.iter().find(|m| m.id == *id).expect("committed message recovered");
+        let m = live
+            .iter()
+            .find(|m| m.id == *id)
+            .expect("committed message recovered");
         assert_eq!(&*spool.body(&m.rec).unwrap(), &body_for(*tag, 2000)[..]);
     }
 }
@@ -127,14 +133,18 @@ fn bad_permissions_name_the_path() {
     assert!(err.to_string().contains(&*root.to_string_lossy()), "{err}");
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&root, &link).unwrap();
-    assert!(matches!(FsStorage::open(&link, 0), Err(SpoolError::Permissions { .. })));
+    assert!(matches!(
+        FsStorage::open(&link, 0),
+        Err(SpoolError::Permissions { .. })
+    ));
 }
 
 /// Writes `n` committed messages and returns (id, tag, ref) for each.
 fn fill(root: &Path, n: u64, segment_bytes: usize) -> Vec<(u64, u64, RecordRef)> {
     let root = root.to_path_buf();
     executor().run(async move {
-        let (spool, _) = Spool::open(FsStorage::open(&root, 0).unwrap(), cfg(segment_bytes)).unwrap();
+        let (spool, _) =
+            Spool::open(FsStorage::open(&root, 0).unwrap(), cfg(segment_bytes)).unwrap();
         let task = spool.spawn_sync_task();
         let mut out = Vec::new();
         for tag in 0..n {
@@ -182,8 +192,11 @@ fn corruption_in_stopped_segments_is_quarantined() {
     patch(&seg_path(segs[2]), u64::from(v.2.offset) + 10, b"\x7f");
     lost.push(v.0);
     // 4. A segment truncated in the middle of its last message.
-    let last = *msgs.iter().filter(|m| m.2.segment == segs[3]).last().unwrap();
-    let f = OpenOptions::new().write(true).open(seg_path(segs[3])).unwrap();
+    let last = *msgs.iter().rfind(|m| m.2.segment == segs[3]).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(seg_path(segs[3]))
+        .unwrap();
     f.set_len(u64::from(last.2.offset) + 100).unwrap();
     lost.push(last.0);
 
@@ -208,7 +221,10 @@ fn corruption_in_stopped_segments_is_quarantined() {
     let (spool, again) = Spool::open(FsStorage::open(&root, 0).unwrap(), cfg(seg_bytes)).unwrap();
     assert_eq!(spool.live_count(), live.len());
     assert_eq!(again.truncated_bytes, 0);
-    assert_eq!(std::fs::read_dir(shard.join("quarantine")).unwrap().count(), 4);
+    assert_eq!(
+        std::fs::read_dir(shard.join("quarantine")).unwrap().count(),
+        4
+    );
 }
 
 /// A tmpfs mounted for the test, unmounted on drop.
@@ -218,7 +234,13 @@ impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).ok()?;
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .status()
             .map(|s| s.success())

@@ -57,13 +57,17 @@ fn child_process_entry() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .make()
         .unwrap()
         .run(async move {
-            let (spool, _) = Spool::open(FsStorage::open(Path::new(&dir), 0).unwrap(), cfg()).unwrap();
+            let (spool, _) =
+                Spool::open(FsStorage::open(Path::new(&dir), 0).unwrap(), cfg()).unwrap();
             let task = spool.spawn_sync_task();
             let started = Instant::now();
             let mut writers = Vec::new();
@@ -114,7 +118,10 @@ fn kill_9_never_loses_a_committed_message() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
     eprintln!("kill -9 test seed {seed} (rerun with SEED={seed})");
     let mut rng = SmallRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
@@ -125,7 +132,12 @@ fn kill_9_never_loses_a_committed_message() {
     let mut completing: HashSet<u64> = HashSet::new();
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_process_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &dir)
             .env("SEED", (seed + u64::from(round)).to_string())
             .stdout(Stdio::piped())
@@ -134,7 +146,10 @@ fn kill_9_never_loses_a_committed_message() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
         });
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..900)));
         child.kill().unwrap(); // SIGKILL
@@ -160,10 +175,17 @@ fn kill_9_never_loses_a_committed_message() {
         }
         let (spool, report) = Spool::open(FsStorage::open(&dir, 0).unwrap(), cfg()).unwrap();
         assert_eq!(report.quarantined_records, 0, "round {round}: {report:?}");
-        let live: HashMap<u64, _> = spool.live_messages().into_iter().map(|m| (m.id, m)).collect();
+        let live: HashMap<u64, _> = spool
+            .live_messages()
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
         for (id, tag) in &acked {
             if done.contains(id) {
-                assert!(!live.contains_key(id), "round {round}: completed {id} came back");
+                assert!(
+                    !live.contains_key(id),
+                    "round {round}: completed {id} came back"
+                );
                 continue;
             }
             if completing.contains(id) && !live.contains_key(id) {
@@ -177,7 +199,11 @@ fn kill_9_never_loses_a_committed_message() {
                     keep.display()
                 );
             };
-            assert_eq!(&*spool.body(&m.rec).unwrap(), &body_for(*tag)[..], "id {id}");
+            assert_eq!(
+                &*spool.body(&m.rec).unwrap(),
+                &body_for(*tag)[..],
+                "id {id}"
+            );
         }
         eprintln!(
             "round {round}: {acks} new acks, {} live, {} truncated bytes",
@@ -185,5 +211,9 @@ fn kill_9_never_loses_a_committed_message() {
             report.truncated_bytes
         );
     }
-    assert!(acked.len() > 200, "the children barely ran: {} acks", acked.len());
+    assert!(
+        acked.len() > 200,
+        "the children barely ran: {} acks",
+        acked.len()
+    );
 }

@@ -106,16 +106,24 @@ impl Harness {
         if self.model.is_empty() {
             return None;
         }
-        self.model.keys().nth(pick as usize % self.model.len()).copied()
+        self.model
+            .keys()
+            .nth(pick as usize % self.model.len())
+            .copied()
     }
 
     fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
             Op::Append { rcpts, body_len } => {
-                let addrs: Vec<Vec<u8>> = (0..rcpts).map(|i| format!("r{i}@example.org").into_bytes()).collect();
+                let addrs: Vec<Vec<u8>> = (0..rcpts)
+                    .map(|i| format!("r{i}@example.org").into_bytes())
+                    .collect();
                 let rs: Vec<Recipient<'_>> = addrs
                     .iter()
-                    .map(|a| Recipient { address: a, dsn: b"" })
+                    .map(|a| Recipient {
+                        address: a,
+                        dsn: b"",
+                    })
                     .collect();
                 self.appends += 1;
                 let b = body(self.appends, body_len as usize);
@@ -152,7 +160,9 @@ impl Harness {
                 );
             }
             Op::Complete { pick, rcpt } => {
-                let Some(id) = self.pick(pick) else { return Ok(()) };
+                let Some(id) = self.pick(pick) else {
+                    return Ok(());
+                };
                 let r = u32::from(rcpt) % self.ever[&id].rcpts;
                 self.spool.complete(id, r, Outcome::Delivered).unwrap();
                 let st = self.model.get_mut(&id).unwrap();
@@ -163,10 +173,14 @@ impl Harness {
                 prop_assert_eq!(self.spool.live_count(), self.model.len());
             }
             Op::Defer { pick } => {
-                let Some(id) = self.pick(pick) else { return Ok(()) };
+                let Some(id) = self.pick(pick) else {
+                    return Ok(());
+                };
                 let st = self.model.get_mut(&id).unwrap();
                 st.attempts += 1;
-                self.spool.defer(id, st.attempts, 1000 * u64::from(st.attempts)).unwrap();
+                self.spool
+                    .defer(id, st.attempts, 1000 * u64::from(st.attempts))
+                    .unwrap();
             }
             Op::Sync => {
                 let barrier = self.spool.commit();
@@ -195,25 +209,49 @@ impl Harness {
 
     fn reopen(&mut self, storage: MemStorage, clean: bool) -> Result<(), TestCaseError> {
         let (spool, report) = Spool::open(storage.clone(), cfg()).unwrap();
-        prop_assert_eq!(report.quarantined_records, 0, "power loss never corrupts: {:?}", report);
+        prop_assert_eq!(
+            report.quarantined_records,
+            0,
+            "power loss never corrupts: {:?}",
+            report
+        );
         let live = spool.live_messages();
         let mut recovered = BTreeMap::new();
         for m in &live {
             let Some(orig) = self.ever.get(&m.id) else {
-                return Err(TestCaseError::fail(format!("unknown id {} recovered", m.id)));
+                return Err(TestCaseError::fail(format!(
+                    "unknown id {} recovered",
+                    m.id
+                )));
             };
-            prop_assert!(!self.gone.contains(&m.id), "durably completed {} came back", m.id);
+            prop_assert!(
+                !self.gone.contains(&m.id),
+                "durably completed {} came back",
+                m.id
+            );
             prop_assert_eq!(&*spool.body(&m.rec).unwrap(), &orig.body[..]);
             let parts_ok = spool.message(&m.rec).unwrap().parts().is_ok();
             prop_assert!(parts_ok);
             let pending: BTreeSet<u32> = m.pending.iter().copied().collect();
             if let Some(cur) = self.model.get(&m.id) {
-                prop_assert!(cur.pending.is_subset(&pending), "id {}: lost a pending recipient", m.id);
+                prop_assert!(
+                    cur.pending.is_subset(&pending),
+                    "id {}: lost a pending recipient",
+                    m.id
+                );
                 prop_assert!(m.attempts <= cur.attempts);
             }
             if let Some(d) = self.durable.get(&m.id) {
-                prop_assert!(pending.is_subset(&d.pending), "id {}: durable completion lost", m.id);
-                prop_assert!(m.attempts >= d.attempts, "id {}: durable deferral lost", m.id);
+                prop_assert!(
+                    pending.is_subset(&d.pending),
+                    "id {}: durable completion lost",
+                    m.id
+                );
+                prop_assert!(
+                    m.attempts >= d.attempts,
+                    "id {}: durable deferral lost",
+                    m.id
+                );
             }
             if clean {
                 prop_assert_eq!(Some(&pending), self.model.get(&m.id).map(|s| &s.pending));

@@ -28,7 +28,9 @@ fn cfg() -> SpoolConfig {
 }
 
 fn body_for(tag: u64) -> Vec<u8> {
-    (0..(tag % 5000) as usize).map(|i| (i as u64 ^ tag) as u8).collect()
+    (0..(tag % 5000) as usize)
+        .map(|i| (i as u64 ^ tag) as u8)
+        .collect()
 }
 
 fn resolved(c: &mut Commit<MemStorage>) -> Option<bool> {
@@ -113,12 +115,26 @@ fn every_resolved_commit_survives_power_loss() {
             }
             storage = storage.crash(rng.gen());
             let (again, report) = Spool::open(storage.clone(), cfg()).unwrap();
-            assert_eq!(report.quarantined_records, 0, "seed {seed} crash {crash}: {report:?}");
-            let found: BTreeMap<u64, _> = again.live_messages().into_iter().map(|m| (m.id, m)).collect();
+            assert_eq!(
+                report.quarantined_records, 0,
+                "seed {seed} crash {crash}: {report:?}"
+            );
+            let found: BTreeMap<u64, _> = again
+                .live_messages()
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
             for (id, m) in &found {
-                assert!(!done.contains(id), "seed {seed}: durably completed {id} came back");
+                assert!(
+                    !done.contains(id),
+                    "seed {seed}: durably completed {id} came back"
+                );
                 let tag = tags[id];
-                assert_eq!(&*again.body(&m.rec).unwrap(), &body_for(tag)[..], "seed {seed} id {id}");
+                assert_eq!(
+                    &*again.body(&m.rec).unwrap(),
+                    &body_for(tag)[..],
+                    "seed {seed} id {id}"
+                );
             }
             for (id, _) in acked.iter().filter(|(id, _)| !done.contains(id)) {
                 if found.contains_key(id) {

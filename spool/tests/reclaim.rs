@@ -67,7 +67,11 @@ fn a_deferred_message_does_not_pin_old_segments() {
     // 400 x 4 KB went through 64 KiB segments: about 25 were created and
     // almost all deleted, although the first one held a live message.
     assert!(stats.segments_created >= 20, "{stats:?}");
-    assert!(spool.segment_count() <= 4, "segments left: {:?}", spool.segments());
+    assert!(
+        spool.segment_count() <= 4,
+        "segments left: {:?}",
+        spool.segments()
+    );
     assert!(max_segments <= 6, "segments piled up to {max_segments}");
     assert!(!spool.segments().contains(&first_ref.segment));
     assert!(stats.relocated_messages >= 1, "{stats:?}");
@@ -108,12 +112,24 @@ fn a_failed_sync_poisons_the_spool() {
     storage.set_fail_syncs(true);
     let err = block_on(spool.sync_now()).unwrap_err();
     assert!(matches!(err, SpoolError::Poisoned { .. }), "{err}");
-    assert!(matches!(block_on(barrier), Err(SpoolError::Poisoned { .. })));
+    assert!(matches!(
+        block_on(barrier),
+        Err(SpoolError::Poisoned { .. })
+    ));
     storage.set_fail_syncs(false);
     // Never succeeds afterwards, and says why.
-    assert!(matches!(block_on(spool.commit()), Err(SpoolError::Poisoned { .. })));
-    assert!(matches!(spool.append(&msg(b"three")), Err(SpoolError::Poisoned { .. })));
-    assert!(matches!(spool.complete(a, 0, Outcome::Delivered), Err(SpoolError::Poisoned { .. })));
+    assert!(matches!(
+        block_on(spool.commit()),
+        Err(SpoolError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        spool.append(&msg(b"three")),
+        Err(SpoolError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        spool.complete(a, 0, Outcome::Delivered),
+        Err(SpoolError::Poisoned { .. })
+    ));
     assert!(spool.poisoned().unwrap().contains("fdatasync"));
     assert!(!spool.has_room(1));
     assert_eq!(spool.stats().sync_failures, 1);
@@ -160,7 +176,10 @@ fn disk_full_is_typed_and_appends_resume() {
 fn bad_inputs_are_errors_not_panics() {
     let (spool, _) = Spool::open(MemStorage::new(), cfg()).unwrap();
     let big = vec![0u8; 70 << 10];
-    assert!(matches!(spool.append(&msg(&big)), Err(SpoolError::TooLarge { .. })));
+    assert!(matches!(
+        spool.append(&msg(&big)),
+        Err(SpoolError::TooLarge { .. })
+    ));
     let (id, rec) = spool.append(&msg(b"x")).unwrap();
     assert!(matches!(
         spool.complete(id, 2, Outcome::Delivered),
