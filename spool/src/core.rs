@@ -121,6 +121,8 @@ pub struct Core<S: Storage> {
     unsynced_bytes: usize,
     oldest_unsynced: Option<Instant>,
     pub(crate) sync_in_flight: bool,
+    /// What the sync in flight will make durable.
+    pub(crate) in_flight_lsn: u64,
     pub(crate) dir_dirty: bool,
     pub(crate) poisoned: Option<String>,
     pub(crate) closed: bool,
@@ -149,6 +151,7 @@ impl<S: Storage> Core<S> {
             unsynced_bytes: 0,
             oldest_unsynced: None,
             sync_in_flight: false,
+            in_flight_lsn: 0,
             dir_dirty: false,
             poisoned: None,
             closed: false,
@@ -502,6 +505,7 @@ impl<S: Storage> Core<S> {
         self.unsynced_bytes = 0;
         self.oldest_unsynced = None;
         self.sync_in_flight = true;
+        self.in_flight_lsn = job.target_lsn;
         Some(job)
     }
 

@@ -345,14 +345,19 @@ impl<S: Storage> Spool<S> {
             if let Some(r) = self.inner.borrow().commit_state(lsn) {
                 return r;
             }
-            if self.inner.borrow().sync_in_flight {
-                // Another task's sync covers part of it; wait for it.
+            let in_flight = {
+                let core = self.inner.borrow();
+                core.sync_in_flight.then_some(core.in_flight_lsn)
+            };
+            if let Some(target) = in_flight {
+                // Wait for the sync in flight (it may not cover `lsn`), then
+                // look again: nobody else may start the next one.
                 Commit {
                     inner: Rc::clone(&self.inner),
-                    target: lsn,
+                    target,
                 }
                 .await?;
-                return Ok(());
+                continue;
             }
             self.sync_now().await?;
         }

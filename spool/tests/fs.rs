@@ -303,3 +303,66 @@ fn disk_full_on_a_small_tmpfs() {
     drop(spool);
     drop(mnt);
 }
+
+#[test]
+fn background_reclamation_relocates_and_deletes_on_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let cfg = SpoolConfig {
+        segment_bytes: 256 << 10,
+        relocate_above_segments: 3,
+        relocate_live_bytes_max: 64 << 10,
+        free_bytes_reserve: 0,
+        ..SpoolConfig::default()
+    };
+    let c = cfg.clone();
+    let r = root.clone();
+    let (pinned, first_segment) = executor().run(async move {
+        let (spool, _) = Spool::open(FsStorage::open(&r, 0).unwrap(), c).unwrap();
+        let task = spool.spawn_sync_task();
+        let (pinned, rec) = spool
+            .append(&msg(b"Subject: slow\r\n\r\nretry me\r\n"))
+            .unwrap();
+        spool.commit().await.unwrap();
+        spool.defer(pinned, 7, 99).unwrap();
+        // 4 MB of traffic that is delivered at once, from 16 clients.
+        let mut clients = Vec::new();
+        for c in 0..16u64 {
+            let s = spool.clone();
+            clients.push(glommio::spawn_local(async move {
+                for i in 0..128u64 {
+                    let (id, _) = s.append(&msg(&body_for(c * 1000 + i, 2000))).unwrap();
+                    s.commit().await.unwrap();
+                    s.complete(id, 0, sluice_spool::Outcome::Delivered).unwrap();
+                }
+            }));
+        }
+        for c in clients {
+            c.await;
+        }
+        // The sync task reclaims in the background; give it a bounded while.
+        for _ in 0..200 {
+            if spool.segment_count() <= 4 && !spool.segments().contains(&rec.segment) {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let st = spool.stats();
+        assert!(st.segments_created >= 12, "{st:?}");
+        assert!(st.relocated_messages >= 1, "{st:?}");
+        assert!(spool.segment_count() <= 4, "{:?}", spool.segments());
+        spool.close();
+        task.await;
+        (pinned, rec.segment)
+    });
+    let (spool, _) = Spool::open(FsStorage::open(&root, 0).unwrap(), cfg).unwrap();
+    let live = spool.live_messages();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].id, pinned);
+    assert_ne!(live[0].rec.segment, first_segment);
+    assert_eq!(live[0].attempts, 7);
+    assert_eq!(
+        &*spool.body(&live[0].rec).unwrap(),
+        b"Subject: slow\r\n\r\nretry me\r\n"
+    );
+}
