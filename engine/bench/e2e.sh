@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of Sluice, side by side with Postfix, on this machine:
+#   sluice-bench --SMTP--> sluice (durable spool) --SMTP--> sluice-sink
+#   and the same load through Postfix as a relay to the same kind of sink
+#   (../shared/peers/postfix-relay.sh).
+# Load: 2 KB messages, 1 recipient, 1,000 recipient domains (Zipf s=1.1).
+# Reports: messages/hour delivered at the sink (not merely accepted), engine
+# CPU µs per delivered message (utime+stime of the sluice process / messages
+# delivered), injection 250 latency p50/p99, injection-to-arrival p50/p99.
+#
+# usage: engine/bench/e2e.sh [MESSAGES] [SHARDS]
+#   MESSAGES  messages per run (default 200000)
+#   SHARDS    engine shards, cores 0..SHARDS-1 (default 1)
+# env: CONNECTIONS=32 injection connections; POSTFIX=1 also run Postfix;
+#      PERF=1 record a perf profile of the engine (engine-perf.txt);
+#      OUT=dir for reports (default a temp dir, printed); BIN=target/release
+# Build first: cargo build --release --bins
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+N=${1:-200000}
+SHARDS=${2:-1}
+CONNECTIONS=${CONNECTIONS:-32}
+OUT=${OUT:-$(mktemp -d)}
+IN_PORT=${IN_PORT:-2625}
+SINK_PORT=${SINK_PORT:-2626}
+mkdir -p "$OUT"
+for b in sluice sluice-sink sluice-bench; do
+  [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run cargo build --release --bins" >&2; exit 2; }
+done
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+CORES=$(seq -s, 0 $((SHARDS - 1)))
+"$BIN/sluice-sink" --listen "127.0.0.1:$SINK_PORT" --cores "$CORES" \
+  --summary "$OUT/sink.json" --summary-interval 200ms --stats-interval 0 \
+  >"$OUT/sink.log" 2>&1 &
+SINK_PID=$!; PIDS+=("$SINK_PID")
+
+cat >"$OUT/sluice.toml" <<TOML
+hostname = "sluice.bench"
+cores = [$CORES]
+[inject]
+listen = "127.0.0.1:$IN_PORT"
+message_size_max = "1MiB"
+[spool]
+dir = "$OUT/spool"
+durability = "fdatasync"
+[delivery]
+log_dir = "$OUT/log"
+[[route]]
+pattern = "*"
+hosts = ["127.0.0.1:$SINK_PORT"]
+TOML
+"$BIN/sluice" run --config "$OUT/sluice.toml" >"$OUT/sluice.log" 2>&1 &
+ENGINE_PID=$!; PIDS+=("$ENGINE_PID")
+for _ in $(seq 1 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/$IN_PORT) 2>/dev/null && break; sleep 0.1
+done
+sleep 0.5
+
+if [ "${PERF:-0}" = 1 ]; then
+  perf record -F 999 -g -p "$ENGINE_PID" -o "$OUT/perf.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+fi
+read -r U0 S0 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
+"$BIN/sluice-bench" run --target "127.0.0.1:$IN_PORT" --messages "$N" \
+  --connections "$CONNECTIONS" --size 2k --recipients 1 --domains 1000 \
+  --domain-shape zipf:1.1 --domain-suffix bench.test \
+  --sink-summary "$OUT/sink.json" --sink-wait 120s \
+  --json "$OUT/sluice-bench.json" --progress 0 >"$OUT/bench.log" 2>&1 || true
+read -r U1 S1 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
+if [ "${PERF:-0}" = 1 ]; then
+  kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true
+  perf report -i "$OUT/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
+    | grep -v '^$' | head -80 >"$OUT/engine-perf.txt" || true
+fi
+TICK=$(getconf CLK_TCK)
+python3 - "$OUT" "$U1" "$U0" "$S1" "$S0" "$TICK" <<'PY'
+import json, sys
+out, u1, u0, s1, s0, tick = sys.argv[1], *map(int, sys.argv[2:])
+r = json.load(open(f"{out}/sluice-bench.json"))
+def get(*keys):
+    v = r
+    for k in keys:
+        if not isinstance(v, dict) or k not in v: return None
+        v = v[k]
+    return v
+cpu_s = ((u1 - u0) + (s1 - s0)) / tick
+delivered = get("delivered") or 0
+print(json.dumps({k: r.get(k) for k in ("messages", "accepted", "delivered", "elapsed_s", "delivered_per_hour", "latency", "arrival_latency")}, indent=1, default=str))
+print(f"engine CPU: {cpu_s:.2f} s for {delivered} delivered = "
+      f"{(cpu_s * 1e6 / delivered) if delivered else float('nan'):.1f} µs/message")
+PY
+echo "reports in $OUT"
+
+if [ "${POSTFIX:-0}" = 1 ]; then
+  cleanup; PIDS=()
+  echo "--- Postfix relay, same load size (smtp-source 2000 bytes, 1 rcpt) ---"
+  "$ROOT/../shared/peers/postfix-relay.sh" "$N" 2000 1
+fi
