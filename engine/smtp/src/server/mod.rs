@@ -110,7 +110,9 @@ pub enum Event<'a> {
     },
     /// The message being received will be refused (too big, bad line
     /// endings, too long lines): drop what was received. The session keeps
-    /// reading to the end of the data and answers itself.
+    /// reading to the end of the data and answers itself. `error` is the
+    /// first problem seen, which may depend on how the input was split; the
+    /// final refusal ([`Event::Rejected`]) does not.
     MessageAborted {
         /// Why.
         error: ProtocolError,

@@ -131,26 +131,27 @@ impl ServerSession {
         let step = receiver.feed(input);
         let violations = receiver.violations();
         let ended = step.ended;
-        let was_failed = self.txn.failed.is_some();
-        if !was_failed {
-            self.txn.bytes += step.chunk.len() as u64;
-            let reject_bare = self.config.bare_line_ending == BareLineEnding::Reject;
-            self.txn.failed = if self.txn.bytes > self.config.message_bytes_max {
-                Some(ProtocolError::MessageTooBig)
-            } else if reject_bare
-                && violations.intersects(Violations::BARE_CR | Violations::BARE_LF)
-            {
-                Some(ProtocolError::ContentBareLineEnding)
-            } else if violations.contains(Violations::LINE_TOO_LONG) {
-                Some(ProtocolError::ContentLineTooLong)
-            } else {
-                None
-            };
+        // Every byte is counted and the violations accumulate, so the
+        // refusal chosen at the end (by priority, not by which problem was
+        // seen first) never depends on how the input was split.
+        self.txn.bytes += step.chunk.len() as u64;
+        let reject_bare = self.config.bare_line_ending == BareLineEnding::Reject;
+        let failure = if self.txn.bytes > self.config.message_bytes_max {
+            Some(ProtocolError::MessageTooBig)
+        } else if reject_bare && violations.intersects(Violations::BARE_CR | Violations::BARE_LF) {
+            Some(ProtocolError::ContentBareLineEnding)
+        } else if violations.contains(Violations::LINE_TOO_LONG) {
+            Some(ProtocolError::ContentLineTooLong)
+        } else {
+            None
+        };
+        let newly_failed = self.txn.failed.is_none() && failure.is_some();
+        if newly_failed {
+            self.txn.failed = failure;
         }
-        let newly_failed = !was_failed && self.txn.failed.is_some();
         if ended {
             self.input = Input::Commands;
-            let event = match self.txn.failed {
+            let event = match failure {
                 Some(error) => {
                     self.reset_transaction();
                     let event = self.refuse(error);
@@ -173,7 +174,7 @@ impl ServerSession {
             };
             return (step.consumed, Some(event));
         }
-        if let (true, Some(error)) = (newly_failed, self.txn.failed) {
+        if let (true, Some(error)) = (newly_failed, failure) {
             return (step.consumed, Some(Event::MessageAborted { error }));
         }
         if step.chunk.is_empty() || self.txn.failed.is_some() {
