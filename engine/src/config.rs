@@ -390,8 +390,20 @@ impl Config {
     /// Parses TOML text; `file` names it in errors and `base` resolves
     /// relative paths.
     pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::parse_with(file, text, base, |_| {})
+    }
+
+    /// Like [`Config::parse`], with `edit` applied to the raw file before
+    /// validation: command-line flags that override the file go through the
+    /// same checks and are reported under the same keys.
+    pub fn parse_with(
+        file: &str,
+        text: &str,
+        base: Option<&Path>,
+        edit: impl FnOnce(&mut RawConfig),
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Syntax {
                 file: file.to_string(),
@@ -403,6 +415,7 @@ impl Config {
                 reason: e.into_inner().message().trim().to_string(),
             }
         })?;
+        edit(&mut raw);
         Config::from_raw(raw, base).map_err(|problems| ConfigError::Invalid {
             file: file.to_string(),
             problems,

@@ -12,5 +12,7 @@
 
 pub mod config;
 pub mod deliver;
+pub mod inject;
 pub mod log;
 pub mod queue;
+pub mod runtime;

@@ -1,0 +1,537 @@
+//! The injection connection driver: a thin loop of read → feed the
+//! [`ServerSession`] → answer its tokens → write. Protocol decisions are
+//! the session's; policy answers (relay, room, spool results) are plain
+//! functions of the shard's state; this file moves bytes, waits and times.
+
+// std
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// external
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use sluice_smtp::server::{Event, ReplyToken, ServerSession};
+use sluice_smtp::Reply;
+use sluice_spool::SpoolError;
+
+// crate
+use super::envelope::{push_received, Envelope, Trace};
+use super::{
+    commit_outcome, is_disconnect, poisoned_reply, spool_error_reply, Injector, BODY_KEEP_BYTES,
+    DATA_RATE_GRACE, OUTPUT_BYTES, READ_BYTES,
+};
+
+/// Output buffer capacity kept between flushes.
+const OUTPUT_KEEP_BYTES: usize = 64 << 10;
+
+/// Replies produced by this connection's commit tasks, in completion order.
+#[derive(Default)]
+struct Completions {
+    ready: RefCell<VecDeque<(ReplyToken, Reply)>>,
+    waker: RefCell<Option<Waker>>,
+    in_flight: Cell<usize>,
+}
+
+impl Completions {
+    fn push(&self, token: ReplyToken, reply: Reply) {
+        assert!(
+            self.in_flight.get() > 0,
+            "a commit finished that never started"
+        );
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.ready.borrow_mut().push_back((token, reply));
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves when a completion is ready.
+struct Ready<'a>(&'a Completions);
+
+impl Future for Ready<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.0.ready.borrow().is_empty() {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+enum Body {
+    Idle,
+    Receiving {
+        started: Instant,
+        bytes: u64,
+        /// The reply the end of data will get instead of storing.
+        refuse: Option<Reply>,
+    },
+}
+
+/// Why the driver woke up.
+enum Wake {
+    Input,
+    Replies,
+    Eof,
+    /// Close with this reply (timeouts, shutdown).
+    Close(Reply),
+}
+
+pub(crate) struct Conn {
+    session: ServerSession,
+    /// Input; `buf[start..end]` is received and not yet consumed.
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    env: Envelope,
+    body: Vec<u8>,
+    state: Body,
+    /// `SIZE=` of the open transaction (RFC 1870), for the room check.
+    size_hint: u64,
+    relay: bool,
+    peer: SocketAddr,
+    helo: String,
+    esmtp: bool,
+    replies: Rc<Completions>,
+    last_input: Instant,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Conn {
+    pub(crate) fn new(inj: &Injector, peer: SocketAddr) -> Conn {
+        debug_assert!(READ_BYTES >= inj.smtp.input_bytes_min());
+        Conn {
+            session: ServerSession::new(Rc::clone(&inj.smtp)),
+            buf: vec![0; READ_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(OUTPUT_BYTES),
+            env: Envelope::new(),
+            body: Vec::new(),
+            state: Body::Idle,
+            size_hint: 0,
+            relay: inj.config.may_relay(peer.ip()),
+            peer,
+            helo: String::new(),
+            esmtp: false,
+            replies: Rc::new(Completions::default()),
+            last_input: Instant::now(),
+        }
+    }
+
+    pub(crate) async fn run(
+        &mut self,
+        inj: &Rc<Injector>,
+        stream: &mut TcpStream,
+    ) -> io::Result<()> {
+        // A client that stops reading cannot hold the shard's memory or this
+        // task forever (RFC 5321 §4.5.3.2 timeouts apply to both sides).
+        stream.set_write_timeout(Some(inj.config.idle_timeout))?;
+        self.session.greeting(Reply::greeting(&inj.config.hostname));
+        let result = self.serve(inj, stream).await;
+        match result {
+            Err(e) if is_disconnect(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn serve(&mut self, inj: &Rc<Injector>, stream: &mut TcpStream) -> io::Result<()> {
+        loop {
+            self.apply_replies();
+            let step = self.session.feed(&self.buf[self.start..self.end]);
+            self.start += step.consumed;
+            match step.event {
+                Event::NeedInput => {
+                    self.flush(stream).await?;
+                    match self.wait(inj, stream).await? {
+                        Wake::Input | Wake::Replies => {}
+                        Wake::Eof => return self.finish(stream).await,
+                        Wake::Close(reply) => {
+                            // Replies already owed go out before the 421.
+                            self.drain_commits().await;
+                            self.apply_replies();
+                            self.session.shutdown(reply);
+                        }
+                    }
+                }
+                Event::Blocked => {
+                    if self.flush(stream).await? == 0 {
+                        if self.replies.in_flight.get() == 0
+                            && self.replies.ready.borrow().is_empty()
+                        {
+                            return Err(io::Error::other("session blocked with no reply owed"));
+                        }
+                        Ready(&self.replies).await;
+                    }
+                }
+                Event::Close(_) => return self.finish(stream).await,
+                Event::Helo { domain } | Event::Ehlo { domain } => {
+                    self.esmtp = matches!(step.event, Event::Ehlo { .. });
+                    self.helo.clear();
+                    self.helo.extend(domain.chars().take(255));
+                    self.reset();
+                }
+                Event::Mail {
+                    token,
+                    from,
+                    params,
+                } => {
+                    self.size_hint = params.size.unwrap_or(0);
+                    match mail_check(inj, self.size_hint) {
+                        MailCheck::Ok => {
+                            self.env.begin(from.as_ref(), &params);
+                            let _ = self
+                                .session
+                                .reply(token, Reply::fixed(250, (2, 1, 0), "Sender OK"));
+                        }
+                        MailCheck::Refuse(reply) => {
+                            let _ = self.session.reply(token, reply);
+                        }
+                        MailCheck::Close(reply) => self.session.shutdown(reply),
+                    }
+                }
+                Event::Rcpt { token, to, params } => {
+                    let reply = if !self.relay {
+                        // RFC 5321 §3.6.2 / RFC 3463 5.7.1: not a relay for you.
+                        Reply::fixed(550, (5, 7, 1), "Relaying denied")
+                    } else if to.domain().is_empty() {
+                        // `<postmaster>` alone names a local mailbox; this
+                        // relay has none.
+                        Reply::fixed(550, (5, 1, 1), "No local mailboxes on this relay")
+                    } else {
+                        self.env.add_recipient(&to, &params);
+                        Reply::fixed(250, (2, 1, 5), "Recipient OK")
+                    };
+                    let _ = self.session.reply(token, reply);
+                }
+                Event::DataStart | Event::Bdat { .. } => {
+                    if matches!(self.state, Body::Idle) {
+                        self.start_body(inj);
+                    }
+                }
+                Event::BodyChunk(chunk) => {
+                    if let Body::Receiving { bytes, refuse, .. } = &mut self.state {
+                        *bytes += chunk.len() as u64;
+                        if refuse.is_none() {
+                            self.body.extend_from_slice(chunk);
+                        }
+                    }
+                }
+                Event::MessageEnd { token } => self.end_message(inj, token),
+                Event::MessageAborted { .. } => {
+                    // The session answers (552 5.3.4, 554 5.6.0 ...) itself.
+                    inj.message_failed();
+                    self.reset();
+                }
+                Event::Rset => self.reset(),
+                Event::StartTls => {
+                    // Never advertised; the session refuses it before this.
+                    self.session.shutdown(Reply::fixed(
+                        421,
+                        (4, 7, 0),
+                        "TLS not available, closing",
+                    ));
+                }
+                Event::Auth { token, .. } | Event::AuthResponse { token, .. } => {
+                    // AUTH is never advertised either.
+                    let _ = self.session.reply(
+                        token,
+                        Reply::fixed(502, (5, 5, 1), "Command not implemented"),
+                    );
+                }
+                Event::Quit
+                | Event::Noop
+                | Event::Vrfy { .. }
+                | Event::Help
+                | Event::Rejected { .. } => {}
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.env.clear();
+        self.state = Body::Idle;
+        self.clear_body();
+    }
+
+    fn clear_body(&mut self) {
+        self.body.clear();
+        if self.body.capacity() > BODY_KEEP_BYTES {
+            self.body.shrink_to(BODY_KEEP_BYTES);
+        }
+    }
+
+    /// DATA or the first BDAT: check room, start the buffer with the trace
+    /// header (RFC 5321 §4.4: prepended, never rewriting what follows).
+    fn start_body(&mut self, inj: &Injector) {
+        let refuse = if let Some(reason) = inj.spool.poisoned() {
+            inj.log_poisoned(&reason);
+            Some(Reply::fixed(
+                451,
+                (4, 3, 0),
+                "Local error in processing: spool fault",
+            ))
+        } else if !inj.spool.has_room(self.size_hint) {
+            Some(Reply::fixed(452, (4, 3, 1), "Insufficient system storage"))
+        } else {
+            None
+        };
+        self.clear_body();
+        if refuse.is_none() {
+            let trace = Trace {
+                helo: &self.helo,
+                peer: self.peer.ip(),
+                hostname: &inj.config.hostname,
+                esmtp: self.esmtp,
+                smtputf8: self.env.smtputf8(),
+                for_recipient: self.env.only_recipient(),
+                unix_s: now_unix_ms() / 1000,
+            };
+            push_received(&trace, &mut self.body);
+        }
+        self.state = Body::Receiving {
+            started: Instant::now(),
+            bytes: 0,
+            refuse,
+        };
+    }
+
+    fn end_message(&mut self, inj: &Rc<Injector>, token: ReplyToken) {
+        if matches!(self.state, Body::Idle) {
+            self.start_body(inj);
+        }
+        let state = std::mem::replace(&mut self.state, Body::Idle);
+        let refused = match state {
+            Body::Receiving {
+                refuse: Some(reply),
+                ..
+            } => Some(reply),
+            _ => self.store(inj, token),
+        };
+        if let Some(reply) = refused {
+            inj.message_failed();
+            let _ = self.session.reply(token, reply);
+        }
+        self.env.clear();
+        self.clear_body();
+    }
+
+    /// Appends the message and starts its commit task; `Some` is the reply
+    /// when the append failed.
+    fn store(&mut self, inj: &Rc<Injector>, token: ReplyToken) -> Option<Reply> {
+        assert!(
+            self.env.recipient_count() > 0,
+            "end of data without an accepted recipient"
+        );
+        let arrival = now_unix_ms();
+        let expiry = arrival.saturating_add(inj.expiry_after.as_millis() as u64);
+        let list = self.env.spool_recipients();
+        let msg = self.env.new_message(&list, &self.body, arrival, expiry);
+        let (id, rec) = match inj.spool.append(&msg) {
+            Ok(r) => r,
+            Err(e) => {
+                if let SpoolError::Poisoned { reason } = &e {
+                    inj.log_poisoned(reason);
+                } else if !e.is_temporary() {
+                    log::error!("shard {}: spool append failed: {e}", inj.shard);
+                }
+                return Some(spool_error_reply(&e));
+            }
+        };
+        drop(list);
+        let accepted = self.env.accepted(id, rec, arrival, expiry);
+        let commit = inj.spool.commit();
+        let replies = Rc::clone(&self.replies);
+        replies.in_flight.set(replies.in_flight.get() + 1);
+        inj.commit_started();
+        let inj = Rc::clone(inj);
+        glommio::spawn_local(async move {
+            match commit_outcome(commit.await, inj.shard, id) {
+                Ok(reply) => {
+                    // The 250 is released first, then delivery may start:
+                    // nothing unacknowledged is ever delivered.
+                    replies.push(token, reply);
+                    inj.queues.borrow_mut().enqueue(accepted);
+                    inj.commit_finished(true);
+                }
+                Err((reply, e)) => {
+                    match &e {
+                        SpoolError::Poisoned { reason } => inj.log_poisoned(reason),
+                        other => log::error!(
+                            "shard {}: commit of message {id} failed: {other}",
+                            inj.shard
+                        ),
+                    }
+                    replies.push(token, reply);
+                    inj.commit_finished(false);
+                }
+            }
+        })
+        .detach();
+        None
+    }
+
+    fn apply_replies(&mut self) {
+        let mut ready = self.replies.ready.borrow_mut();
+        while let Some((token, reply)) = ready.pop_front() {
+            // A token dropped by a shutdown reply is no longer outstanding.
+            let _ = self.session.reply(token, reply);
+        }
+    }
+
+    async fn drain_commits(&mut self) {
+        while self.replies.in_flight.get() > 0 {
+            Ready(&self.replies).await;
+            self.apply_replies();
+        }
+    }
+
+    /// Input ended or the session closed: every owed reply goes out.
+    async fn finish(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        self.drain_commits().await;
+        self.apply_replies();
+        self.flush(stream).await.map(|_| ())
+    }
+
+    async fn flush(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        self.out.clear();
+        let n = self.session.write_output(&mut self.out);
+        if n > 0 {
+            stream.write_all(&self.out).await?;
+        }
+        if self.out.capacity() > OUTPUT_KEEP_BYTES {
+            self.out.clear();
+            self.out.shrink_to(OUTPUT_BYTES);
+        }
+        Ok(n)
+    }
+
+    /// Waits for input, a commit reply, a timeout, or shutdown.
+    async fn wait(&mut self, inj: &Injector, stream: &mut TcpStream) -> io::Result<Wake> {
+        if !self.replies.ready.borrow().is_empty() {
+            return Ok(Wake::Replies);
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 {
+            // The session leaves at most one command line unconsumed.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Err(io::Error::other("input buffer full without progress"));
+        }
+        let quiet = !self.env.is_open()
+            && matches!(self.state, Body::Idle)
+            && self.replies.in_flight.get() == 0;
+        let shutting_down = Reply::fixed(421, (4, 3, 2), "Service shutting down");
+        if quiet && inj.shutdown.is_set() {
+            return Ok(Wake::Close(shutting_down));
+        }
+        let idle_deadline = self.last_input + inj.config.idle_timeout;
+        let rate = inj.config.min_data_rate_bytes_per_s;
+        let rate_deadline = match self.state {
+            // RFC 5321 §4.5.3.2.5 allows 3 minutes per data block; a
+            // minimum average rate after a grace period bounds slow drips.
+            Body::Receiving { started, bytes, .. } if rate > 0 => Some(
+                started + DATA_RATE_GRACE + Duration::from_secs_f64(bytes as f64 / rate as f64),
+            ),
+            _ => None,
+        };
+        let deadline = rate_deadline.map_or(idle_deadline, |r| r.min(idle_deadline));
+        let slow = || Reply::fixed(421, (4, 4, 2), "Data rate too low, closing");
+        let idle = || Reply::fixed(421, (4, 4, 2), "Idle timeout, closing");
+        let now = Instant::now();
+        if now >= deadline {
+            let slow_now = rate_deadline.is_some_and(|r| now >= r);
+            return Ok(Wake::Close(if slow_now { slow() } else { idle() }));
+        }
+        enum Woke {
+            Read(io::Result<usize>),
+            Replies,
+            Timer,
+            Shutdown,
+        }
+        let Conn {
+            buf, end, replies, ..
+        } = self;
+        let read = async { Woke::Read(stream.read(&mut buf[*end..]).await) };
+        let ready = async {
+            Ready(replies).await;
+            Woke::Replies
+        };
+        let timer = async {
+            glommio::timer::sleep(deadline - now).await;
+            Woke::Timer
+        };
+        let stop = async {
+            if quiet {
+                inj.shutdown.wait().await;
+                Woke::Shutdown
+            } else {
+                future::pending().await
+            }
+        };
+        let woke = future::or(read, future::or(ready, future::or(timer, stop))).await;
+        Ok(match woke {
+            Woke::Read(Ok(0)) => Wake::Eof,
+            Woke::Read(Ok(n)) => {
+                self.end += n;
+                self.last_input = Instant::now();
+                Wake::Input
+            }
+            Woke::Read(Err(e)) => return Err(e),
+            Woke::Replies => Wake::Replies,
+            Woke::Timer => {
+                let slow_now = rate_deadline.is_some_and(|r| Instant::now() >= r);
+                Wake::Close(if slow_now { slow() } else { idle() })
+            }
+            Woke::Shutdown => Wake::Close(shutting_down),
+        })
+    }
+}
+
+enum MailCheck {
+    Ok,
+    Refuse(Reply),
+    Close(Reply),
+}
+
+/// The shard's answer to `MAIL FROM` (the session checked syntax and SIZE
+/// against the limit already).
+fn mail_check(inj: &Injector, size_hint: u64) -> MailCheck {
+    if let Some(reason) = inj.spool.poisoned() {
+        inj.log_poisoned(&reason);
+        return MailCheck::Close(poisoned_reply(&reason));
+    }
+    // RFC 1870 §6.1 / RFC 3463 4.3.1: temporarily short of storage.
+    if !inj.spool.has_room(size_hint) {
+        return MailCheck::Refuse(Reply::fixed(452, (4, 3, 1), "Insufficient system storage"));
+    }
+    if inj.queues.borrow().len() >= inj.queued_recipients_max {
+        return MailCheck::Refuse(Reply::fixed(
+            452,
+            (4, 3, 1),
+            "Too much mail queued, try again later",
+        ));
+    }
+    MailCheck::Ok
+}

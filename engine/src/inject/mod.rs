@@ -1,0 +1,380 @@
+//! Injection: the SMTP listener side of a shard.
+//!
+//! A shard accepts on its member of the shared SO_REUSEPORT listener and,
+//! when `shard_port_base` is set, on its own port. Each connection is
+//! admitted or refused at once ([`Injector::admit`]: shutting down, spool
+//! poisoned, too many connections on the shard or from the address, all
+//! `421`), then served by a thin glommio driver around `sluice-smtp`'s
+//! [`ServerSession`] (see `conn`): the session makes every protocol
+//! decision, the driver answers MAIL, RCPT and end-of-message tokens from
+//! policy (relay networks, disk room, spool results).
+//!
+//! # The path of a message
+//! Body bytes are appended to a per-connection buffer (reused for every
+//! message of the connection, bounded by `message_size_max` because the
+//! session refuses larger messages while they stream) behind the
+//! `Received:` header. At the end of data the record is appended to the
+//! shard's spool (one copy, into the mapping) and a task awaits the group
+//! commit covering it, while the session goes on parsing pipelined
+//! commands. When the commit completes the task fills the message's reply
+//! token with `250 2.0.0 s<shard>.<id> queued` and only then hands the
+//! message to the shard's queues, so nothing unacknowledged is ever
+//! delivered; a spool fault answers `451 4.3.0` (disk full: `452 4.3.1`)
+//! and never `250`. Replies leave in command order (RFC 2920 §3.1).
+
+mod conn;
+pub mod envelope;
+pub mod recovering;
+
+// std
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+// external
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use sluice_smtp::server::ServerConfig;
+use sluice_smtp::{Extensions, Reply, ReplyCode};
+use sluice_spool::SpoolError;
+
+// crate
+use crate::config::Config;
+use crate::queue::Queues;
+use crate::runtime::{ShardSpool, Shutdown};
+
+/// Bytes of the per-connection read buffer.
+pub const READ_BYTES: usize = 32 << 10;
+/// Bytes reserved for queued replies per connection.
+pub const OUTPUT_BYTES: usize = 4 << 10;
+/// Body buffer capacity kept between messages; a larger message's buffer is
+/// shrunk back after it, so idle connections hold little memory.
+pub const BODY_KEEP_BYTES: usize = 256 << 10;
+/// Time a DATA/BDAT transfer gets before the minimum rate applies.
+pub const DATA_RATE_GRACE: Duration = Duration::from_secs(5);
+/// Longest a refused client is read from (to let it see the `421`).
+const REFUSE_DRAIN: Duration = Duration::from_millis(500);
+
+/// The shard's injection state, shared by its accept loops and
+/// connections (single-threaded).
+pub struct Injector {
+    /// Shard index.
+    pub shard: u32,
+    /// Validated configuration.
+    pub config: Rc<Config>,
+    /// The session configuration every connection shares.
+    pub smtp: Rc<ServerConfig>,
+    /// The shard's spool.
+    pub spool: ShardSpool,
+    /// The shard's queues (fed after each commit).
+    pub queues: Rc<RefCell<Queues>>,
+    /// Set when the shard stops.
+    pub shutdown: Shutdown,
+    /// Messages expire this long after arrival.
+    pub expiry_after: Duration,
+    /// Recipients queued on the shard above which MAIL gets `452 4.3.1`.
+    pub queued_recipients_max: usize,
+    open: Cell<u32>,
+    per_ip: RefCell<HashMap<IpAddr, u32>>,
+    commits_in_flight: Cell<u32>,
+    poison_logged: Cell<bool>,
+    stats: RefCell<InjectStats>,
+}
+
+/// Counters of one shard's injection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InjectStats {
+    /// Connections served.
+    pub connections: u64,
+    /// Connections refused at connect.
+    pub refused: u64,
+    /// Messages acknowledged with `250` (durable and queued).
+    pub accepted: u64,
+    /// Messages answered `4xx`/`5xx` by injection (spool faults, no room).
+    pub failed: u64,
+}
+
+/// What to do with a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Serve it.
+    Serve,
+    /// Answer this `421` and close.
+    Refuse(Reply),
+}
+
+/// The session configuration for injection: PIPELINING, CHUNKING,
+/// 8BITMIME, SMTPUTF8, SIZE, ENHANCEDSTATUSCODES and DSN, with the
+/// configured size and recipient limits.
+pub fn session_config(config: &Config) -> ServerConfig {
+    let mut sc = ServerConfig::new(config.hostname.clone());
+    sc.extensions = Extensions::PIPELINING
+        | Extensions::CHUNKING
+        | Extensions::EIGHT_BIT_MIME
+        | Extensions::SMTPUTF8
+        | Extensions::SIZE
+        | Extensions::ENHANCED_STATUS_CODES
+        | Extensions::DSN;
+    sc.message_bytes_max = config.message_bytes_max;
+    sc.recipients_max = config.recipients_max as usize;
+    sc
+}
+
+/// The reply for a failed append or commit (RFC 5321 §4.2.2, RFC 3463).
+pub fn spool_error_reply(e: &SpoolError) -> Reply {
+    match e {
+        SpoolError::DiskFull { .. } => Reply::fixed(452, (4, 3, 1), "Insufficient system storage"),
+        SpoolError::TooLarge { .. } => Reply::fixed(
+            552,
+            (5, 3, 4),
+            "Message size exceeds fixed maximum message size",
+        ),
+        _ => Reply::fixed(451, (4, 3, 0), "Local error in processing: spool fault"),
+    }
+}
+
+/// `421 4.3.0` naming why the spool refuses (CR/LF-free).
+pub fn poisoned_reply(reason: &str) -> Reply {
+    let clean: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    Reply::new(
+        ReplyCode::SERVICE_UNAVAILABLE,
+        sluice_smtp::EnhancedCode::new(4, 3, 0).unwrap_or(sluice_smtp::EnhancedCode::OK),
+        format!("Spool failure, not accepting mail: {clean}"),
+    )
+}
+
+impl Injector {
+    /// The shard's injection state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: u32,
+        config: Rc<Config>,
+        spool: ShardSpool,
+        queues: Rc<RefCell<Queues>>,
+        shutdown: Shutdown,
+        expiry_after: Duration,
+        queued_recipients_max: usize,
+    ) -> Rc<Injector> {
+        Rc::new(Injector {
+            shard,
+            smtp: Rc::new(session_config(&config)),
+            config,
+            spool,
+            queues,
+            shutdown,
+            expiry_after,
+            queued_recipients_max,
+            open: Cell::new(0),
+            per_ip: RefCell::new(HashMap::new()),
+            commits_in_flight: Cell::new(0),
+            poison_logged: Cell::new(false),
+            stats: RefCell::new(InjectStats::default()),
+        })
+    }
+
+    /// Connections being served.
+    pub fn open_connections(&self) -> u32 {
+        self.open.get()
+    }
+
+    /// Appended messages whose commit has not resolved yet.
+    pub fn commits_in_flight(&self) -> u32 {
+        self.commits_in_flight.get()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> InjectStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Decides about a new connection from `ip` (RFC 5321 §3.1: a server
+    /// that will not serve answers `421` and closes).
+    pub fn admit(&self, ip: IpAddr) -> Admission {
+        if self.shutdown.is_set() {
+            return Admission::Refuse(Reply::fixed(421, (4, 3, 2), "Service shutting down"));
+        }
+        if let Some(reason) = self.spool.poisoned() {
+            self.log_poisoned(&reason);
+            return Admission::Refuse(poisoned_reply(&reason));
+        }
+        if self.open.get() >= self.config.connections_max {
+            return Admission::Refuse(Reply::fixed(
+                421,
+                (4, 7, 0),
+                "Too many connections, try again later",
+            ));
+        }
+        let per_ip = self.per_ip.borrow().get(&ip).copied().unwrap_or(0);
+        if per_ip >= self.config.connections_per_ip_max {
+            return Admission::Refuse(Reply::fixed(
+                421,
+                (4, 7, 0),
+                "Too many connections from your address",
+            ));
+        }
+        Admission::Serve
+    }
+
+    /// Logs, once per shard, that the spool stopped accepting and why.
+    pub fn log_poisoned(&self, reason: &str) {
+        if !self.poison_logged.replace(true) {
+            log::error!(
+                "shard {}: spool failed, the shard accepts no more mail (restart it to recover): {reason}",
+                self.shard
+            );
+        }
+    }
+
+    fn connection_opened(&self, ip: IpAddr) {
+        self.open.set(self.open.get() + 1);
+        *self.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
+        self.stats.borrow_mut().connections += 1;
+    }
+
+    fn connection_closed(&self, ip: IpAddr) {
+        assert!(self.open.get() > 0, "connection count underflow");
+        self.open.set(self.open.get() - 1);
+        let mut map = self.per_ip.borrow_mut();
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Accepts on `listener` until shutdown, spawning one task per connection.
+pub async fn accept_loop(inj: Rc<Injector>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            inj.shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                log::warn!("shard {}: accept failed: {e}", inj.shard);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            // The client is already gone.
+            Err(_) => continue,
+        };
+        match inj.admit(peer.ip()) {
+            Admission::Serve => {
+                glommio::spawn_local(serve(Rc::clone(&inj), stream, peer)).detach();
+            }
+            Admission::Refuse(reply) => {
+                inj.stats.borrow_mut().refused += 1;
+                glommio::spawn_local(refuse(stream, reply)).detach();
+            }
+        }
+    }
+}
+
+/// Counts the connection for its lifetime (also when its task is dropped).
+struct Slot {
+    inj: Rc<Injector>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inj.connection_closed(self.ip);
+    }
+}
+
+async fn serve(inj: Rc<Injector>, mut stream: TcpStream, peer: SocketAddr) {
+    inj.connection_opened(peer.ip());
+    let _slot = Slot {
+        inj: Rc::clone(&inj),
+        ip: peer.ip(),
+    };
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = conn::Conn::new(&inj, peer).run(&inj, &mut stream).await {
+        log::debug!("shard {}: connection from {peer}: {e}", inj.shard);
+    }
+    let _ = stream.close().await;
+}
+
+/// Writes `reply`, lets the client read it, closes.
+async fn refuse(mut stream: TcpStream, reply: Reply) {
+    let mut out = Vec::with_capacity(128);
+    reply.encode(true, &mut out);
+    let _ = stream.set_write_timeout(Some(REFUSE_DRAIN));
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    // Closing with unread input would reset the connection and could
+    // destroy the reply before the client reads it: drain briefly.
+    let _ = stream.set_read_timeout(Some(REFUSE_DRAIN));
+    let mut sink = [0u8; 512];
+    for _ in 0..16 {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = stream.close().await;
+}
+
+/// Result of a commit task: the reply for the token, and the error if any.
+pub(crate) fn commit_outcome(
+    r: Result<(), SpoolError>,
+    shard: u32,
+    id: u64,
+) -> Result<Reply, (Reply, SpoolError)> {
+    match r {
+        Ok(()) => Ok(Reply::new(
+            ReplyCode::OK,
+            sluice_smtp::EnhancedCode::OK,
+            format!("s{shard}.{id} queued"),
+        )),
+        Err(e) => Err((spool_error_reply(&e), e)),
+    }
+}
+
+impl Injector {
+    /// Bookkeeping around a commit task.
+    pub(crate) fn commit_started(&self) {
+        self.commits_in_flight.set(self.commits_in_flight.get() + 1);
+    }
+
+    pub(crate) fn commit_finished(&self, ok: bool) {
+        assert!(self.commits_in_flight.get() > 0, "commit count underflow");
+        self.commits_in_flight.set(self.commits_in_flight.get() - 1);
+        let mut s = self.stats.borrow_mut();
+        if ok {
+            s.accepted += 1;
+        } else {
+            s.failed += 1;
+        }
+    }
+
+    pub(crate) fn message_failed(&self) {
+        self.stats.borrow_mut().failed += 1;
+    }
+}
+
+/// An I/O error meaning the peer went away (not worth a log line).
+pub(crate) fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+    )
+}

@@ -1,0 +1,407 @@
+//! End-to-end tests of injection into the real `sluice` binary on loopback:
+//! pipelined transactions, both injection paths, relay refusal, size limits,
+//! graceful stop and restart.
+//!
+//! Build the binaries first (`cargo build --release --bins`, or set
+//! `SLUICE_BIN_DIR=target/debug` after a debug build). The recovering-state
+//! answer (`421 4.3.2`) is tested in-process in the engine
+//! (`inject::recovering`): recovery of a spool that fits on a test machine
+//! takes milliseconds, too short to hit reliably from outside.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_tests::{binary, free_port, Process};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A minimal SMTP client on a std socket: enough to pipeline and to read
+/// replies one by one.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+#[derive(Debug)]
+struct Reply {
+    code: u16,
+    text: String,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to sluice");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        s.set_write_timeout(Some(TIMEOUT)).expect("timeout");
+        Client {
+            reader: BufReader::new(s.try_clone().expect("clone")),
+            writer: s,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write to sluice");
+    }
+
+    /// One whole (possibly multi-line) reply.
+    fn reply(&mut self) -> Reply {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read a reply line");
+            assert!(n > 0, "connection closed while a reply was expected");
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let code: u16 = line[..3].parse().expect("reply code");
+            text.push_str(line[4.min(line.len())..].trim_end());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Reply { code, text };
+            }
+            text.push('\n');
+        }
+    }
+
+    fn expect(&mut self, code: u16) -> Reply {
+        let r = self.reply();
+        assert_eq!(r.code, code, "unexpected reply {r:?}");
+        r
+    }
+
+    fn greet(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        c.expect(220);
+        c.send(b"EHLO tester.example\r\n");
+        let ehlo = c.expect(250);
+        for ext in [
+            "PIPELINING",
+            "CHUNKING",
+            "8BITMIME",
+            "SMTPUTF8",
+            "SIZE",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+        ] {
+            assert!(ehlo.text.contains(ext), "EHLO lacks {ext}: {}", ehlo.text);
+        }
+        c
+    }
+}
+
+/// The shard in a `250 2.0.0 s<shard>.<id> queued` reply.
+fn accepting_shard(r: &Reply) -> u32 {
+    assert_eq!(r.code, 250, "{r:?}");
+    let rest = r
+        .text
+        .split_once(" s")
+        .map(|(_, t)| t)
+        .expect("queued reply names the shard");
+    rest.split('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("shard number")
+}
+
+struct Engine {
+    process: Process,
+    stderr: PathBuf,
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+fn config_text(dir: &Path, shared_port: u16, extra_inject: &str, route_port: u16) -> String {
+    // Small segments keep the reserved spool files small on the test disk.
+    let size = if extra_inject.contains("message_size_max") {
+        ""
+    } else {
+        "message_size_max = \"1MiB\""
+    };
+    format!(
+        "hostname = \"sluice.test\"\ncores = [0, 1]\n\
+         [inject]\nlisten = \"127.0.0.1:{shared_port}\"\n{extra_inject}\n{size}\n\
+         [spool]\ndir = \"{}\"\nsegment_size = \"4MiB\"\n\
+         [[route]]\npattern = \"*\"\nhosts = [\"127.0.0.1:{route_port}\"]\n",
+        dir.join("spool").display()
+    )
+}
+
+fn start(dir: &Path, config: &Path, shared: SocketAddr, tag: &str) -> Engine {
+    let stderr = dir.join(format!("sluice-{tag}.err"));
+    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
+    cmd.arg("run").arg("--config").arg(config);
+    cmd.stdout(Stdio::null());
+    cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
+    let process = Process::spawn("sluice", cmd).expect("start sluice");
+    if !ready(shared) {
+        let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+        panic!("sluice did not greet on {shared} within {TIMEOUT:?}; it said:\n{said}");
+    }
+    Engine { process, stderr }
+}
+
+/// Waits until `addr` greets with `220` (not the recovering `421 4.3.2`).
+fn wait_ready(addr: SocketAddr) {
+    assert!(
+        ready(addr),
+        "sluice did not greet on {addr} within {TIMEOUT:?}"
+    );
+}
+
+fn ready(addr: SocketAddr) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < TIMEOUT {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut line = String::new();
+            if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220 ") {
+                let _ = (&s).write_all(b"QUIT\r\n");
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A port nobody listens on: the delivery route for tests that keep mail queued.
+fn dead_port() -> u16 {
+    free_port().expect("free port")
+}
+
+#[test]
+fn pipelined_injection_gets_250_for_every_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let cfg = write_config(dir.path(), &config_text(dir.path(), port, "", dead_port()));
+    let _engine = start(dir.path(), &cfg, loopback(port), "pipe");
+    let mut c = Client::greet(loopback(port));
+    // Whole transactions back to back in one write (RFC 3030 BDAT needs no
+    // 354 round trip, so a client may pipeline everything).
+    const N: usize = 200;
+    let mut batch = Vec::new();
+    for i in 0..N {
+        let body = format!("Subject: message {i}\r\n\r\nbody of message {i}\r\n");
+        batch.extend_from_slice(
+            format!(
+                "MAIL FROM:<sender@src.test> SIZE={}\r\nRCPT TO:<rcpt{i}@dest{}.test>\r\nBDAT {} LAST\r\n{body}",
+                body.len(),
+                i % 7,
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    c.send(&batch);
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..N {
+        c.expect(250); // MAIL
+        c.expect(250); // RCPT
+        let r = c.expect(250); // end of message: durable and queued
+        assert!(r.text.ends_with(" queued"), "message {i}: {r:?}");
+        assert!(ids.insert(r.text.clone()), "ids are unique: {r:?}");
+    }
+    // Classic DATA with dot-stuffing and a multi-domain recipient list.
+    c.send(b"MAIL FROM:<>\r\nRCPT TO:<a@one.test>\r\nRCPT TO:<b@TWO.test>\r\nDATA\r\n");
+    c.expect(250);
+    c.expect(250);
+    c.expect(250);
+    c.expect(354);
+    c.send(b"Subject: dots\r\n\r\n..leading dot\r\n.\r\n");
+    let r = c.expect(250);
+    assert!(r.text.ends_with(" queued"), "{r:?}");
+    c.send(b"QUIT\r\n");
+    c.expect(221);
+}
+
+#[test]
+fn both_injection_paths_and_route_agree_with_the_accepting_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    // Two consecutive free ports for the per-shard listeners.
+    let base = loop {
+        let p = free_port().expect("port");
+        if p < 65000 && std::net::TcpListener::bind(loopback(p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let extra = format!("shard_port_base = {base}");
+    let cfg = write_config(
+        dir.path(),
+        &config_text(dir.path(), port, &extra, dead_port()),
+    );
+    let _engine = start(dir.path(), &cfg, loopback(port), "paths");
+    wait_ready(loopback(base));
+    wait_ready(loopback(base + 1));
+    for domain in [
+        "example.com",
+        "gmail.com",
+        "yahoo.test",
+        "b.example",
+        "Mixed.Case.Test",
+    ] {
+        let out = Command::new(binary("sluice").expect("binary"))
+            .args(["route", domain, "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("sluice route");
+        assert!(out.status.success(), "sluice route failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> u32 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no `{name}` in {text}"))
+        };
+        let shard = field("shard:");
+        let routed_port = field("port:");
+        assert_eq!(routed_port, u32::from(base) + shard, "{text}");
+        let mut c = Client::greet(loopback(routed_port as u16));
+        c.send(format!("MAIL FROM:<s@src.test>\r\nRCPT TO:<r@{domain}>\r\nDATA\r\n").as_bytes());
+        c.expect(250);
+        c.expect(250);
+        c.expect(354);
+        c.send(b"Subject: routed\r\n\r\nhello\r\n.\r\n");
+        let r = c.reply();
+        assert_eq!(
+            accepting_shard(&r),
+            shard,
+            "{domain} was accepted by another shard: {r:?}"
+        );
+    }
+    // The shared port: every shard answers on it; each reply names a real shard.
+    for _ in 0..8 {
+        let mut c = Client::greet(loopback(port));
+        c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@any.test>\r\nBDAT 7 LAST\r\nhello\r\n");
+        c.expect(250);
+        c.expect(250);
+        let r = c.reply();
+        assert!(accepting_shard(&r) < 2, "{r:?}");
+    }
+}
+
+#[test]
+fn relay_is_denied_outside_relay_networks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let extra = "relay_networks = [\"192.0.2.0/24\"]";
+    let cfg = write_config(
+        dir.path(),
+        &config_text(dir.path(), port, extra, dead_port()),
+    );
+    let _engine = start(dir.path(), &cfg, loopback(port), "relay");
+    let mut c = Client::greet(loopback(port));
+    c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@elsewhere.test>\r\nDATA\r\n");
+    c.expect(250);
+    let r = c.expect(550);
+    assert!(r.text.starts_with("5.7.1"), "{r:?}");
+    // No valid recipient: DATA is refused too (RFC 2920 §3.1).
+    c.expect(554);
+    c.send(b"QUIT\r\n");
+    c.expect(221);
+}
+
+#[test]
+fn oversize_messages_get_552_while_streaming() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let extra = "message_size_max = \"2KiB\"";
+    let cfg = write_config(
+        dir.path(),
+        &config_text(dir.path(), port, extra, dead_port()),
+    );
+    let _engine = start(dir.path(), &cfg, loopback(port), "size");
+    let mut c = Client::greet(loopback(port));
+    // Declared too big (RFC 1870 §6.1).
+    c.send(b"MAIL FROM:<s@src.test> SIZE=100000\r\n");
+    let r = c.expect(552);
+    assert!(r.text.starts_with("5.3.4"), "{r:?}");
+    // Undeclared, too big once streamed.
+    c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n");
+    c.expect(250);
+    c.expect(250);
+    c.expect(354);
+    let line = "x".repeat(78) + "\r\n";
+    let mut body = String::from("Subject: big\r\n\r\n");
+    while body.len() < 8 * 1024 {
+        body.push_str(&line);
+    }
+    body.push_str(".\r\n");
+    c.send(body.as_bytes());
+    let r = c.expect(552);
+    assert!(r.text.starts_with("5.3.4"), "{r:?}");
+    // The connection is still usable and a small message is accepted.
+    c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n");
+    c.expect(250);
+    c.expect(250);
+    c.expect(354);
+    c.send(b"Subject: small\r\n\r\nok\r\n.\r\n");
+    let r = c.expect(250);
+    assert!(r.text.ends_with(" queued"), "{r:?}");
+}
+
+/// `sluice: stopped cleanly (N message(s) accepted, M recovered at start)`.
+fn stop_summary(engine: &Engine) -> (u64, u64) {
+    let text = std::fs::read_to_string(&engine.stderr).expect("stderr file");
+    let line = text
+        .lines()
+        .find(|l| l.contains("stopped cleanly"))
+        .unwrap_or_else(|| panic!("no clean stop in:\n{text}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn sigterm_exits_0_and_a_restart_keeps_queued_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    // The next hop is down: everything stays queued.
+    let cfg = write_config(dir.path(), &config_text(dir.path(), port, "", dead_port()));
+    let mut first = start(dir.path(), &cfg, loopback(port), "first");
+    const N: u64 = 30;
+    let mut c = Client::greet(loopback(port));
+    for i in 0..N {
+        let body = format!("Subject: keep {i}\r\n\r\nkeep me\r\n");
+        c.send(
+            format!(
+                "MAIL FROM:<s@src.test>\r\nRCPT TO:<r{i}@down{}.test>\r\nBDAT {} LAST\r\n{body}",
+                i % 3,
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.expect(250);
+        c.expect(250);
+        let r = c.expect(250);
+        assert!(r.text.ends_with(" queued"), "{r:?}");
+    }
+    // An idle client is told 421 and disconnected at shutdown.
+    let status = first.process.stop(TIMEOUT).expect("stop");
+    assert!(status.success(), "SIGTERM must exit 0, got {status:?}");
+    let r = c.reply();
+    assert_eq!(r.code, 421, "{r:?}");
+    let (accepted, recovered) = stop_summary(&first);
+    assert_eq!(accepted, N);
+    assert_eq!(recovered, 0);
+
+    let mut second = start(dir.path(), &cfg, loopback(port), "second");
+    let status = second.process.stop(TIMEOUT).expect("stop");
+    assert!(status.success(), "{status:?}");
+    let (accepted, recovered) = stop_summary(&second);
+    assert_eq!(accepted, 0);
+    assert_eq!(recovered, N, "every queued message survives the restart");
+}
