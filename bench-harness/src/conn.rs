@@ -217,7 +217,11 @@ async fn drive(
     let mut slot_done = false;
     let mut quitting = false;
     let mut accepted = 0u64;
-    let mut last_io = Instant::now();
+    // The reply timer runs from the last byte received, or from when the
+    // session started waiting if it was idle before (sends do not reset it:
+    // an open-loop sender must not keep a stalled server alive).
+    let mut last_rx = Instant::now();
+    let mut was_waiting = true;
 
     loop {
         // 1. Queue what the load allows: window, schedule, per-connection cap.
@@ -301,6 +305,7 @@ async fn drive(
                 BodyEncoding::Raw => wbuf.extend_from_slice(body),
             }
         }
+        let mut progressed = !wbuf.is_empty();
         if !wbuf.is_empty() {
             if let Err(e) = wire.send(&wbuf).await {
                 session.connection_lost();
@@ -320,7 +325,6 @@ async fn drive(
                 };
             }
             wbuf.clear();
-            last_io = Instant::now();
         }
 
         // 3. Account what happened.
@@ -328,6 +332,7 @@ async fn drive(
         let mut start_tls = false;
         let mut now_ready = false;
         while let Some(event) = session.poll_event() {
+            progressed = true;
             match event {
                 ClientEvent::Ready => now_ready = true,
                 ClientEvent::StartTls => start_tls = true,
@@ -406,31 +411,36 @@ async fn drive(
 
         // 4. Wait for bytes, the next due time, or the reply timeout.
         let now = Instant::now();
-        let reply_deadline = last_io + settings.reply_timeout;
+        let waiting = session.timeout().is_some();
+        if waiting && !was_waiting {
+            last_rx = now;
+        }
+        was_waiting = waiting;
+        let reply_deadline = last_rx + settings.reply_timeout;
         let due_at = next_due.map(|d| shared.start + d);
-        let wake = match (session.timeout().is_some(), due_at) {
+        let wake = match (waiting, due_at) {
             (true, Some(due)) => due.min(reply_deadline),
             (true, None) => reply_deadline,
             (false, Some(due)) => due,
-            // Nothing to wait for and nothing due: loop to queue or quit.
-            (false, None) => now,
+            // Nothing awaited, nothing due, but events came in (e.g. the last
+            // reply): go round to queue more or QUIT.
+            (false, None) if progressed => continue,
+            // Nothing happened at all: only the server can move things (e.g.
+            // close); wait for it without spinning.
+            (false, None) => now + settings.reply_timeout,
         };
         let sleep_for = wake.saturating_duration_since(now);
-        let got = if sleep_for.is_zero() && session.timeout().is_none() {
+        let got = future::or(async { Some(wire.recv(&mut rbuf).await) }, async {
+            glommio::timer::sleep(sleep_for).await;
             None
-        } else {
-            future::or(async { Some(wire.recv(&mut rbuf).await) }, async {
-                glommio::timer::sleep(sleep_for).await;
-                None
-            })
-            .await
-        };
+        })
+        .await;
         match got {
             Some(Ok(0)) => session.connection_lost(),
             Some(Ok(_)) => {
                 session.feed(&rbuf);
                 rbuf.clear();
-                last_io = Instant::now();
+                last_rx = Instant::now();
             }
             Some(Err(e)) => {
                 session.connection_lost();
@@ -450,7 +460,7 @@ async fn drive(
                 };
             }
             None => {
-                if session.timeout().is_some() && Instant::now() >= reply_deadline {
+                if waiting && Instant::now() >= reply_deadline {
                     session.timed_out();
                 }
             }

@@ -6,6 +6,7 @@
 //! reused buffer from a precomputed filler block: per message the generator
 //! writes ~300 bytes of headers and does one `memcpy` of the filler.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -72,13 +73,30 @@ pub fn mix64(mut z: u64) -> u64 {
 pub struct MessageGenerator {
     shape: Arc<LoadShape>,
     filler: Vec<u8>,
+    /// The last formatted `Date:` value and its second.
+    date: RefCell<(u64, Vec<u8>)>,
 }
 
 impl MessageGenerator {
     /// Precomputes the filler block (once per connection).
     pub fn new(shape: Arc<LoadShape>) -> Self {
         let filler = filler_block(shape.sizes.max() + FILLER_LINE_BYTES);
-        MessageGenerator { shape, filler }
+        MessageGenerator {
+            shape,
+            filler,
+            date: RefCell::new((u64::MAX, Vec::new())),
+        }
+    }
+
+    /// Appends the RFC 5322 date of `secs`, formatted once per second.
+    fn push_date(&self, out: &mut Vec<u8>, secs: u64) {
+        let mut cache = self.date.borrow_mut();
+        if cache.0 != secs {
+            cache.1.clear();
+            write_rfc5322_date(&mut cache.1, secs);
+            cache.0 = secs;
+        }
+        out.extend_from_slice(&cache.1);
     }
 
     /// The load shape.
@@ -102,11 +120,10 @@ impl MessageGenerator {
         let sender_domain = shape.sender_domains.sample(&mut rng);
 
         env.from.clear();
-        // Infallible: writing to a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(
-            &mut env.from,
-            format_args!("sender{}@{}", index % 1000, sender_domain),
-        );
+        env.from.push_str("sender");
+        push_decimal_str(&mut env.from, index % 1000);
+        env.from.push('@');
+        env.from.push_str(sender_domain);
         // Reuse the recipient Strings already allocated.
         env.rcpts.truncate(rcpt_count);
         while env.rcpts.len() < rcpt_count {
@@ -116,28 +133,50 @@ impl MessageGenerator {
             rcpt.clear();
             let local = rng.gen_range(1..=shape.local_parts.max(1));
             let domain = shape.recipient_domains.sample(&mut rng);
-            let _ = std::fmt::Write::write_fmt(rcpt, format_args!("user{local}@{domain}"));
+            rcpt.push_str("user");
+            push_decimal_str(rcpt, u64::from(local));
+            rcpt.push('@');
+            rcpt.push_str(domain);
         }
 
+        // Headers are appended piece by piece (no formatting machinery): this
+        // runs once per message on the generator's hot path.
         body.clear();
-        let secs = injected_unix_nanos / 1_000_000_000;
-        // Writes into a Vec<u8> cannot fail.
-        let _ = write!(body, "From: <{}>\r\nTo: <{}>", env.from, env.rcpts[0]);
+        let run = shape.run_id.as_bytes();
+        body.extend_from_slice(b"From: <");
+        body.extend_from_slice(env.from.as_bytes());
+        body.extend_from_slice(b">\r\nTo: <");
+        body.extend_from_slice(env.rcpts[0].as_bytes());
+        body.push(b'>');
         if env.rcpts.len() > 1 {
-            let _ = write!(body, " (+{} more)", env.rcpts.len() - 1);
+            body.extend_from_slice(b" (+");
+            push_decimal(body, env.rcpts.len() as u64 - 1);
+            body.extend_from_slice(b" more)");
         }
-        let _ = write!(
-            body,
-            "\r\nSubject: sluice-bench {} message {}\r\nDate: ",
-            shape.run_id, index
-        );
-        write_rfc5322_date(body, secs);
-        let _ = write!(
-            body,
-            "\r\nMessage-ID: <{run}.{index}@{sender_domain}>\r\n{ID_HEADER}: {run}-{index}\r\n\
-             {INJECTED_HEADER}: {injected_unix_nanos}\r\nMIME-Version: 1.0\r\n\
-             Content-Type: text/plain; charset=us-ascii\r\n\r\n",
-            run = shape.run_id,
+        body.extend_from_slice(b"\r\nSubject: sluice-bench ");
+        body.extend_from_slice(run);
+        body.extend_from_slice(b" message ");
+        push_decimal(body, index);
+        body.extend_from_slice(b"\r\nDate: ");
+        self.push_date(body, injected_unix_nanos / 1_000_000_000);
+        body.extend_from_slice(b"\r\nMessage-ID: <");
+        body.extend_from_slice(run);
+        body.push(b'.');
+        push_decimal(body, index);
+        body.push(b'@');
+        body.extend_from_slice(sender_domain.as_bytes());
+        body.extend_from_slice(b">\r\n");
+        body.extend_from_slice(ID_HEADER.as_bytes());
+        body.extend_from_slice(b": ");
+        body.extend_from_slice(run);
+        body.push(b'-');
+        push_decimal(body, index);
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(INJECTED_HEADER.as_bytes());
+        body.extend_from_slice(b": ");
+        push_decimal(body, injected_unix_nanos);
+        body.extend_from_slice(
+            b"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
         );
         // Body: filler up to the requested size, always ending in CRLF.
         let body_bytes = size.saturating_sub(body.len()).max(FILLER_LINE_BYTES);
@@ -150,6 +189,37 @@ impl MessageGenerator {
         }
         body.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_decimal_str(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Infallible: ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
 }
 
 /// Printable filler lines of [`FILLER_LINE_BYTES`], none starting with a dot.
@@ -282,6 +352,18 @@ mod tests {
         g1.generate(1, 7, &mut e1, &mut b1);
         g1.generate(2, 7, &mut e2, &mut b2);
         assert_ne!(b1, b2);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 999, 1_700_000_000_123_456_789, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+            let mut s = String::from("x");
+            push_decimal_str(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
     }
 
     #[test]

@@ -360,6 +360,30 @@ fn reconnects_after_messages_per_connection() {
 }
 
 #[test]
+fn the_end_of_a_slot_does_not_wait_for_the_reply_timeout() {
+    // Regression: after the last reply nothing is awaited and nothing is
+    // due; the connection must go on to QUIT at once, not sit out the reply
+    // timeout. The bound is a hang detector, far above any honest run.
+    let server = TestServer::start(ServerOpts::default());
+    let report = run(&[
+        "--target",
+        &server.addr.to_string(),
+        "--messages",
+        "10",
+        "--connections",
+        "2",
+        "--reply-timeout",
+        "30s",
+    ]);
+    assert!(report.passed, "{:?}", report.problems);
+    assert!(
+        report.seconds < 20.0,
+        "run took {} s: waited for the reply timeout",
+        report.seconds
+    );
+}
+
+#[test]
 fn duration_bound_closed_loop() {
     let server = TestServer::start(ServerOpts::default());
     let report = run(&[
@@ -507,4 +531,65 @@ fn help_documents_every_option() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn silent_server_times_out_and_fails_the_run() {
+    let server = TestServer::start(ServerOpts {
+        silent: true,
+        ..Default::default()
+    });
+    let report = run(&[
+        "--target",
+        &server.addr.to_string(),
+        "--messages",
+        "5",
+        "--connections",
+        "1",
+        "--reply-timeout",
+        "200ms",
+    ]);
+    assert!(!report.passed);
+    assert_eq!(report.accepted, 0);
+    assert!(
+        report.connection_errors.contains_key("timeout"),
+        "{:?}",
+        report.connection_errors
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("without an accepted message")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn dropped_connections_are_counted_and_every_message_accounted() {
+    let server = TestServer::start(ServerOpts {
+        drop_after: Some(4),
+        ..Default::default()
+    });
+    let report = run(&[
+        "--target",
+        &server.addr.to_string(),
+        "--messages",
+        "20",
+        "--connections",
+        "1",
+        "--window",
+        "1",
+        "--max-error-rate",
+        "1",
+    ]);
+    // Every started transaction ended exactly once, either way.
+    assert_eq!(report.accepted + report.failed, report.messages);
+    assert_eq!(report.accepted, server.get(|c| &c.accepted));
+    assert!(report.failed >= 1);
+    assert_eq!(report.errors.get("connection_lost"), Some(&report.failed));
+    assert!(report.connection_errors.contains_key("connection_lost"));
+    // Connection failures always fail the run, whatever the error budget.
+    assert!(!report.passed);
 }

@@ -29,6 +29,10 @@ pub struct ServerOpts {
     pub data_code: u16,
     /// Write a sink-style summary (`{"messages": n}`) here after each message.
     pub summary: Option<PathBuf>,
+    /// Accept TCP but never send the greeting.
+    pub silent: bool,
+    /// Close the connection (no reply) at the MAIL after this many messages on it.
+    pub drop_after: Option<u64>,
 }
 
 impl Default for ServerOpts {
@@ -41,6 +45,8 @@ impl Default for ServerOpts {
             data_delay: Duration::ZERO,
             data_code: 250,
             summary: None,
+            silent: false,
+            drop_after: None,
         }
     }
 }
@@ -147,9 +153,17 @@ fn serve(
     counts: &Counts,
     tls: Arc<rustls::ServerConfig>,
 ) -> io::Result<()> {
+    if opts.silent {
+        // Hold the connection open, say nothing, until the client gives up.
+        let mut sink = [0u8; 1024];
+        let mut stream = stream;
+        while stream.read(&mut sink)? > 0 {}
+        return Ok(());
+    }
     let mut conn: BufReader<Box<dyn Stream>> = BufReader::new(Box::new(stream));
     conn.get_mut()
         .write_all(b"220 test.invalid ESMTP ready\r\n")?;
+    let mut accepted_here = 0u64;
     let mut in_tls = false;
     let mut line = Vec::new();
     let mut rcpts = 0u32;
@@ -202,6 +216,9 @@ fn serve(
                 }
             }
             "MAIL" => {
+                if opts.drop_after.is_some_and(|n| accepted_here >= n) {
+                    return Ok(());
+                }
                 counts.mail_times.lock().unwrap().push(Instant::now());
                 rcpts = 0;
                 b"250 2.1.0 ok\r\n".to_vec()
@@ -227,6 +244,7 @@ fn serve(
                         break;
                     }
                 }
+                accepted_here += 1;
                 end_of_message(&body, rcpts, opts, counts)
             }
             "BDAT" => {
@@ -237,6 +255,7 @@ fn serve(
                 conn.read_exact(&mut body)?;
                 counts.bdat.fetch_add(1, Ordering::Relaxed);
                 if last {
+                    accepted_here += 1;
                     end_of_message(&body, rcpts, opts, counts)
                 } else {
                     b"250 2.0.0 chunk ok\r\n".to_vec()
