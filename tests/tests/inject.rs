@@ -405,3 +405,56 @@ fn sigterm_exits_0_and_a_restart_keeps_queued_messages() {
     assert_eq!(accepted, 0);
     assert_eq!(recovered, N, "every queued message survives the restart");
 }
+
+#[test]
+fn connection_limits_and_idle_timeout_answer_421() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    // One shard, so every connection meets the same per-shard counters.
+    let extra = "connections_per_ip_max = 2\nidle_timeout = \"1s\"";
+    let text =
+        config_text(dir.path(), port, extra, dead_port()).replace("cores = [0, 1]", "cores = [0]");
+    let cfg = write_config(dir.path(), &text);
+    let _engine = start(dir.path(), &cfg, loopback(port), "limits");
+    // wait_ready's probe connection may still be closing: give it a moment
+    // to leave the per-IP count, with the idle timeout as an upper bound.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut a = Client::greet(loopback(port));
+    let _b = Client::greet(loopback(port));
+    let mut c = Client::connect(loopback(port));
+    let r = c.reply();
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.starts_with("4.7.0"), "{r:?}");
+    // An idle client is cut off with 421 4.4.2 (RFC 5321 §4.5.3.2.7).
+    let started = Instant::now();
+    let r = a.reply();
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.starts_with("4.4.2"), "{r:?}");
+    assert!(started.elapsed() < TIMEOUT);
+}
+
+#[test]
+fn sigterm_lets_the_transaction_in_flight_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let cfg = write_config(dir.path(), &config_text(dir.path(), port, "", dead_port()));
+    let mut engine = start(dir.path(), &cfg, loopback(port), "inflight");
+    let mut c = Client::greet(loopback(port));
+    c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n");
+    c.expect(250);
+    c.expect(250);
+    c.expect(354);
+    c.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    engine.process.signal(libc::SIGTERM);
+    // Stopping takes at least one stop-flag poll; the body ends meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(b"second half\r\n.\r\n");
+    let r = c.expect(250);
+    assert!(r.text.ends_with(" queued"), "{r:?}");
+    // Then the connection is quiet, and is closed with 421 4.3.2.
+    let r = c.expect(421);
+    assert!(r.text.starts_with("4.3.2"), "{r:?}");
+    let status = engine.process.stop(TIMEOUT).expect("stop");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(stop_summary(&engine), (1, 0));
+}
