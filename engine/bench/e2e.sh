@@ -34,7 +34,7 @@ cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/nu
 trap cleanup EXIT INT TERM
 
 CORES=$(seq -s, 0 $((SHARDS - 1)))
-"$BIN/sluice-sink" --listen "127.0.0.1:$SINK_PORT" --cores "$CORES" \
+"$BIN/sluice-sink" --listen "127.0.0.1:$SINK_PORT" --cores "$SHARDS" \
   --summary "$OUT/sink.json" --summary-interval 200ms --stats-interval 0 \
   >"$OUT/sink.log" 2>&1 &
 SINK_PID=$!; PIDS+=("$SINK_PID")
@@ -59,6 +59,7 @@ ENGINE_PID=$!; PIDS+=("$ENGINE_PID")
 for _ in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/$IN_PORT) 2>/dev/null && break; sleep 0.1
 done
+for _ in $(seq 1 100); do [ -s "$OUT/sink.json" ] && break; sleep 0.1; done
 sleep 0.5
 
 if [ "${PERF:-0}" = 1 ]; then
@@ -71,7 +72,7 @@ T0=$(date +%s.%N)
   --connections "$CONNECTIONS" --size 2k --recipients 1 --domains 1000 \
   --domain-shape zipf:1.1 --domain-suffix bench.test \
   --sink-summary "$OUT/sink.json" --sink-wait 120s \
-  --json "$OUT/sluice-bench.json" --progress 0 >"$OUT/bench.log" 2>&1 || true
+  --json "$OUT/sluice-bench.json" --progress none >"$OUT/bench.log" 2>&1 || true
 read -r U1 S1 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
 T1=$(date +%s.%N)
 if [ "${PERF:-0}" = 1 ]; then
