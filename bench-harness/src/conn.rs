@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
+use memchr::memmem;
 use sluice_smtp::client::{
     BodyEncoding, ClientConfig, ClientEvent, ClientSession, CloseCause, Envelope, Failure, Outcome,
     Parsed, Recipient, ReplyParser, TlsPolicy,
@@ -211,6 +212,8 @@ async fn drive(
     let mut rbuf: Vec<u8> = Vec::with_capacity(crate::wire::RX_BYTES);
     let mut env = message::Envelope::default();
     let mut next_id = 0u64;
+    // Id of the oldest queued transaction whose MAIL is not written yet.
+    let mut next_unstarted = 0u64;
     let mut live = 0usize;
     let mut sent_on_conn = 0u64;
     let mut ready = false;
@@ -225,6 +228,11 @@ async fn drive(
 
     loop {
         // 1. Queue what the load allows: window, schedule, per-connection cap.
+        // One clock read serves the whole batch: the messages queued now are
+        // written together right below.
+        let batch_at = Instant::now();
+        let batch_elapsed = batch_at.saturating_duration_since(shared.start);
+        let batch_unix_nanos = shared.start_unix_nanos + batch_elapsed.as_nanos() as u64;
         let mut next_due: Option<Duration> = None;
         while ready && !quitting && live < window {
             if ctx.stopping() {
@@ -238,7 +246,7 @@ async fn drive(
             }
             let step = match first.take() {
                 Some(step) => step,
-                None => seq.poll(shared.start.elapsed()),
+                None => seq.poll(batch_elapsed),
             };
             match step {
                 Next::Send { index, scheduled } => {
@@ -249,17 +257,15 @@ async fn drive(
                     // The ring holds window + 1 entries and at most `window` are live.
                     assert!(!txn.live, "transaction ring overrun");
                     let global = index * shared.group_count + group as u64;
-                    generator.generate(global, shared.unix_nanos(), &mut env, &mut txn.body);
+                    generator.generate(global, batch_unix_nanos, &mut env, &mut txn.body);
                     let recipients: Vec<Recipient> = env
                         .rcpts
                         .iter()
                         .map(|r| Recipient::new(r.as_str()))
                         .collect();
                     txn.live = true;
-                    txn.origin = Some(match scheduled {
-                        Some(due) => shared.start + due,
-                        None => Instant::now(),
-                    });
+                    // Open loop: from the due time; closed loop: from its MAIL.
+                    txn.origin = scheduled.map(|due| shared.start + due);
                     txn.recipients = recipients.len() as u32;
                     txn.delivered = 0;
                     txn.rejected = 0;
@@ -296,14 +302,34 @@ async fn drive(
             quitting = true;
         }
 
-        // 2. Write everything the session has for us, bodies inline.
-        while let Some(transmit) = session.poll_transmit(&mut wbuf) {
+        // 2. Write everything the session has for us, bodies inline. The
+        // session starts transactions in queue order, so the k-th `MAIL FROM`
+        // in its command bytes is the k-th queued transaction not yet
+        // started: that is when its latency starts in closed loop (it may
+        // wait in the session, e.g. for a 354, before its MAIL goes out).
+        let mut mails = 0u64;
+        loop {
+            let commands_from = wbuf.len();
+            let transmit = session.poll_transmit(&mut wbuf);
+            mails += memmem::find_iter(&wbuf[commands_from..], b"MAIL FROM:<").count() as u64;
+            let Some(transmit) = transmit else { break };
             let slot = (transmit.id % txns.len() as u64) as usize;
             let body = &txns[slot].body;
             match transmit.encoding {
                 BodyEncoding::DotStuffed => DotStuffer::stuff_into(body, &mut wbuf),
                 BodyEncoding::Raw => wbuf.extend_from_slice(body),
             }
+        }
+        if mails > 0 {
+            let written_at = Instant::now();
+            let ring = txns.len() as u64;
+            for id in next_unstarted..next_unstarted + mails {
+                let txn = &mut txns[(id % ring) as usize];
+                if txn.live && txn.origin.is_none() {
+                    txn.origin = Some(written_at);
+                }
+            }
+            next_unstarted += mails;
         }
         let mut progressed = !wbuf.is_empty();
         if !wbuf.is_empty() {
@@ -337,7 +363,9 @@ async fn drive(
                 ClientEvent::Ready => now_ready = true,
                 ClientEvent::StartTls => start_tls = true,
                 other => {
-                    if let Some(cause) = account(ctx, other, &mut txns, &mut live, &mut accepted) {
+                    if let Some(cause) =
+                        account(ctx, other, &mut txns, &mut live, &mut accepted, batch_at)
+                    {
                         closed = Some(cause);
                     }
                 }
@@ -410,7 +438,7 @@ async fn drive(
         }
 
         // 4. Wait for bytes, the next due time, or the reply timeout.
-        let now = Instant::now();
+        let now = batch_at;
         let waiting = session.timeout().is_some();
         if waiting && !was_waiting {
             last_rx = now;
@@ -430,11 +458,18 @@ async fn drive(
             (false, None) => now + settings.reply_timeout,
         };
         let sleep_for = wake.saturating_duration_since(now);
-        let got = future::or(async { Some(wire.recv(&mut rbuf).await) }, async {
-            glommio::timer::sleep(sleep_for).await;
-            None
-        })
-        .await;
+        // Bytes already waiting need no timer; otherwise race the read (its
+        // readiness poll stays registered in the stream) against the timer.
+        let got = match future::poll_once(wire.recv(&mut rbuf)).await {
+            Some(result) => Some(result),
+            None => {
+                future::or(async { Some(wire.recv(&mut rbuf).await) }, async {
+                    glommio::timer::sleep(sleep_for).await;
+                    None
+                })
+                .await
+            }
+        };
         match got {
             Some(Ok(0)) => session.connection_lost(),
             Some(Ok(_)) => {
@@ -560,19 +595,21 @@ fn drain_events(
             ClientEvent::Ready => *ready = true,
             ClientEvent::StartTls => {}
             other => {
-                let _ = account(ctx, other, txns, live, accepted);
+                let _ = account(ctx, other, txns, live, accepted, Instant::now());
             }
         }
     }
 }
 
-/// Accounts one recipient / transaction / close event; returns the close cause.
+/// Accounts one recipient / transaction / close event seen at `at` (just
+/// after the bytes that caused it were read); returns the close cause.
 fn account(
     ctx: &ShardCtx,
     event: ClientEvent,
     txns: &mut [Txn],
     live: &mut usize,
     accepted: &mut u64,
+    at: Instant,
 ) -> Option<CloseCause> {
     let ring = txns.len() as u64;
     match event {
@@ -597,7 +634,10 @@ fn account(
             let mut stats = ctx.stats.borrow_mut();
             stats.counters.recipients_rejected += u64::from(txn.rejected);
             if txn.delivered > 0 {
-                let latency = txn.origin.map(|o| o.elapsed()).unwrap_or_default();
+                let latency = txn
+                    .origin
+                    .map(|o| at.saturating_duration_since(o))
+                    .unwrap_or_default();
                 stats.accepted(latency, u64::from(txn.delivered), txn.body.len() as u64);
                 *accepted += 1;
             } else {
