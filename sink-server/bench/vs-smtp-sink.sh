@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # smtp-source drives Postfix's smtp-sink, then sluice-sink (release build),
 # with the same load; reports msgs/s and sink CPU microseconds per message.
+# Optionally (DRIVERS) the same is done with sluice-bench as the driver, which
+# pipelines whole transactions (RFC 2920) where the sink offers PIPELINING
+# (both sinks do), to show each sink's cost with a pipelining client.
 #
 # usage: sink-server/bench/vs-smtp-sink.sh [N] [SIZES] [SESSIONS] [REPS]
 #   N         messages per run                      (default 100000)
@@ -13,6 +16,10 @@
 #   SINK_CORES=1      sluice-sink --cores (1: one shard, like smtp-sink's one process)
 #   AFFINITY=none     none | split (sink on CPU 1, source on CPU 0)
 #   SLUICE_SINK=...   binary (default: target/release/sluice-sink, built if missing)
+#   DRIVERS="smtp-source"   add sluice-bench for a pipelining driver
+#                     (target/release/sluice-bench, built if missing; its
+#                     --size counts headers too, smtp-source -l only the body)
+#   SLUICE_BENCH=...  sluice-bench binary
 #
 # Sink CPU is utime+stime of the sink process (all threads) from
 # /proc/PID/stat, in CLK_TCK ticks (usually 10 ms): use N large enough that a
@@ -74,6 +81,12 @@ SLUICE_SINK=${SLUICE_SINK:-$ROOT/target/release/sluice-sink}
 if [ ! -x "$SLUICE_SINK" ]; then
   (cd "$ROOT" && cargo build --release -p sluice-sink)
 fi
+DRIVERS=${DRIVERS:-smtp-source}
+SLUICE_BENCH=${SLUICE_BENCH:-$ROOT/target/release/sluice-bench}
+case " $DRIVERS " in
+  *" sluice-bench "*)
+    [ -x "$SLUICE_BENCH" ] || (cd "$ROOT" && cargo build --release -p sluice-bench) ;;
+esac
 
 WORK=$(mktemp -d)
 SINK_PID=""
@@ -83,7 +96,7 @@ trap 'exit 130' INT TERM
 port_free "$PORT" || { echo "127.0.0.1:$PORT already in use" >&2; exit 1; }
 
 echo "# machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-echo "# N=$N SIZES=$SIZES SESSIONS=$SESSIONS REPS=$REPS AFFINITY=$AFFINITY SINK_CORES=$SINK_CORES CLK_TCK=$CLK_TCK"
+echo "# N=$N SIZES=$SIZES SESSIONS=$SESSIONS REPS=$REPS AFFINITY=$AFFINITY SINK_CORES=$SINK_CORES DRIVERS=$DRIVERS CLK_TCK=$CLK_TCK"
 
 declare -A RESULT
 for sink in $SINKS; do
@@ -102,6 +115,7 @@ for sink in $SINKS; do
   SINK_PID=$!
   wait_port "$PORT"
   sent=0
+  for driver in $DRIVERS; do
   for size in $SIZES; do
     for sess in $SESSIONS; do
       rates=""; sinkcpus=""
@@ -109,46 +123,59 @@ for sink in $SINKS; do
         s0=$(cpu_ticks "$SINK_PID")
         t0=$(now)
         rc=0
-        "${PIN_SRC[@]}" "$SMTP_SOURCE" -d -s "$sess" -m "$N" -l "$size" \
-          -M bench.invalid -f sender@bench.invalid -t rcpt@sink.invalid \
-          127.0.0.1:"$PORT" >"$WORK/src.log" 2>&1 || rc=$?
+        case $driver in
+          smtp-source)
+            "${PIN_SRC[@]}" "$SMTP_SOURCE" -d -s "$sess" -m "$N" -l "$size" \
+              -M bench.invalid -f sender@bench.invalid -t rcpt@sink.invalid \
+              127.0.0.1:"$PORT" >"$WORK/src.log" 2>&1 || rc=$?
+            ;;
+          sluice-bench)
+            "${PIN_SRC[@]}" "$SLUICE_BENCH" run --target 127.0.0.1:"$PORT" --cores 1 \
+              --connections "$sess" --messages "$N" --size "$size" --progress none \
+              >"$WORK/src.log" 2>&1 || rc=$?
+            ;;
+          *) echo "unknown driver $driver" >&2; exit 2 ;;
+        esac
         t1=$(now)
         s1=$(cpu_ticks "$SINK_PID")
         if [ $rc -ne 0 ]; then
-          echo "# FAILED rc=$rc sink=$sink size=$size sess=$sess: $(tail -2 "$WORK/src.log" | tr '\n' ' ')" >&2
+          echo "# FAILED rc=$rc sink=$sink driver=$driver size=$size sess=$sess: $(tail -2 "$WORK/src.log" | tr '\n' ' ')" >&2
           continue
         fi
         sent=$((sent + N))
         read -r secs rate sinkus < <(awk -v t0="$t0" -v t1="$t1" -v n="$N" \
             -v k="$((s1 - s0))" -v hz="$CLK_TCK" 'BEGIN{
             d=t1-t0; printf "%.3f %.0f %.2f\n", d, n/d, k/hz*1e6/n}')
-        echo "# run sink=$sink size=$size sess=$sess rep=$rep secs=$secs msg_per_s=$rate sink_cpu_us_per_msg=$sinkus ticks=$((s1 - s0))"
+        echo "# run sink=$sink driver=$driver size=$size sess=$sess rep=$rep secs=$secs msg_per_s=$rate sink_cpu_us_per_msg=$sinkus ticks=$((s1 - s0))"
         rates="$rates $rate"; sinkcpus="$sinkcpus $sinkus"
       done
       [ -n "$rates" ] || continue
       mr=$(echo "$rates" | median); mc=$(echo "$sinkcpus" | median)
-      RESULT["$sink/$size/$sess"]=$mc
-      echo "$sink size=$size sess=$sess msgs=$N msg_per_s=$mr sink_cpu_us_per_msg=$mc runs=[${rates# }] cpu=[${sinkcpus# }]"
+      RESULT["$sink/$driver/$size/$sess"]=$mc
+      echo "$sink driver=$driver size=$size sess=$sess msgs=$N msg_per_s=$mr sink_cpu_us_per_msg=$mc runs=[${rates# }] cpu=[${sinkcpus# }]"
     done
+  done
   done
   stop_pid "$SINK_PID"; SINK_PID=""
   if [ "$sink" = sluice-sink ]; then
-    got=$(grep -m1 '"messages"' "$WORK/summary.json" | tr -dc '0-9')
+    got=$(grep -m1 '^  "messages"' "$WORK/summary.json" | tr -dc '0-9')
     if [ "$got" != "$sent" ]; then
-      echo "# MISMATCH: smtp-source sent $sent messages, sluice-sink counted $got" >&2
+      echo "# MISMATCH: the drivers sent $sent messages, sluice-sink counted $got" >&2
       exit 1
     fi
-    echo "# sluice-sink counted $got messages = sent $sent"
+    echo "# sluice-sink counted $got messages = sent $sent (exact)"
   fi
   sleep 0.5
 done
 
-for size in $SIZES; do
-  for sess in $SESSIONS; do
-    a=${RESULT["smtp-sink/$size/$sess"]:-}; b=${RESULT["sluice-sink/$size/$sess"]:-}
-    [ -n "$a" ] && [ -n "$b" ] || continue
-    awk -v a="$a" -v b="$b" -v s="$size" -v x="$sess" 'BEGIN{
-      if (b > 0) printf "ratio size=%s sess=%s smtp-sink/sluice-sink CPU per msg = %.2fx (goal >= 5x)\n", s, x, a/b;
-      else printf "ratio size=%s sess=%s: sluice-sink used no measurable CPU ticks; raise N\n", s, x }'
+for driver in $DRIVERS; do
+  for size in $SIZES; do
+    for sess in $SESSIONS; do
+      a=${RESULT["smtp-sink/$driver/$size/$sess"]:-}; b=${RESULT["sluice-sink/$driver/$size/$sess"]:-}
+      [ -n "$a" ] && [ -n "$b" ] || continue
+      awk -v a="$a" -v b="$b" -v d="$driver" -v s="$size" -v x="$sess" 'BEGIN{
+        if (b > 0) printf "ratio driver=%s size=%s sess=%s smtp-sink/sluice-sink CPU per msg = %.2fx (goal >= 5x)\n", d, s, x, a/b;
+        else printf "ratio driver=%s size=%s sess=%s: sluice-sink used no measurable CPU ticks; raise N\n", d, s, x }'
+    done
   done
 done
