@@ -733,11 +733,23 @@ impl<S: Storage> Core<S> {
             let src_bytes =
                 unsafe { std::slice::from_raw_parts(src.as_ptr().add(old.offset as usize), total) };
             dst.copy_from_slice(src_bytes);
+            // The old record was verified when written (or recovered); if
+            // it no longer verifies, something changed the file under us.
+            // Leave that message where it is (its segment stays pinned).
             let format::Check::Valid { payload_len, .. } = format::check_at(dst, 0) else {
-                panic!("a live record in a mapped segment keeps its checksum");
+                log::error!(
+                    "spool {}: live message {id} at offset {} no longer verifies; not relocated",
+                    self.storage.describe(from),
+                    old.offset
+                );
+                dst.fill(0);
+                continue;
             };
             let payload = &mut dst[format::payload_range(0, payload_len)];
-            let fixed = format::message_fixed(payload)?;
+            let Ok(fixed) = format::message_fixed(payload) else {
+                dst.fill(0);
+                continue;
+            };
             payload[24..32].copy_from_slice(&live.next_attempt_unix_ms.to_le_bytes());
             payload[32..36].copy_from_slice(&live.attempts.to_le_bytes());
             payload[36..40].copy_from_slice(&(fixed.flags | format::FLAG_RELOCATED).to_le_bytes());

@@ -45,11 +45,27 @@
 //! waiters (and every later one) get [`SpoolError::Poisoned`], appends are
 //! refused with the reason. `Durability::None` (benchmarks only) needs
 //! [`NoSync::i_accept_losing_mail_on_crash`] and logs an error at open.
-//! Segments are pre-created and reserved on glommio's blocking pool before
-//! they are needed, so rotating is a pointer swap; if none is ready the
-//! append creates one inline (counted in [`SpoolStats`]). `fallocate`
-//! failing with ENOSPC/EDQUOT is [`SpoolError::DiskFull`] (the engine's
-//! `452 4.3.1`); [`Spool::has_room`] checks reserved and free space first.
+//! The sync itself runs as its own task, so while it is in flight the loop
+//! can start *write-behind*: every `write_behind_bytes` (1 MiB) appended,
+//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` on glommio's blocking pool
+//! starts writeback early, so the next fdatasync finds less to do (it has
+//! no durability meaning; errors surface in the fdatasync).
+//! Segments are pre-created, reserved and pre-faulted (`MAP_POPULATE`, which
+//! is where the kernel zero-fills the reserved pages) on glommio's blocking
+//! pool before they are needed, so rotating is a pointer swap; if none is
+//! ready the append creates one inline (counted in [`SpoolStats`]).
+//! `fallocate` failing with ENOSPC/EDQUOT is [`SpoolError::DiskFull`] (the
+//! engine's `452 4.3.1`); [`Spool::has_room`] checks reserved and free space
+//! first. Messages never use the last 1/16 of a segment: that reserve keeps
+//! room for completions and deferrals, so deliveries can still be recorded
+//! (which is what frees space) when the disk is full.
+//!
+//! # Message ids
+//! A spool-assigned `u64`, monotonic per shard. Each open starts a new epoch
+//! (the next multiple of 2^40 above every id and segment id floor seen) and
+//! syncs the new head's header before the first append, so an id handed out
+//! but lost in a crash is never handed out again (as long as one run assigns
+//! fewer than 2^40 ids).
 //!
 //! # Recovery
 //! [`Spool::open`] scans every segment in sequence order and checks every
@@ -61,7 +77,11 @@
 //! set is every message record without completions for all recipients; a
 //! later copy of the same id (relocation) supersedes the earlier. The spool
 //! then starts a fresh head segment (old segments are never appended to
-//! again). [`RecoveryReport`] gives counts and elapsed time.
+//! again). Every recovered segment is fdatasynced before the spool accepts
+//! anything: after a process crash (not a power loss) recovery may have read
+//! records that were only in the page cache. [`RecoveryReport`] gives counts
+//! and elapsed time. The live messages are listed by
+//! [`Spool::live_messages`] (id, record, pending recipients, retry state).
 //!
 //! # Reclamation
 //! A segment is deleted when no live message copy remains in it and every
@@ -71,6 +91,15 @@
 //! the oldest segment are relocated in the background: re-appended to the
 //! head with their done-recipient bitmap and retry state, committed, and
 //! only then is the old copy released.
+//!
+//! # Tests and benchmarks
+//! `cargo test -p sluice-spool` runs the model property test
+//! (`tests/model.rs`), power loss on the storage double
+//! (`tests/power_loss.rs`), kill -9 of a child process (`tests/kill9.rs`),
+//! corruption, permissions, group commit and disk full on real files and a
+//! tmpfs (`tests/fs.rs`, mounting needs root; the double covers disk full
+//! otherwise, `tests/reclaim.rs`). The benchmark:
+//! `cargo bench -p sluice-spool --bench spool_bench -- --dir <dir on the device>`.
 //!
 //! # Memory
 //! One index entry per live message: 56 bytes (`RecordRef` 16, counts and
