@@ -378,3 +378,143 @@ pub(crate) fn is_disconnect(e: &io::Error) -> bool {
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueConfig, Sites};
+    use sluice_spool::fs::FsStorage;
+    use sluice_spool::SpoolConfig;
+
+    fn with_injector(config_text: &str, f: impl FnOnce(Rc<Injector>) + 'static) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Rc::new(Config::parse("t.toml", config_text, None).expect("valid config"));
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let storage = FsStorage::open(&path.join("spool"), 0).expect("storage");
+                let cfg = SpoolConfig {
+                    segment_bytes: 1 << 20,
+                    ..SpoolConfig::default()
+                };
+                let (spool, _) = ShardSpool::open(storage, cfg).expect("spool");
+                let queues = Rc::new(RefCell::new(Queues::new(
+                    Sites::from_routes(&config.routes),
+                    QueueConfig::default(),
+                )));
+                let inj = Injector::new(
+                    0,
+                    config,
+                    spool,
+                    queues,
+                    Shutdown::new(),
+                    Duration::from_secs(3600),
+                    1000,
+                );
+                f(inj);
+            });
+    }
+
+    fn refused_code(a: Admission) -> Option<(u16, String)> {
+        match a {
+            Admission::Serve => None,
+            Admission::Refuse(r) => Some((r.code.value(), r.to_string_lossy())),
+        }
+    }
+
+    trait Lossy {
+        fn to_string_lossy(&self) -> String;
+    }
+
+    impl Lossy for Reply {
+        fn to_string_lossy(&self) -> String {
+            String::from_utf8_lossy(&self.to_bytes(true)).into_owned()
+        }
+    }
+
+    #[test]
+    fn admission_counts_per_shard_and_per_address() {
+        let text = "[inject]\nconnections_max = 3\nconnections_per_ip_max = 2\n";
+        with_injector(text, |inj| {
+            let a: IpAddr = "127.0.0.1".parse().expect("ip");
+            let b: IpAddr = "127.0.0.2".parse().expect("ip");
+            assert_eq!(inj.admit(a), Admission::Serve);
+            inj.connection_opened(a);
+            inj.connection_opened(a);
+            let (code, text) = refused_code(inj.admit(a)).expect("refused");
+            assert_eq!(code, 421);
+            assert!(text.starts_with("421 4.7.0"), "{text}");
+            assert_eq!(inj.admit(b), Admission::Serve);
+            inj.connection_opened(b);
+            // The shard is full for everyone now.
+            assert!(refused_code(inj.admit("10.0.0.1".parse().expect("ip"))).is_some());
+            inj.connection_closed(a);
+            inj.connection_closed(a);
+            assert_eq!(inj.admit(a), Admission::Serve);
+            assert_eq!(inj.open_connections(), 1);
+            assert!(
+                inj.per_ip.borrow().get(&a).is_none(),
+                "no entry kept at zero"
+            );
+            // Shutting down: 421 4.3.2 for every new connection.
+            inj.shutdown.trigger();
+            let (_, text) = refused_code(inj.admit(b)).expect("refused");
+            assert!(text.starts_with("421 4.3.2"), "{text}");
+        });
+    }
+
+    #[test]
+    fn spool_errors_map_to_temporary_or_permanent_replies_without_250() {
+        let full = SpoolError::DiskFull {
+            path: "x".into(),
+            needed_bytes: 1,
+        };
+        assert_eq!(spool_error_reply(&full).code.value(), 452);
+        let poisoned = SpoolError::Poisoned {
+            reason: "fdatasync failed".into(),
+        };
+        let r = spool_error_reply(&poisoned);
+        assert_eq!(r.code.value(), 451);
+        assert_eq!(
+            r.to_string_lossy(),
+            "451 4.3.0 Local error in processing: spool fault\r\n"
+        );
+        let big = SpoolError::TooLarge {
+            record_bytes: 2,
+            max_bytes: 1,
+        };
+        assert_eq!(spool_error_reply(&big).code.value(), 552);
+        assert!(commit_outcome(Err(SpoolError::Closed), 0, 1).is_err());
+        let ok = commit_outcome(Ok(()), 3, 42).expect("250");
+        assert_eq!(ok.to_string_lossy(), "250 2.0.0 s3.42 queued\r\n");
+        // A reason with line breaks never splits the reply.
+        let r = poisoned_reply("disk\r\n250 fake");
+        let bytes = r.to_string_lossy();
+        assert_eq!(bytes.matches("\r\n").count(), 1, "{bytes}");
+        assert!(bytes.starts_with("421 4.3.0 "), "{bytes}");
+    }
+
+    #[test]
+    fn the_session_advertises_what_injection_promises() {
+        let c = Config::parse("t.toml", "[inject]\nmessage_size_max = \"10MiB\"\n", None)
+            .expect("valid");
+        let sc = session_config(&c);
+        for e in [
+            Extensions::PIPELINING,
+            Extensions::CHUNKING,
+            Extensions::EIGHT_BIT_MIME,
+            Extensions::SMTPUTF8,
+            Extensions::SIZE,
+            Extensions::ENHANCED_STATUS_CODES,
+            Extensions::DSN,
+        ] {
+            assert!(sc.extensions.contains(e), "{e:?}");
+        }
+        assert!(!sc.extensions.contains(Extensions::STARTTLS));
+        assert!(!sc.extensions.contains(Extensions::AUTH));
+        assert_eq!(sc.message_bytes_max, 10 << 20);
+    }
+}
