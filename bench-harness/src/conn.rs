@@ -208,7 +208,11 @@ async fn drive(
 
     // Buffers for the life of the connection.
     let mut txns: Vec<Txn> = (0..=window).map(|_| Txn::default()).collect();
-    let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // A full window of stuffed bodies plus their commands, at most 1 MiB up
+    // front (it grows once if a larger window of large messages needs it).
+    let body_max = generator.shape().sizes.max();
+    let mut wbuf: Vec<u8> =
+        Vec::with_capacity((window * (body_max + body_max / 64 + 512)).min(1 << 20));
     let mut rbuf: Vec<u8> = Vec::with_capacity(crate::wire::RX_BYTES);
     let mut env = message::Envelope::default();
     let mut next_id = 0u64;

@@ -24,9 +24,12 @@
 //! Zipf over N generated domains plus named heavy domains ([`dist`]).
 //!
 //! Closed loop (default): each connection keeps up to `--window` transactions
-//! in flight (1 without PIPELINING) and queues the next as soon as one
-//! finishes; latency runs from queuing (the first byte of MAIL) to the reply
-//! after the data. Open loop (`--rate R`): message `n` is due at `n / R`
+//! queued or in flight and queues the next as soon as one finishes; latency
+//! runs from the write of the transaction's `MAIL` (the session may hold a
+//! queued transaction, e.g. until a 354 arrives; that wait is the harness's,
+//! not the server's) to the reply after the data. With PIPELINING and
+//! CHUNKING whole transactions go back to back (`BDAT n LAST` then the next
+//! `MAIL`); with DATA each transaction still waits for its 354. Open loop (`--rate R`): message `n` is due at `n / R`
 //! seconds; a message that cannot be sent on time (window full, connection
 //! slow) keeps its due time as its latency origin, so stalls show up in the
 //! latency instead of silently lowering the offered load (no coordinated

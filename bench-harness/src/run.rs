@@ -276,10 +276,15 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
 
     let mut collector = Collector::new(cores, args.interval);
     let progress = Progress::new(args.progress, planned, args.duration);
+    // Progress at fixed boundaries after the start (no drift).
     let mut last_update = Instant::now();
+    let mut next_update = shared.start + args.interval;
     let mut last_finished = 0u64;
     loop {
-        match rx.recv_timeout(args.interval / 4) {
+        let wait = next_update
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match rx.recv_timeout(wait) {
             Ok(report) => collector.add(report)?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -287,12 +292,16 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
         if interrupt.load(Ordering::Relaxed) || collector.fatal.is_some() {
             stop.store(true, Ordering::Relaxed);
         }
-        if last_update.elapsed() >= args.interval {
+        let now = Instant::now();
+        if now >= next_update {
             let c = collector.counters();
-            let dt = last_update.elapsed().as_secs_f64();
-            let rate = (c.finished() - last_finished) as f64 / dt;
+            let dt = now.duration_since(last_update).as_secs_f64().max(1e-6);
+            let rate = c.finished().saturating_sub(last_finished) as f64 / dt;
             last_finished = c.finished();
-            last_update = Instant::now();
+            last_update = now;
+            while next_update <= now {
+                next_update += args.interval;
+            }
             progress.update(&c, shared.start.elapsed(), rate, planned);
         }
     }
