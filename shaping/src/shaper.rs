@@ -1,6 +1,7 @@
 //! The per-shard facade the engine uses: rules cache + queue modes +
 //! [`ShardShaper`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,7 +25,8 @@ const UNRESTRICTED: Rate = Rate {
 };
 
 /// A destination (domain, MX set, source) resolved to its rule and the
-/// limits it draws on.
+/// limits it draws on. Dropping the last clone lets the shard reclaim
+/// limits nobody uses any more (at its next `poll`).
 #[derive(Clone, Debug)]
 pub struct Destination {
     /// The effective rule.
@@ -33,6 +35,21 @@ pub struct Destination {
     site_rate: Option<LimitId>,
     connections: LimitId,
     connection_rate: Option<LimitId>,
+    registration: Rc<Registration>,
+}
+
+/// The limit registrations one `destination` call made; handed back to
+/// the shaper when the last clone of the destination goes.
+#[derive(Debug)]
+struct Registration {
+    ids: Vec<LimitId>,
+    released: Rc<RefCell<Vec<LimitId>>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.released.borrow_mut().append(&mut self.ids);
+    }
 }
 
 #[derive(Debug)]
@@ -41,6 +58,8 @@ struct SiteMode {
     /// Every (rate, connections) pair of limits this site's destinations
     /// use on this shard (per-source overrides give a site several).
     limits: Vec<(Option<LimitId>, LimitId)>,
+    /// Keeps those limits registered while the site is not in normal mode.
+    holds: Vec<Rc<Registration>>,
 }
 
 /// The (message rate, connections) restrictions a mode asks for.
@@ -62,6 +81,7 @@ pub struct Shaper {
     cache: RuleCache,
     lease: ShardShaper,
     modes: HashMap<String, SiteMode>,
+    released: Rc<RefCell<Vec<LimitId>>>,
 }
 
 impl Shaper {
@@ -71,6 +91,7 @@ impl Shaper {
             cache: RuleCache::new(rules, RULE_CACHE_ENTRIES_MAX),
             lease: ShardShaper::new(shard, shards, lease),
             modes: HashMap::new(),
+            released: Rc::new(RefCell::new(Vec::new())),
         }
     }
 
@@ -126,12 +147,20 @@ impl Shaper {
             .max_connection_rate
             .as_ref()
             .map(|l| self.lease.rate_limit(&l.key, l.value, now));
+        // Every registration above counted one user of its limit.
+        let mut ids = message_limits.clone();
+        ids.push(connections);
+        ids.extend(connection_rate);
         Destination {
             rule,
             message_limits,
             site_rate,
             connections,
             connection_rate,
+            registration: Rc::new(Registration {
+                ids,
+                released: Rc::clone(&self.released),
+            }),
         }
     }
 
@@ -179,11 +208,13 @@ impl Shaper {
             .or_insert_with(|| SiteMode {
                 mode: QueueMode::new(rule.max_message_rate.as_ref().map(|l| l.value)),
                 limits: Vec::new(),
+                holds: Vec::new(),
             });
         let pair = (destination.site_rate, destination.connections);
         let newly_seen = !site.limits.contains(&pair);
         if newly_seen {
             site.limits.push(pair);
+            site.holds.push(Rc::clone(&destination.registration));
         }
         let verdict = site.mode.on_outcome(now, outcome, &rule.backoff);
         let (targets, spec) = if let Some(change) = &verdict.change {
@@ -194,6 +225,10 @@ impl Shaper {
         } else {
             (Vec::new(), None)
         };
+        if *site.mode.mode() == Mode::Normal {
+            // Nothing to remember in normal mode; let the limits go.
+            self.modes.remove(&rule.site);
+        }
         if let Some((message_rate, max_connections)) = spec {
             for (rate, connections) in targets {
                 self.restrict(rate, connections, message_rate, max_connections, now);
@@ -255,6 +290,13 @@ impl Shaper {
         }
         for (rate, connections, (message_rate, max_connections)) in changes {
             self.restrict(rate, connections, message_rate, max_connections, now);
+        }
+        self.modes
+            .retain(|_, site| *site.mode.mode() != Mode::Normal);
+        // Destinations dropped since the last poll: their limits may go.
+        let released = std::mem::take(&mut *self.released.borrow_mut());
+        for id in released {
+            self.lease.unregister(id);
         }
         self.lease.poll(now)
     }

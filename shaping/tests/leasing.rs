@@ -334,3 +334,81 @@ fn busy_shard_renews_without_polling() {
         );
     }
 }
+
+/// Limits nobody uses are reclaimed once they hold nothing, on every shard.
+#[test]
+fn unused_limits_are_reclaimed() {
+    let mut net = SimNetwork::new(2, config(), Duration::from_millis(1), 5);
+    let rate = Rate {
+        count: 100,
+        period: Duration::from_secs(1),
+        burst: 5,
+    };
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let key = format!("provider:p{i}/max_message_rate");
+        // Shard 1 uses every limit once; half of them are homed on shard 0.
+        let id = net.shapers[1].rate_limit(&key, rate, Nanos(0));
+        ids.push(id);
+    }
+    let mut now = 0;
+    for step in 0..50u64 {
+        now = step * MS;
+        for id in &ids {
+            let _ = net.shapers[1].try_acquire_message(&[*id], Nanos(now));
+        }
+        net.step(Nanos(now));
+    }
+    assert!(net.shapers[1].limits() >= 200);
+    for id in ids {
+        net.shapers[1].unregister(id);
+    }
+    // Leases end, homes go quiet for a burst's refill time, then reclaim.
+    for step in 0..3_000u64 {
+        net.step(Nanos(now + step * MS));
+    }
+    assert_eq!(net.shapers[1].limits(), 0);
+    assert_eq!(net.shapers[0].limits(), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Reclaiming and re-creating limits between bursts of activity never
+    /// lets more through than the limit allows.
+    #[test]
+    fn reclaim_keeps_the_envelope(
+        shards in 2u32..=4,
+        rate in rate_strategy(),
+        idle_ms in 0u64..1_500,
+        max_delay_ms in 0u64..10,
+        seed in any::<u64>(),
+    ) {
+        let mut net = SimNetwork::new(shards, config(), Duration::from_millis(max_delay_ms), seed);
+        let key = "provider:churn/max_message_rate";
+        let mut uses = Vec::new();
+        let mut now = 0u64;
+        for _round in 0..3 {
+            let ids: Vec<_> = net.shapers.iter_mut().map(|s| s.rate_limit(key, rate, Nanos(now))).collect();
+            for _ in 0..300 {
+                for shard in 0..shards as usize {
+                    while net.shapers[shard].try_acquire_message(&ids[shard..=shard], Nanos(now)) == Acquire::Ok {
+                        uses.push(now);
+                    }
+                }
+                net.step(Nanos(now));
+                now += MS;
+            }
+            for (shard, id) in ids.into_iter().enumerate() {
+                net.shapers[shard].unregister(id);
+            }
+            let quiet_until = now + idle_ms * MS;
+            while now < quiet_until {
+                net.step(Nanos(now));
+                now += MS;
+            }
+        }
+        uses.sort_unstable();
+        prop_assert!(check_envelope(&uses, rate, 0).is_ok(), "{:?}", check_envelope(&uses, rate, 0));
+    }
+}

@@ -111,3 +111,38 @@ fn backoff_on_one_shard_restricts_the_other() {
         "back to the provider's 10 connections across both shards"
     );
 }
+
+/// Dropping destinations lets the shard forget their limits: memory stays
+/// bounded by the destinations in use, not by every domain ever seen.
+#[test]
+fn dropped_destinations_release_their_limits() {
+    let rules =
+        Rules::parse("[default]\nmax_message_rate = \"100/s\"\n", "rules.toml").expect("valid");
+    let mut shaper = Shaper::new(0, 1, rules, LeaseConfig::default());
+    let mut now = Nanos(0);
+    let kept = shaper.destination("kept.example", &[], None, 0, now);
+    for i in 0..500 {
+        let dest = shaper.destination(&format!("d{i}.example"), &[], None, 0, now);
+        let _ = shaper.try_acquire_message(&dest, now);
+        if let ConnAcquire::Ok(permit) = shaper.try_acquire_connection(&dest, now) {
+            shaper.release_connection(permit, now);
+        }
+    }
+    assert!(shaper.lease().limits() >= 1_000);
+    // Leases end and the limits go quiet; then they are reclaimed.
+    for _ in 0..200 {
+        now = now.plus(Duration::from_millis(100));
+        shaper.poll(now);
+    }
+    assert_eq!(
+        shaper.lease().limits(),
+        2,
+        "only kept.example's rate and connections remain"
+    );
+    drop(kept);
+    for _ in 0..50 {
+        now = now.plus(Duration::from_millis(100));
+        shaper.poll(now);
+    }
+    assert_eq!(shaper.lease().limits(), 0);
+}

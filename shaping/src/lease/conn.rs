@@ -54,7 +54,8 @@ impl ConnSlot {
             home,
             base,
             max: base,
-            epoch: 0,
+            // A home numbers its versions by time (see `next_epoch`).
+            epoch: if home == shard { now.0 } else { 0 },
             held: 0,
             in_use: 0,
             requested: false,
@@ -63,6 +64,15 @@ impl ConnSlot {
             next_wake: Nanos::MAX,
             home_state,
         }
+    }
+
+    /// Whether the slot holds nothing: no permit held or lent, no request
+    /// waiting, no restriction. Only then may it be reclaimed.
+    pub fn idle(&self) -> bool {
+        let home_idle = self.home_state.as_ref().is_none_or(|h| {
+            h.lent() == 0 && h.pending.is_empty() && h.restrictions.iter().all(Option::is_none)
+        });
+        self.held == 0 && self.in_use == 0 && !self.requested && home_idle
     }
 
     /// How many permits to ask for: grows with the number in use so a busy

@@ -7,15 +7,15 @@ use super::rate::RateSlot;
 use super::{LimitId, LimitSpec, Message, ShardShaper, Slot};
 use crate::units::Nanos;
 
+/// Epochs are times: a home reclaimed and created again later still
+/// numbers its changes above everything it sent before.
+fn next_epoch(epoch: u64, now: Nanos) -> u64 {
+    (epoch + 1).max(now.0)
+}
+
 impl ShardShaper {
     fn slot_for(&mut self, key: &str, base: LimitSpec, now: Nanos) -> u32 {
-        if let Some(id) = self.ids.get(key) {
-            return id.0;
-        }
-        match base {
-            LimitSpec::Rate(rate) => self.rate_limit(key, rate, now).0,
-            LimitSpec::Connections(max) => self.connection_limit(key, max, now).0,
-        }
+        self.register(key, base, now, false).0
     }
 
     pub(super) fn handle(&mut self, message: Message, now: Nanos) {
@@ -189,7 +189,7 @@ impl ShardShaper {
                     return;
                 };
                 let participants: Vec<u32> = home.participants().collect();
-                slot.epoch += 1;
+                slot.epoch = next_epoch(slot.epoch, now);
                 (
                     slot.key.clone(),
                     slot.epoch,
@@ -210,7 +210,7 @@ impl ShardShaper {
                     return;
                 };
                 let participants: Vec<u32> = home.participants().collect();
-                slot.epoch += 1;
+                slot.epoch = next_epoch(slot.epoch, now);
                 (
                     slot.key.clone(),
                     slot.epoch,
@@ -218,6 +218,7 @@ impl ShardShaper {
                     participants,
                 )
             }
+            Slot::Free => return,
         };
         let mut targets = participants;
         if !targets.contains(&self.shard) {

@@ -15,7 +15,7 @@ mod handle;
 mod rate;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::limiter::Take;
@@ -239,7 +239,12 @@ pub struct ShaperStats {
 enum Slot {
     Rate(RateSlot),
     Conn(ConnSlot),
+    /// Reclaimed; its index waits for reuse.
+    Free,
 }
+
+/// Reclaim candidates looked at per `poll`: bounds the work of one poll.
+const RECLAIM_PER_POLL: usize = 256;
 
 /// One shard's shaper: its local shares and permits, plus the home ledgers
 /// of the limits whose home it is.
@@ -250,6 +255,9 @@ pub struct ShardShaper {
     config: LeaseConfig,
     ids: HashMap<Box<str>, LimitId>,
     slots: Vec<Slot>,
+    users: Vec<u32>,
+    free: Vec<u32>,
+    candidates: VecDeque<u32>,
     staged: Vec<Envelope>,
     outbox: Vec<Envelope>,
     wakeups: BinaryHeap<Reverse<(Nanos, u32)>>,
@@ -270,6 +278,9 @@ impl ShardShaper {
             config,
             ids: HashMap::new(),
             slots: Vec::new(),
+            users: Vec::new(),
+            free: Vec::new(),
+            candidates: VecDeque::new(),
             staged: Vec::new(),
             outbox: Vec::new(),
             wakeups: BinaryHeap::new(),
@@ -288,33 +299,114 @@ impl ShardShaper {
     }
 
     /// Registers (or finds) a rate limit under `key`; `rate` is its
-    /// configured value.
+    /// configured value. Each call counts one user; pair it with
+    /// [`ShardShaper::unregister`] so idle limits can be reclaimed.
     pub fn rate_limit(&mut self, key: &str, rate: Rate, now: Nanos) -> LimitId {
-        if let Some(id) = self.ids.get(key) {
-            return *id;
-        }
-        let home = limit_home(key, self.shards);
-        let slot = RateSlot::new(key.into(), home, rate, self.shard, self.shards, now);
-        self.insert(key, Slot::Rate(slot))
+        self.register(key, LimitSpec::Rate(rate), now, true)
     }
 
-    /// Registers (or finds) a connection limit under `key`.
+    /// Registers (or finds) a connection limit under `key`; counts one user
+    /// like [`ShardShaper::rate_limit`].
     pub fn connection_limit(&mut self, key: &str, max: u32, now: Nanos) -> LimitId {
-        if let Some(id) = self.ids.get(key) {
-            return *id;
-        }
-        let home = limit_home(key, self.shards);
-        let slot = ConnSlot::new(key.into(), home, max, self.shard, self.shards, now);
-        self.insert(key, Slot::Conn(slot))
+        self.register(key, LimitSpec::Connections(max), now, true)
     }
 
-    fn insert(&mut self, key: &str, slot: Slot) -> LimitId {
-        // Invariant: one slot per distinct key registered on this shard; a
-        // shard holding 2^32 limits would have run out of memory long before.
-        let id = LimitId(u32::try_from(self.slots.len()).expect("fewer than 2^32 limits"));
-        self.slots.push(slot);
+    /// One user of `limit` is done with it. When no user is left and the
+    /// limit holds nothing (no share, no permits, no restriction, no
+    /// borrower), a later `poll` reclaims it; the id must not be used again.
+    pub fn unregister(&mut self, limit: LimitId) {
+        let users = &mut self.users[limit.0 as usize];
+        debug_assert!(*users > 0, "unregister without register");
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            self.candidates.push_back(limit.0);
+        }
+    }
+
+    /// Limits held now (registered and not yet reclaimed).
+    pub fn limits(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(super) fn register(
+        &mut self,
+        key: &str,
+        spec: LimitSpec,
+        now: Nanos,
+        user: bool,
+    ) -> LimitId {
+        if let Some(id) = self.ids.get(key).copied() {
+            if user {
+                self.users[id.0 as usize] += 1;
+            }
+            return id;
+        }
+        let home = limit_home(key, self.shards);
+        let slot = match spec {
+            LimitSpec::Rate(rate) => Slot::Rate(RateSlot::new(
+                key.into(),
+                home,
+                rate,
+                self.shard,
+                self.shards,
+                now,
+            )),
+            LimitSpec::Connections(max) => Slot::Conn(ConnSlot::new(
+                key.into(),
+                home,
+                max,
+                self.shard,
+                self.shards,
+                now,
+            )),
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = slot;
+                index
+            }
+            None => {
+                // Invariant: one slot per live key on this shard; a shard
+                // holding 2^32 limits would have run out of memory first.
+                let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 limits");
+                self.slots.push(slot);
+                self.users.push(0);
+                index
+            }
+        };
+        self.users[index as usize] = u32::from(user);
+        if !user {
+            // Created by a message (this is its home): nobody here uses it,
+            // so it goes as soon as the others are done with it.
+            self.candidates.push_back(index);
+        }
+        let id = LimitId(index);
         self.ids.insert(key.into(), id);
         id
+    }
+
+    fn reclaim(&mut self, now: Nanos) {
+        for _ in 0..RECLAIM_PER_POLL.min(self.candidates.len()) {
+            let Some(index) = self.candidates.pop_front() else {
+                break;
+            };
+            let i = index as usize;
+            if self.users[i] > 0 {
+                continue;
+            }
+            let (idle, key) = match &mut self.slots[i] {
+                Slot::Rate(slot) => (slot.idle(now), slot.key.clone()),
+                Slot::Conn(slot) => (slot.idle(), slot.key.clone()),
+                Slot::Free => continue,
+            };
+            if idle {
+                self.ids.remove(&key);
+                self.slots[i] = Slot::Free;
+                self.free.push(index);
+            } else {
+                self.candidates.push_back(index);
+            }
+        }
     }
 
     /// Asks every limit in `limits` (rate limits) for one token at `now`:
@@ -432,6 +524,7 @@ impl ShardShaper {
         let (key, home, base) = match &self.slots[limit.0 as usize] {
             Slot::Rate(s) => (s.key.clone(), s.home, LimitSpec::Rate(s.base)),
             Slot::Conn(s) => (s.key.clone(), s.home, LimitSpec::Connections(s.base)),
+            Slot::Free => return,
         };
         let from = self.shard;
         self.stage(
@@ -446,11 +539,13 @@ impl ShardShaper {
         self.dispatch(now);
     }
 
-    /// The value of a limit as this shard knows it now.
-    pub fn current(&self, limit: LimitId) -> LimitSpec {
+    /// The value of a limit as this shard knows it now (`None` once
+    /// reclaimed).
+    pub fn current(&self, limit: LimitId) -> Option<LimitSpec> {
         match &self.slots[limit.0 as usize] {
-            Slot::Rate(s) => LimitSpec::Rate(s.bucket.rate()),
-            Slot::Conn(s) => LimitSpec::Connections(s.max),
+            Slot::Rate(s) => Some(LimitSpec::Rate(s.bucket.rate())),
+            Slot::Conn(s) => Some(LimitSpec::Connections(s.max)),
+            Slot::Free => None,
         }
     }
 
@@ -489,6 +584,7 @@ impl ShardShaper {
             let current = match &self.slots[id as usize] {
                 Slot::Rate(s) => s.next_wake,
                 Slot::Conn(s) => s.next_wake,
+                Slot::Free => continue,
             };
             if current == at {
                 self.set_wake(id, Nanos::MAX);
@@ -496,6 +592,7 @@ impl ShardShaper {
             }
         }
         self.dispatch(now);
+        self.reclaim(now);
         &mut self.outbox
     }
 
@@ -508,6 +605,7 @@ impl ShardShaper {
         let next = match &mut self.slots[id as usize] {
             Slot::Rate(s) => &mut s.next_wake,
             Slot::Conn(s) => &mut s.next_wake,
+            Slot::Free => return,
         };
         if at != *next {
             *next = at;
@@ -579,6 +677,7 @@ impl ShardShaper {
                     Nanos::MAX
                 }
             }
+            Slot::Free => return,
         };
         self.set_wake(id, if wake <= now { Nanos(now.0 + 1) } else { wake });
         for (to, message) in out {

@@ -67,6 +67,9 @@ pub(crate) struct RateHome {
     pub restrictions: Vec<Option<Rate>>,
     participants: Vec<Participant>,
     fresh: bool,
+    /// The latest end of any lease granted: a full burst may have been
+    /// spent just before it.
+    last_end: Nanos,
 }
 
 impl RateSlot {
@@ -77,13 +80,15 @@ impl RateSlot {
                 restrictions: vec![None; shards as usize],
                 participants: vec![Participant::default(); shards as usize],
                 fresh: true,
+                last_end: now,
             })
         });
         RateSlot {
             key,
             home,
             base,
-            epoch: 0,
+            // A home numbers its versions by time (see `next_epoch`).
+            epoch: if home == shard { now.0 } else { 0 },
             bucket: TokenBucket::empty(base, 0, 0, now),
             current: None,
             next: None,
@@ -127,6 +132,21 @@ impl RateSlot {
                 }
             }
         }
+    }
+
+    /// Whether the slot holds nothing at `now`: no share, no request in
+    /// flight, and (on the home) no share lent, no request waiting and no
+    /// restriction. Only then may it be reclaimed.
+    pub fn idle(&mut self, now: Nanos) -> bool {
+        self.sync(now);
+        let home_idle = match &mut self.home_state {
+            None => true,
+            Some(home) => {
+                home.prune(now);
+                home.is_idle(now)
+            }
+        };
+        self.current.is_none() && self.next.is_none() && !self.requested && home_idle
     }
 
     /// Checks for a token; records demand. Never consumes.
@@ -289,6 +309,26 @@ impl RateHome {
         }
     }
 
+    /// Idle, and quiet long enough that a full bucket would have refilled:
+    /// a limit created again after reclaim starts full (`fresh`), which is
+    /// then no more than the old one would have allowed.
+    fn is_idle(&self, now: Nanos) -> bool {
+        let rate = self.effective;
+        let refill_ns =
+            u128::from(rate.burst) * u128::from(rate.period_ns()) / u128::from(rate.count.max(1));
+        let quiet_until = Nanos(
+            self.last_end
+                .0
+                .saturating_add(u64::try_from(refill_ns).unwrap_or(u64::MAX)),
+        );
+        now >= quiet_until
+            && self.restrictions.iter().all(Option::is_none)
+            && self
+                .participants
+                .iter()
+                .all(|p| p.pending_since.is_none() && p.leases.iter().all(Option::is_none))
+    }
+
     fn earliest_end(&self) -> Nanos {
         self.participants
             .iter()
@@ -441,6 +481,7 @@ impl RateHome {
         }
         let full = self.fresh && i == home;
         self.fresh = false;
+        self.last_end = self.last_end.max(end);
         let lease = Lease {
             start,
             end,
