@@ -458,3 +458,44 @@ fn sigterm_lets_the_transaction_in_flight_finish() {
     assert!(status.success(), "{status:?}");
     assert_eq!(stop_summary(&engine), (1, 0));
 }
+
+#[test]
+fn a_slow_drip_in_data_is_cut_off_with_421() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    // Anything slower than 1 MB/s after the grace period (5 s) is too slow.
+    let extra = "min_data_rate_bytes_per_s = 1000000";
+    let cfg = write_config(
+        dir.path(),
+        &config_text(dir.path(), port, extra, dead_port()),
+    );
+    let _engine = start(dir.path(), &cfg, loopback(port), "drip");
+    let mut c = Client::greet(loopback(port));
+    c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n");
+    c.expect(250);
+    c.expect(250);
+    c.expect(354);
+    let started = Instant::now();
+    c.writer.set_nonblocking(false).expect("blocking socket");
+    let mut cut = None;
+    while started.elapsed() < TIMEOUT {
+        // One byte every 100 ms: far below the rate, never idle.
+        if c.writer.write_all(b"x").is_err() {
+            break;
+        }
+        c.writer
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut line = String::new();
+        if c.reader.read_line(&mut line).is_ok() && !line.is_empty() {
+            cut = Some(line);
+            break;
+        }
+    }
+    let line = cut.expect("the slow client was cut off");
+    assert!(line.starts_with("421 4.4.2 Data rate too low"), "{line:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "the grace period applies"
+    );
+}

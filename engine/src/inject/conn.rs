@@ -25,8 +25,8 @@ use sluice_spool::SpoolError;
 // crate
 use super::envelope::{push_received, Envelope, Trace};
 use super::{
-    commit_outcome, is_disconnect, poisoned_reply, spool_error_reply, Injector, BODY_KEEP_BYTES,
-    DATA_RATE_GRACE, OUTPUT_BYTES, READ_BYTES,
+    commit_outcome, is_disconnect, poisoned_reply, spool_error_reply, Injector, BODY_INITIAL_BYTES,
+    BODY_KEEP_BYTES, DATA_RATE_GRACE, OUTPUT_BYTES, READ_BYTES,
 };
 
 /// Output buffer capacity kept between flushes.
@@ -123,7 +123,7 @@ impl Conn {
             end: 0,
             out: Vec::with_capacity(OUTPUT_BYTES),
             env: Envelope::new(),
-            body: Vec::new(),
+            body: Vec::with_capacity(BODY_INITIAL_BYTES),
             state: Body::Idle,
             size_hint: 0,
             relay: inj.config.may_relay(peer.ip()),

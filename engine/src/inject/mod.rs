@@ -50,9 +50,12 @@ use crate::runtime::{ShardSpool, Shutdown};
 pub const READ_BYTES: usize = 32 << 10;
 /// Bytes reserved for queued replies per connection.
 pub const OUTPUT_BYTES: usize = 4 << 10;
+/// Body buffer allocated when a connection starts (typical messages fit).
+pub const BODY_INITIAL_BYTES: usize = 64 << 10;
 /// Body buffer capacity kept between messages; a larger message's buffer is
 /// shrunk back after it, so idle connections hold little memory.
 pub const BODY_KEEP_BYTES: usize = 256 << 10;
+const _: () = assert!(BODY_INITIAL_BYTES <= BODY_KEEP_BYTES);
 /// Time a DATA/BDAT transfer gets before the minimum rate applies.
 pub const DATA_RATE_GRACE: Duration = Duration::from_secs(5);
 /// Longest a refused client is read from (to let it see the `421`).
