@@ -72,9 +72,15 @@ pub(crate) fn parse_path(text: &str) -> Result<(Option<Mailbox<'_>>, &str), Path
     if bytes.first() != Some(&b'<') {
         return Err(PathError::Syntax);
     }
-    // Find the closing '>' outside a quoted local part.
+    // Find the closing '>' outside a quoted local part; without quotes
+    // (nearly always) a byte search finds it.
     let mut i = 1;
     let mut quoted = false;
+    if let Some(gt) = memchr::memchr(b'>', bytes) {
+        if memchr::memchr(b'"', &bytes[..gt]).is_none() {
+            i = gt;
+        }
+    }
     while i < bytes.len() {
         let b = bytes[i];
         if quoted {
@@ -105,8 +111,8 @@ pub(crate) fn parse_path(text: &str) -> Result<(Option<Mailbox<'_>>, &str), Path
     // RFC 5321 §4.1.2 / Appendix C: a source route `@a,@b:` is accepted and
     // ignored.
     let inner = if inner.starts_with('@') {
-        match inner.find(':') {
-            Some(colon) => &inner[colon + 1..],
+        match crate::command::split_at_byte(inner, b':') {
+            Some((_, mailbox)) => mailbox,
             None => return Err(PathError::Syntax),
         }
     } else {
@@ -168,10 +174,43 @@ pub(crate) fn parse_mailbox(
     Ok(Mailbox { address, at })
 }
 
+/// RFC 5322 §3.2.3 atext as a table; bytes >= 0x80 are UTF-8 (RFC 6531
+/// §3.3), which the session refuses unless SMTPUTF8 was requested.
+const ATEXT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || c >= 0x80
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'/'
+                    | b'='
+                    | b'?'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'{'
+                    | b'|'
+                    | b'}'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_atext(b: u8) -> bool {
-    // RFC 5322 §3.2.3 atext; bytes >= 0x80 are UTF-8 (RFC 6531 §3.3), which
-    // the session refuses unless SMTPUTF8 was requested.
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
+    ATEXT[usize::from(b)]
 }
 
 fn check_dot_string(local: &[u8]) -> Result<(), PathError> {
@@ -214,16 +253,25 @@ pub(crate) fn check_domain(domain: &[u8]) -> Result<(), PathError> {
         }
         return Ok(());
     }
-    for label in domain.split(|&b| b == b'.') {
-        let ok = !label.is_empty()
-            && label[0] != b'-'
-            && label[label.len() - 1] != b'-'
-            && label
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80);
-        if !ok {
+    // One pass: labels of letters, digits and hyphens (or UTF-8), not empty,
+    // not starting or ending with a hyphen (RFC 5321 §4.1.2 sub-domain).
+    let mut label_len = 0usize;
+    let mut previous = b'.';
+    for &b in domain {
+        if b == b'.' {
+            if label_len == 0 || previous == b'-' {
+                return Err(PathError::Syntax);
+            }
+            label_len = 0;
+        } else if b.is_ascii_alphanumeric() || b >= 0x80 || (b == b'-' && label_len > 0) {
+            label_len += 1;
+        } else {
             return Err(PathError::Syntax);
         }
+        previous = b;
+    }
+    if label_len == 0 || previous == b'-' {
+        return Err(PathError::Syntax);
     }
     Ok(())
 }

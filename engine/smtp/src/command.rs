@@ -195,6 +195,30 @@ impl CommandError {
     }
 }
 
+/// Splits at the first `byte` (an ASCII byte, so both halves stay valid
+/// UTF-8). Byte search: `str::find(char)` is several times slower on the
+/// short strings of a command line.
+pub(crate) fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    debug_assert!(byte.is_ascii());
+    let i = s.bytes().position(|b| b == byte)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// Space-separated words, skipping empty ones.
+pub(crate) fn words(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (word, tail) = split_at_byte(rest, b' ').unwrap_or((rest, ""));
+        rest = tail;
+        if !word.is_empty() {
+            return Some(word);
+        }
+    })
+}
+
 /// Parses a command line given without its CRLF.
 pub fn parse_command_bytes(line: &[u8]) -> Result<Command<'_>, CommandError> {
     let line = std::str::from_utf8(line).map_err(|_| CommandError::Syntax)?;
@@ -204,10 +228,7 @@ pub fn parse_command_bytes(line: &[u8]) -> Result<Command<'_>, CommandError> {
 /// Parses a command line given without its CRLF. Verbs and keywords match
 /// case-insensitively (RFC 5321 §2.4).
 pub fn parse_command(line: &str) -> Result<Command<'_>, CommandError> {
-    let (verb, args) = match line.find(' ') {
-        Some(space) => (&line[..space], &line[space + 1..]),
-        None => (line, ""),
-    };
+    let (verb, args) = split_at_byte(line, b' ').unwrap_or((line, ""));
     if verb.is_empty() {
         return Err(CommandError::Syntax);
     }
@@ -218,34 +239,40 @@ pub fn parse_command(line: &str) -> Result<Command<'_>, CommandError> {
             Err(CommandError::Arguments)
         }
     };
-    match verb.len() {
-        4 if verb.eq_ignore_ascii_case("MAIL") => parse_mail(args),
-        4 if verb.eq_ignore_ascii_case("RCPT") => parse_rcpt(args),
-        4 if verb.eq_ignore_ascii_case("BDAT") => parse_bdat(args),
-        4 if verb.eq_ignore_ascii_case("DATA") => no_args(Command::Data),
-        4 if verb.eq_ignore_ascii_case("EHLO") => Ok(Command::Ehlo {
+    if verb.len() == 8 && verb.eq_ignore_ascii_case("STARTTLS") {
+        return no_args(Command::StartTls);
+    }
+    let Ok(mut key) = <[u8; 4]>::try_from(verb.as_bytes()) else {
+        return Ok(Command::Unknown { verb });
+    };
+    key.make_ascii_uppercase();
+    match &key {
+        b"MAIL" => parse_mail(args),
+        b"RCPT" => parse_rcpt(args),
+        b"BDAT" => parse_bdat(args),
+        b"DATA" => no_args(Command::Data),
+        b"EHLO" => Ok(Command::Ehlo {
             domain: parse_helo_argument(args)?,
         }),
-        4 if verb.eq_ignore_ascii_case("HELO") => Ok(Command::Helo {
+        b"HELO" => Ok(Command::Helo {
             domain: parse_helo_argument(args)?,
         }),
-        4 if verb.eq_ignore_ascii_case("RSET") => no_args(Command::Rset),
-        4 if verb.eq_ignore_ascii_case("NOOP") => Ok(Command::Noop),
-        4 if verb.eq_ignore_ascii_case("QUIT") => no_args(Command::Quit),
-        4 if verb.eq_ignore_ascii_case("VRFY") => Ok(Command::Vrfy {
+        b"RSET" => no_args(Command::Rset),
+        b"NOOP" => Ok(Command::Noop),
+        b"QUIT" => no_args(Command::Quit),
+        b"VRFY" => Ok(Command::Vrfy {
             argument: required(args)?,
         }),
-        4 if verb.eq_ignore_ascii_case("EXPN") => Ok(Command::Expn {
+        b"EXPN" => Ok(Command::Expn {
             argument: required(args)?,
         }),
-        4 if verb.eq_ignore_ascii_case("HELP") => {
+        b"HELP" => {
             let topic = args.trim_matches(' ');
             Ok(Command::Help {
                 topic: (!topic.is_empty()).then_some(topic),
             })
         }
-        4 if verb.eq_ignore_ascii_case("AUTH") => parse_auth(args),
-        8 if verb.eq_ignore_ascii_case("STARTTLS") => no_args(Command::StartTls),
+        b"AUTH" => parse_auth(args),
         _ => Ok(Command::Unknown { verb }),
     }
 }
@@ -354,7 +381,7 @@ fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
             5 if key.eq_ignore_ascii_case("ORCPT") => {
                 let raw = value.ok_or(CommandError::ParameterValue)?;
                 let (addr_type, address) =
-                    raw.split_once(';').ok_or(CommandError::ParameterValue)?;
+                    split_at_byte(raw, b';').ok_or(CommandError::ParameterValue)?;
                 if addr_type.is_empty()
                     || !addr_type
                         .bytes()
@@ -402,8 +429,8 @@ fn parameters(rest: &str) -> Result<impl Iterator<Item = (&str, Option<&str>)>, 
         return Err(CommandError::Arguments);
     }
     let mut bad = false;
-    for item in rest.split(' ').filter(|s| !s.is_empty()) {
-        let key = item.split('=').next().unwrap_or("");
+    for item in words(rest) {
+        let key = split_at_byte(item, b'=').map_or(item, |(key, _)| key);
         // RFC 5321 §4.1.2 esmtp-keyword: ALPHA / DIGIT, then also "-".
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             bad = true;
@@ -412,13 +439,10 @@ fn parameters(rest: &str) -> Result<impl Iterator<Item = (&str, Option<&str>)>, 
     if bad {
         return Err(CommandError::Arguments);
     }
-    Ok(rest
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(|item| match item.split_once('=') {
-            Some((key, value)) => (key, Some(value)),
-            None => (item, None),
-        }))
+    Ok(words(rest).map(|item| match split_at_byte(item, b'=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (item, None),
+    }))
 }
 
 /// Parses 1 to 20 ASCII digits into a u64; `None` on overflow or other bytes.
@@ -430,7 +454,7 @@ pub(crate) fn parse_decimal(text: &str) -> Option<u64> {
 }
 
 fn parse_bdat(args: &str) -> Result<Command<'_>, CommandError> {
-    let mut words = args.split(' ').filter(|s| !s.is_empty());
+    let mut words = words(args);
     let size = words
         .next()
         .and_then(parse_decimal)
@@ -447,7 +471,7 @@ fn parse_bdat(args: &str) -> Result<Command<'_>, CommandError> {
 }
 
 fn parse_auth(args: &str) -> Result<Command<'_>, CommandError> {
-    let mut words = args.split(' ').filter(|s| !s.is_empty());
+    let mut words = words(args);
     let mechanism = words.next().ok_or(CommandError::Arguments)?;
     let initial_response = words.next();
     if words.next().is_some() {
