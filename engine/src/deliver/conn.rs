@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 // external
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use sluice_shaping::lease::Permit;
 use sluice_smtp::client::{
     BodyEncoding, ClientConfig, ClientEvent, ClientSession, Envelope, Failure, Outcome, QueueError,
     Recipient, TimeoutClass, TlsPolicy,
@@ -48,7 +50,7 @@ struct Txn {
 
 /// Runs one connection of `site` to completion. Its pool slot was taken by
 /// the driver; it is released here.
-pub async fn run(shared: Rc<Shared>, site: SiteId) {
+pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
     match connect(&shared, site).await {
         Ok((stream, peer)) => {
             connect_succeeded(&shared, site);
@@ -67,6 +69,9 @@ pub async fn run(shared: Rc<Shared>, site: SiteId) {
                 defer_ready(&shared, site, &reason, now).await;
             }
         }
+    }
+    if let (Some(permit), Some(shaping)) = (permit, &shared.shaping) {
+        shaping.release(permit);
     }
     connection_ended(&shared, site);
 }
@@ -124,6 +129,12 @@ struct Conn {
     transactions: u32,
     ever_ready: bool,
     quitting: bool,
+    /// Transactions this connection may carry.
+    deliveries_max: u32,
+    /// Recipients per transaction.
+    recipients_max: usize,
+    /// Shaping said "wait" for a message token until then (ms).
+    blocked_until_unix_ms: u64,
 }
 
 impl Conn {
@@ -134,7 +145,20 @@ impl Conn {
         cfg.tls = TlsPolicy::Disabled;
         cfg.transactions_in_flight_max = shared.settings.transactions_in_flight_max as usize;
         cfg.transactions_queued_max = shared.settings.transactions_in_flight_max as usize;
+        let mut deliveries_max = shared.settings.deliveries_per_connection_max;
+        let mut recipients_max = shared.settings.recipients_per_transaction_max;
+        if let Some(shaping) = &shared.shaping {
+            let q = shared.ctx.queues.borrow();
+            if let Some(front) = q.site_front(site) {
+                let (d, r) = shaping.connection_limits(&q, front);
+                deliveries_max = deliveries_max.min(d.max(1));
+                recipients_max = recipients_max.min(r.max(1));
+            }
+        }
         Conn {
+            deliveries_max,
+            recipients_max: recipients_max as usize,
+            blocked_until_unix_ms: 0,
             session: ClientSession::new(cfg),
             shared,
             site,
@@ -159,8 +183,16 @@ impl Conn {
             }
             if !self.quitting && self.session.is_ready() && self.session.transactions_pending() == 0
             {
-                let retire =
-                    self.transactions >= self.shared.settings.deliveries_per_connection_max;
+                let now = now_unix_ms();
+                if self.blocked_until_unix_ms > now && !self.shared.ctx.stopping() {
+                    // Shaping asked to wait for a token: wait, keep the
+                    // connection.
+                    let wait = Duration::from_millis(self.blocked_until_unix_ms - now)
+                        .min(self.shared.settings.idle_close);
+                    glommio::timer::sleep(wait).await;
+                    continue;
+                }
+                let retire = self.transactions >= self.deliveries_max;
                 if self.shared.ctx.stopping() || retire || !self.wait_for_work().await {
                     self.session.quit();
                     self.quitting = true;
@@ -212,13 +244,14 @@ impl Conn {
         let settings = &shared.settings;
         let now = now_unix_ms();
         while self.session.transactions_pending() < settings.transactions_in_flight_max as usize
-            && self.transactions < settings.deliveries_per_connection_max
+            && self.transactions < self.deliveries_max
+            && self.blocked_until_unix_ms <= now
             && !self.shared.ctx.stopping()
         {
             let dest = self.shared.ctx.queues.borrow_mut().take(
                 self.site,
                 now,
-                settings.recipients_per_transaction_max as usize,
+                self.recipients_max,
                 &mut self.batch,
             );
             let Some(dest) = dest else { break };
@@ -226,6 +259,17 @@ impl Conn {
             let Some(txn) = self.prepare(dest, entries, now) else {
                 continue;
             };
+            if let Some(shaping) = &shared.shaping {
+                let wait = shaping.try_message(&shared.ctx.queues.borrow(), dest);
+                if let Err(wait) = wait {
+                    let mut q = shared.ctx.queues.borrow_mut();
+                    for e in txn.entries.into_iter().rev() {
+                        q.requeue(txn.dest, e);
+                    }
+                    self.blocked_until_unix_ms = now + wait.as_millis().max(1) as u64;
+                    break;
+                }
+            }
             let envelope = self.envelope(&txn);
             match self.session.queue(envelope) {
                 Ok(()) => {

@@ -38,6 +38,7 @@
 pub mod conn;
 pub mod outcome;
 pub mod settings;
+pub mod shape;
 
 // std
 use std::cell::{Cell, RefCell};
@@ -49,6 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // external
 use glommio::timer::Timer;
+use sluice_shaping::lease::ConnAcquire;
 use sluice_spool::fs::FsStorage;
 use sluice_spool::Spool;
 
@@ -59,6 +61,7 @@ use crate::queue::Queues;
 use crate::queue::{DestId, Entry, QueueConfig, SiteId, UNROUTED};
 
 pub use self::settings::DeliverySettings;
+pub use self::shape::{Shaping, ShapingLink};
 
 /// Longest the driver sleeps: bounds how late an expiry sweep or a
 /// shutdown is noticed.
@@ -171,6 +174,8 @@ pub struct Shared {
     pub stats: Cell<DeliveryStats>,
     /// Seed of the jitter generator (xorshift; jitter needs no quality).
     pub rng: Cell<u64>,
+    /// Shaping rules and cross-shard limits, when the runtime gave a link.
+    pub shaping: Option<Rc<Shaping>>,
 }
 
 impl Shared {
@@ -197,6 +202,28 @@ impl Shared {
 /// shutdown signal, once connections have finished (at most
 /// [`DRAIN_TIMEOUT`]) and the log is written; it yields the counters.
 pub fn start(ctx: DeliveryContext) -> glommio::Task<DeliveryStats> {
+    start_with(ctx, None)
+}
+
+/// Like [`start`], shaped by `shaping`: the rules' limits (connections,
+/// message and connection rates, across every shard through the leasing
+/// mesh), their backoff modes and retry schedules. Without it delivery
+/// uses the `[delivery]` limits per shard.
+pub fn start_with(
+    ctx: DeliveryContext,
+    shaping: Option<ShapingLink>,
+) -> glommio::Task<DeliveryStats> {
+    if shaping.is_none() && ctx.config.shaping_file.is_some() {
+        log::warn!(
+            "shard {}: delivery.shaping is set but delivery was started without a shaping link; \
+             the [delivery] limits apply",
+            ctx.index
+        );
+    }
+    let shaping = shaping.map(|link| Rc::new(Shaping::new(ctx.index, link)));
+    if let Some(s) = &shaping {
+        glommio::spawn_local(shape::pump(Rc::clone(s), Rc::clone(&ctx.stopping))).detach();
+    }
     let settings = ctx.config.delivery.clone();
     let log = DeliveryLog::new(LOG_BUFFER_BYTES);
     let sites = ctx.queues.borrow().sites().len();
@@ -209,6 +236,7 @@ pub fn start(ctx: DeliveryContext) -> glommio::Task<DeliveryStats> {
         ctx,
         settings,
         log,
+        shaping,
     });
     glommio::spawn_local(drive(shared))
 }
@@ -333,9 +361,28 @@ fn open_connections(shared: &Rc<Shared>, now: u64) {
                 if pool.connect_failures > 0 && pool.active > 0 {
                     break;
                 }
-                pool.active += 1;
             }
-            glommio::spawn_local(conn::run(Rc::clone(shared), site)).detach();
+            let permit = match &shared.shaping {
+                None => None,
+                Some(shaping) => {
+                    let q = shared.ctx.queues.borrow();
+                    let Some(front) = q.site_front(site) else {
+                        break;
+                    };
+                    match shaping.try_connection(&q, front) {
+                        ConnAcquire::Ok(permit) => Some(permit),
+                        ConnAcquire::Wait(wait) => {
+                            let mut pools = shared.pools.borrow_mut();
+                            pools[site as usize].retry_at_unix_ms =
+                                now + wait.as_millis().max(1) as u64;
+                            break;
+                        }
+                        ConnAcquire::Denied => break,
+                    }
+                }
+            };
+            shared.pools.borrow_mut()[site as usize].active += 1;
+            glommio::spawn_local(conn::run(Rc::clone(shared), site, permit)).detach();
         }
     }
 }

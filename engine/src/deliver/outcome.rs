@@ -41,6 +41,12 @@ pub struct Subject<'a> {
 
 fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_>>, now: u64) {
     let queues = shared.ctx.queues.borrow();
+    if let (Some(shaping), Some(said), false) =
+        (&shared.shaping, said, kind == RecordKind::Expiration)
+    {
+        // Every attempt outcome feeds the destination's backoff rules.
+        shaping.feed(&queues, s.dest, said);
+    }
     let site = queues.site_of(s.dest);
     let site_name = queues.sites().name(site);
     let text = said.map(|x| one_line(x.text));
@@ -97,10 +103,16 @@ pub fn bounced(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
 /// `4xx` or a lost connection: deferred per the retry schedule.
 pub fn deferred(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
     let attempts = s.entry.attempts.saturating_add(1);
-    let delay = shared
-        .settings
-        .retry
-        .delay(s.entry.attempts, shared.random());
+    let random = shared.random();
+    let delay = match &shared.shaping {
+        Some(shaping) => shaping.retry_delay(
+            &shared.ctx.queues.borrow(),
+            s.dest,
+            s.entry.attempts,
+            random,
+        ),
+        None => shared.settings.retry.delay(s.entry.attempts, random),
+    };
     let due = now.saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64);
     if let Err(e) = shared.ctx.spool.defer(s.entry.id, attempts, due) {
         // Only the retry state is lost: after a restart it is retried at once.

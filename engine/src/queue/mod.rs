@@ -293,6 +293,11 @@ impl Queues {
         }
     }
 
+    /// The destination `site` serves next, if it has ready work.
+    pub fn site_front(&self, site: SiteId) -> Option<DestId> {
+        self.site_queues[site as usize].ring.front().copied()
+    }
+
     /// Whether `site` has ready recipients.
     pub fn site_ready(&self, site: SiteId) -> usize {
         self.site_queues[site as usize].ready
