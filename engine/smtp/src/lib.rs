@@ -33,6 +33,40 @@
 //! - [`client`]: reply parser, EHLO capabilities, command encoders and the
 //!   client session (pipelined transactions back to back, BDAT, STARTTLS,
 //!   per-recipient outcomes).
+//!
+//! # Decisions
+//! - **Own parsers rather than `smtp-proto`.** smtp-proto (Apache-2.0/MIT)
+//!   was measured side by side in `benches/protocol.rs`. Its reply parser
+//!   is on par with ours and its command parser is faster, but it cannot
+//!   give what the sessions need: its DATA receiver copies every body into
+//!   a `Vec`, its request receiver buffers partial lines itself instead of
+//!   leaving them to the caller, it reports no bare CR/LF and no per-line
+//!   length, and it has no session layer. Both session state machines sit
+//!   directly on these parsers, so they are written here; smtp-proto stays
+//!   a dev-dependency, as the benchmark baseline.
+//! - **Deferred replies in order-preserving slots** (server). A `250` after
+//!   end of data waits for the spool's group commit while the next
+//!   pipelined transaction is already being parsed; replies leave strictly
+//!   in command order. Commands whose validity depends on an unanswered
+//!   decision (RCPT on MAIL, DATA on RCPTs) wait instead of guessing.
+//! - **Refusals chosen at the end of data by priority** (size, then bare
+//!   CR/LF, then line length), so the reply never depends on how the input
+//!   was split across reads.
+//! - **Outcomes are a type** (`Outcome::{Delivered, TempFail, PermFail}`)
+//!   carrying the server's reply or a local cause (`Failure`); connection
+//!   level refusals (greeting, HELO, 421, drops, timeouts) are always
+//!   `TempFail`, so the engine decides retries or other MX hosts.
+//! - **Bodies never enter the client session**: it emits
+//!   `BodyTransmit { id, encoding }` at the right place in the byte stream
+//!   and the driver writes the caller's body (dot-stuffed pieces or raw).
+//!
+//! # Testing
+//! `cargo test -p sluice-smtp` runs the unit tests, recorded transcripts
+//! (every chunk size, CRLF and LF), property tests (chunking independence,
+//! stuffing and command round trips, one reply per command, a client
+//! against a scripted random server) and a client↔server loop.
+//! `cargo bench -p sluice-smtp` runs the criterion benches. The cargo-fuzz
+//! targets live in `fuzz/` (`RUSTC_BOOTSTRAP=1 cargo fuzz run <target>`).
 #![warn(missing_docs)]
 
 pub mod address;

@@ -367,3 +367,41 @@ fn greeting_554_fails_everything() {
     assert_eq!(code(&outcomes(&ev)[&(1, 0)]), ('T', Some(554)));
     assert!(session.is_closed());
 }
+
+#[test]
+fn server_that_never_greets_times_out() {
+    let mut session = ClientSession::new(ClientConfig::new("me.test"));
+    session.queue(envelope(1, &["a@x.test"])).unwrap();
+    assert_eq!(session.timeout(), Some(TimeoutClass::Greeting));
+    assert_eq!(
+        TimeoutClass::Greeting.rfc_default(),
+        std::time::Duration::from_secs(300)
+    );
+    // A slow drip of a partial greeting does not change the timer class.
+    session.feed(b"22");
+    assert_eq!(session.timeout(), Some(TimeoutClass::Greeting));
+    session.timed_out();
+    let ev = events(&mut session);
+    assert_eq!(outcomes(&ev)[&(1, 0)], Outcome::TempFail(Failure::NotSent));
+    assert_eq!(
+        ev.last(),
+        Some(&ClientEvent::Closed(CloseCause::TimedOut(
+            TimeoutClass::Greeting
+        )))
+    );
+}
+
+#[test]
+fn queue_limits_and_closed_sessions_give_envelopes_back() {
+    let mut config = ClientConfig::new("me.test");
+    config.transactions_queued_max = 1;
+    let mut session = ClientSession::new(config);
+    session.queue(envelope(1, &["a@x.test"])).unwrap();
+    assert!(
+        matches!(session.queue(envelope(2, &["a@x.test"])), Err(QueueError::Full(e)) if e.id == 2)
+    );
+    session.connection_lost();
+    assert!(
+        matches!(session.queue(envelope(3, &["a@x.test"])), Err(QueueError::Closed(e)) if e.id == 3)
+    );
+}
