@@ -449,6 +449,12 @@ impl ServerSession {
                 self.push_fixed(Reply::plain(ReplyCode::OK, text));
                 Event::Helo { domain }
             }
+            // Whether this MAIL nests depends on the reply to the last one.
+            Command::Mail { .. } | Command::StartTls | Command::Auth { .. }
+                if self.txn.mail == MailState::Pending =>
+            {
+                return Outcome::Blocked;
+            }
             Command::Mail { from, params } => {
                 if let Err(error) = self.check_mail(ext, from.is_some_and(|m| m.is_utf8()), &params)
                 {
