@@ -70,7 +70,7 @@ impl<M: SegmentMap> SegState<M> {
     }
 
     /// Unwritten bytes `[write_off, write_off + len)` as a mutable slice.
-    fn fresh(&mut self, len: usize) -> &mut [u8] {
+    pub(crate) fn fresh(&mut self, len: usize) -> &mut [u8] {
         assert!(self.write_off + len <= self.map.len());
         // SAFETY: beyond `write_off` no shared slice has been handed out and
         // this is the only mutable view (single-threaded, `&mut self`).
@@ -162,7 +162,7 @@ impl<S: Storage> Core<S> {
         }
     }
 
-    fn check_open(&self) -> Result<(), SpoolError> {
+    pub(crate) fn check_open(&self) -> Result<(), SpoolError> {
         if let Some(reason) = &self.poisoned {
             return Err(SpoolError::Poisoned {
                 reason: reason.clone(),
@@ -174,7 +174,7 @@ impl<S: Storage> Core<S> {
         Ok(())
     }
 
-    fn no_sync(&self) -> bool {
+    pub(crate) fn no_sync(&self) -> bool {
         matches!(self.cfg.durability, Durability::None(_))
     }
 
@@ -198,7 +198,7 @@ impl<S: Storage> Core<S> {
         self.note_appended(total, Instant::now());
     }
 
-    fn note_appended(&mut self, bytes: usize, now: Instant) {
+    pub(crate) fn note_appended(&mut self, bytes: usize, now: Instant) {
         self.appended_lsn += bytes as u64;
         if self.no_sync() {
             self.durable_lsn = self.appended_lsn;
@@ -246,7 +246,12 @@ impl<S: Storage> Core<S> {
     /// Messages leave `completion_reserve_bytes()` free in every segment for
     /// completions and deferrals, so that when the disk is full deliveries
     /// can still be recorded (which is what frees space).
-    fn reserve(&mut self, total: usize, message: bool, now: Instant) -> Result<u64, SpoolError> {
+    pub(crate) fn reserve(
+        &mut self,
+        total: usize,
+        message: bool,
+        now: Instant,
+    ) -> Result<u64, SpoolError> {
         let max = self.cfg.record_bytes_max();
         if total > max {
             return Err(SpoolError::TooLarge {
@@ -661,129 +666,6 @@ impl<S: Storage> Core<S> {
         match self.storage.free_bytes() {
             Ok(free) => free >= bytes + self.cfg.segment_bytes as u64 + self.cfg.free_bytes_reserve,
             Err(_) => false,
-        }
-    }
-
-    /// Segments that may be unlinked now: not the head, no live copies,
-    /// and every segment they refer to already durably gone.
-    pub(crate) fn deletable(&self) -> Vec<u64> {
-        self.segs
-            .iter()
-            .filter(|(&q, s)| {
-                q != self.head
-                    && s.live == 0
-                    && (self.no_sync() || (s.synced_off == s.write_off && !self.sync_in_flight))
-                    && s.refs
-                        .iter()
-                        .all(|r| !self.segs.contains_key(r) && !self.removing.contains(r))
-            })
-            .map(|(&q, _)| q)
-            .collect()
-    }
-
-    /// Unlinks `seqs`; they count as gone once the directory is synced.
-    pub(crate) fn unlink(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
-        for &q in seqs {
-            self.storage.remove_segment(q)?;
-            self.segs.remove(&q);
-            self.removing.push(q);
-            self.stats.segments_removed += 1;
-        }
-        Ok(())
-    }
-
-    /// The oldest non-head segment worth relocating out of, if any.
-    pub(crate) fn relocation_candidate(&self) -> Option<u64> {
-        if self.segs.len() <= self.cfg.relocate_above_segments {
-            return None;
-        }
-        let (&q, s) = self.segs.iter().next()?;
-        (q != self.head && s.live > 0 && s.live_bytes <= self.cfg.relocate_live_bytes_max as u64)
-            .then_some(q)
-    }
-
-    /// Copies every live message of segment `from` to the head, carrying
-    /// its completed recipients and retry state. The old copies stay needed
-    /// until [`Core::finish_relocation`] after the new ones are durable.
-    pub(crate) fn relocate(&mut self, from: u64, now: Instant) -> Result<Relocation, SpoolError> {
-        self.check_open()?;
-        let mut ids: Vec<u64> = self
-            .index
-            .iter()
-            .filter(|(_, l)| l.rec.segment == from)
-            .map(|(&id, _)| id)
-            .collect();
-        ids.sort_unstable();
-        let mut moved = Vec::with_capacity(ids.len());
-        for id in ids {
-            let old = self.index[&id].rec;
-            let total = old.len as usize;
-            let seq = self.reserve(total, true, now)?;
-            assert_ne!(seq, from, "the head is never relocated");
-            let src = Rc::clone(&self.segs[&from].map);
-            let live = &self.index[&id];
-            let seg = self
-                .segs
-                .get_mut(&seq)
-                .expect("reserve returned a present segment");
-            let offset = seg.write_off;
-            let dst = seg.fresh(total);
-            // SAFETY: `old` lies below the old segment's write_off (published,
-            // immutable) and `dst` is fresh space in another mapping.
-            let src_bytes =
-                unsafe { std::slice::from_raw_parts(src.as_ptr().add(old.offset as usize), total) };
-            dst.copy_from_slice(src_bytes);
-            // The old record was verified when written (or recovered); if
-            // it no longer verifies, something changed the file under us.
-            // Leave that message where it is (its segment stays pinned).
-            let format::Check::Valid { payload_len, .. } = format::check_at(dst, 0) else {
-                log::error!(
-                    "spool {}: live message {id} at offset {} no longer verifies; not relocated",
-                    self.storage.describe(from),
-                    old.offset
-                );
-                dst.fill(0);
-                continue;
-            };
-            let payload = &mut dst[format::payload_range(0, payload_len)];
-            let Ok(fixed) = format::message_fixed(payload) else {
-                dst.fill(0);
-                continue;
-            };
-            payload[24..32].copy_from_slice(&live.next_attempt_unix_ms.to_le_bytes());
-            payload[32..36].copy_from_slice(&live.attempts.to_le_bytes());
-            payload[36..40].copy_from_slice(&(fixed.flags | format::FLAG_RELOCATED).to_le_bytes());
-            live.done
-                .write_mask(&mut payload[format::done_mask_range(&fixed)]);
-            format::seal_record(dst, RecordKind::Message, payload_len);
-            seg.write_off += total;
-            seg.live += 1;
-            seg.live_bytes += total as u64;
-            seg.add_ref(from);
-            let new = RecordRef {
-                segment: seq,
-                offset: offset as u32,
-                len: old.len,
-            };
-            self.index.get_mut(&id).expect("id from the index").rec = new;
-            self.note_appended(total, now);
-            self.stats.relocated_messages += 1;
-            moved.push((id, old));
-        }
-        Ok(Relocation {
-            target_lsn: self.appended_lsn,
-            moved,
-        })
-    }
-
-    /// The relocated copies are durable: the old ones are no longer needed.
-    pub(crate) fn finish_relocation(&mut self, r: Relocation) {
-        assert!(
-            r.target_lsn <= self.durable_lsn,
-            "relocation finished before its commit"
-        );
-        for (_, old) in r.moved {
-            self.release_copy(old);
         }
     }
 }

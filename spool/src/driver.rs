@@ -5,6 +5,7 @@
 //! and reclaims old ones.
 
 // std
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -61,6 +62,7 @@ impl<S: Storage> Spool<S> {
 
     /// The group-commit loop (see the module docs).
     pub async fn run_sync_task(self) {
+        let reclaiming = Rc::new(Cell::new(false));
         loop {
             self.kick_write_behind();
             match self.sync_due(Instant::now()) {
@@ -87,16 +89,12 @@ impl<S: Storage> Spool<S> {
                         break;
                     }
                     self.start_spare();
-                    if self.reclaim_wanted()
+                    if !reclaiming.get()
+                        && self.reclaim_wanted()
                         && self.poisoned().is_none()
                         && !self.inner.borrow().closed
                     {
-                        if let Err(e) = self.reclaim().await {
-                            log::warn!("spool reclamation: {e}");
-                            future::or(glommio::timer::sleep(RETRY_BACKGROUND), self.notified())
-                                .await;
-                        }
-                        continue;
+                        self.start_reclaim(Rc::clone(&reclaiming));
                     }
                     self.notified().await;
                 }
@@ -105,12 +103,36 @@ impl<S: Storage> Spool<S> {
         // Let a background segment creation finish: the blocking pool must
         // not outlive the executor with work in hand.
         for _ in 0..SHUTDOWN_WAIT_ROUNDS {
-            if !self.inner.borrow().spare_pending {
+            if !self.inner.borrow().spare_pending && !reclaiming.get() {
                 break;
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         self.inner.borrow_mut().wake_waiters();
+    }
+
+    /// Runs reclamation as its own task, so unlinking and the directory
+    /// sync never hold up a group commit.
+    fn start_reclaim(&self, reclaiming: Rc<Cell<bool>>) {
+        reclaiming.set(true);
+        let spool = self.clone();
+        glommio::spawn_local(async move {
+            match spool.reclaim().await {
+                Ok(r) if r.segments_removed > 0 || r.messages_relocated > 0 => {}
+                // Nothing could be done (or it failed): do not retry at once.
+                Ok(_) => glommio::timer::sleep(RETRY_BACKGROUND).await,
+                Err(e) => {
+                    log::warn!("spool reclamation: {e}");
+                    glommio::timer::sleep(RETRY_BACKGROUND).await;
+                }
+            }
+            reclaiming.set(false);
+            let waker = spool.inner.borrow_mut().task_waker.take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        })
+        .detach();
     }
 
     fn kick_write_behind(&self) {

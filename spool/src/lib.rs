@@ -117,6 +117,7 @@ pub mod format;
 pub mod fs;
 mod index;
 pub mod mem;
+mod reclaim;
 mod recovery;
 mod spool;
 mod stats;
