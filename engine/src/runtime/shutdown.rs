@@ -20,7 +20,11 @@ pub struct Shutdown {
 #[derive(Default)]
 struct Inner {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    /// One slot per live [`Wait`] that has been polled; a dropped `Wait`
+    /// frees its slot, so the table is bounded by the live futures (an
+    /// accept loop or connection creates one per wait, on the hot path).
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Shutdown {
@@ -39,8 +43,14 @@ impl Shutdown {
         if self.inner.set.replace(true) {
             return;
         }
-        let waiters = std::mem::take(&mut *self.inner.waiters.borrow_mut());
-        for w in waiters {
+        let wakers: Vec<Waker> = self
+            .inner
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for w in wakers {
             w.wake();
         }
     }
@@ -49,15 +59,20 @@ impl Shutdown {
     pub fn wait(&self) -> Wait {
         Wait {
             inner: Rc::clone(&self.inner),
-            registered: false,
+            slot: None,
         }
+    }
+
+    #[cfg(test)]
+    fn slots_in_use(&self) -> usize {
+        self.inner.waiters.borrow().len() - self.inner.free.borrow().len()
     }
 }
 
 /// The future returned by [`Shutdown::wait`].
 pub struct Wait {
     inner: Rc<Inner>,
-    registered: bool,
+    slot: Option<usize>,
 }
 
 impl Future for Wait {
@@ -67,20 +82,33 @@ impl Future for Wait {
         if self.inner.set.get() {
             return Poll::Ready(());
         }
-        // Registered once per future: a waiter that is polled again after a
-        // spurious wake-up keeps one entry (its waker is replaced), so the
-        // list is bounded by the number of live futures.
-        let mut waiters = self.inner.waiters.borrow_mut();
-        if self.registered {
-            if let Some(w) = waiters.iter_mut().find(|w| w.will_wake(cx.waker())) {
-                w.clone_from(cx.waker());
-                return Poll::Pending;
+        let slot = match self.slot {
+            Some(i) => i,
+            None => {
+                let mut waiters = self.inner.waiters.borrow_mut();
+                let i = match self.inner.free.borrow_mut().pop() {
+                    Some(i) => i,
+                    None => {
+                        waiters.push(None);
+                        waiters.len() - 1
+                    }
+                };
+                drop(waiters);
+                self.slot = Some(i);
+                i
             }
-        }
-        waiters.push(cx.waker().clone());
-        drop(waiters);
-        self.registered = true;
+        };
+        self.inner.waiters.borrow_mut()[slot] = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot.take() {
+            self.inner.waiters.borrow_mut()[i] = None;
+            self.inner.free.borrow_mut().push(i);
+        }
     }
 }
 
@@ -113,6 +141,42 @@ mod tests {
                 assert!(s.is_set());
                 // Already set: resolves at once.
                 s.wait().await;
+            });
+    }
+
+    #[test]
+    fn dropped_waiters_free_their_slots() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .expect("executor")
+            .run(async {
+                let s = Shutdown::new();
+                // A loop racing wait() against other work, as an accept loop
+                // does, must not grow the table.
+                for _ in 0..1000 {
+                    let w = s.wait();
+                    let r = futures_lite::future::or(
+                        async {
+                            w.await;
+                            true
+                        },
+                        async { false },
+                    )
+                    .await;
+                    assert!(!r);
+                }
+                assert_eq!(s.slots_in_use(), 0);
+                assert!(s.inner.waiters.borrow().len() <= 1);
+                let pending = glommio::spawn_local({
+                    let s = s.clone();
+                    async move { s.wait().await }
+                });
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+                assert_eq!(s.slots_in_use(), 1);
+                s.trigger();
+                pending.await;
+                assert_eq!(s.slots_in_use(), 0);
             });
     }
 }
