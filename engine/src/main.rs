@@ -15,7 +15,7 @@ use sluice_engine::runtime::{home_shard, resolve_cores, shard_count, shard_port,
 /// acknowledged with `250` once synced, queued per destination and
 /// delivered over reused, pipelined connections.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(name = "sluice", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

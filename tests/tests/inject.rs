@@ -499,3 +499,71 @@ fn a_slow_drip_in_data_is_cut_off_with_421() {
         "the grace period applies"
     );
 }
+
+fn sluice(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary("sluice").expect("binary"))
+        .args(args)
+        .output()
+        .expect("run sluice");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn flags_override_the_file_and_are_validated_under_their_keys() {
+    // Two shards with per-shard ports from 3000: the port is 3000 + shard.
+    let (ok, out, err) = sluice(&[
+        "route",
+        "Example.COM",
+        "--cores",
+        "0-1",
+        "--shard-port-base",
+        "3000",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("domain:    example.com"), "{out}");
+    let shard: u16 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("shard:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("shard line");
+    assert!(shard < 2);
+    assert!(
+        out.contains(&format!("port:      {}", 3000 + shard)),
+        "{out}"
+    );
+    // Without per-shard ports, route says how to turn them on.
+    let (ok, out, _) = sluice(&["route", "example.com", "--cores", "0"]);
+    assert!(ok);
+    assert!(out.contains("shard:     0 of 1"), "{out}");
+    assert!(out.contains("shard_port_base"), "{out}");
+    // Bad flags fail with the key they override and exit 1.
+    let (ok, _, err) = sluice(&["route", "x.test", "--route", "*=nowhere"]);
+    assert!(!ok);
+    assert!(err.contains("route[0].hosts[0]"), "{err}");
+    let (ok, _, err) = sluice(&["route", "x.test", "--cores", "3-1"]);
+    assert!(!ok);
+    assert!(err.contains("cores"), "{err}");
+    let (ok, _, err) = sluice(&["run", "--listen", "not-an-address"]);
+    assert!(!ok);
+    assert!(err.contains("inject.listen"), "{err}");
+    // --help documents every flag of run.
+    let (ok, out, _) = sluice(&["run", "--help"]);
+    assert!(ok);
+    for flag in [
+        "--config",
+        "--listen",
+        "--route",
+        "--spool",
+        "--cores",
+        "--shard-port-base",
+    ] {
+        assert!(out.contains(flag), "run --help lacks {flag}:\n{out}");
+    }
+    let (ok, out, _) = sluice(&["--version"]);
+    assert!(ok && out.starts_with("sluice "), "{out}");
+}
