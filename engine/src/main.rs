@@ -200,7 +200,11 @@ fn apply(o: &Overrides, raw: &mut RawConfig) {
         raw.inject.shard_port_base = b;
     }
     if let Some(s) = &o.spool {
-        raw.spool.dir = s.clone();
+        // A flag is relative to the working directory, not to the file.
+        raw.spool.dir = match std::env::current_dir() {
+            Ok(cwd) if s.is_relative() => cwd.join(s),
+            _ => s.clone(),
+        };
     }
     if let Some(c) = &o.cores {
         raw.cores = parse_cores(c);
