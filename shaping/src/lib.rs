@@ -63,7 +63,11 @@
 //! `lease_max`), and a shard that did not use its share gives it back early,
 //! so a shard with demand gets the rate when others are idle within one
 //! lease period. Connection limits are lent as permits in batches and
-//! returned when idle or recalled. A backoff restricts a limit at its home,
+//! returned when idle or recalled. Limits are reclaimed when no
+//! destination uses them and they hold nothing (the home waits a further
+//! burst-refill time, so a re-created limit may safely start full), so a
+//! shard's memory follows the destinations in use, not every domain it
+//! ever saw. A backoff restricts a limit at its home,
 //! which broadcasts the new value; shares are fractions, so they stay valid
 //! and every shard obeys the new value as soon as the broadcast arrives.
 
