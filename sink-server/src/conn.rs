@@ -55,7 +55,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         session: ServerSession::new(shard.smtp.clone()),
-        policy: ConnPolicy::new(),
+        policy: ConnPolicy::new(shard.ids.borrow().enabled()),
         buf: vec![0; READ_BYTES].into_boxed_slice(),
         start: 0,
         end: 0,

@@ -51,6 +51,7 @@ pub struct HeaderScan {
     id: Vec<u8>,
     id_source: IdSource,
     last: LastField,
+    want_id: bool,
 }
 
 impl Default for HeaderScan {
@@ -62,7 +63,14 @@ impl Default for HeaderScan {
 impl HeaderScan {
     /// Allocates the line and id buffers once.
     pub fn new() -> Self {
+        Self::with_ids(true)
+    }
+
+    /// A scanner that looks for the id headers only when `want_id`; without
+    /// them it stops right after `X-Sluice-Injected`.
+    pub fn with_ids(want_id: bool) -> Self {
         HeaderScan {
+            want_id,
             line: Vec::with_capacity(LINE_BYTES_MAX),
             line_truncated: false,
             seen_bytes: 0,
@@ -155,7 +163,16 @@ impl HeaderScan {
     }
 
     fn header_line(&mut self, text: &[u8]) {
-        if matches!(text[0], b' ' | b'\t') {
+        let folded = matches!(text[0], b' ' | b'\t');
+        // Everything wanted is known and the last field is complete (this
+        // line does not continue it): stop looking.
+        let complete =
+            self.injected_ns.is_some() && (!self.want_id || self.id_source == IdSource::SluiceId);
+        if complete && !folded {
+            self.done = true;
+            return;
+        }
+        if folded {
             // RFC 5322 §2.2.3: folded continuation of the previous field.
             let keep = match self.last {
                 LastField::SluiceId => self.id_source == IdSource::SluiceId,
@@ -167,6 +184,11 @@ impl HeaderScan {
             }
             return;
         }
+        // Every name looked for starts with `X` or `M`.
+        if !matches!(text[0], b'x' | b'X' | b'm' | b'M') {
+            self.last = LastField::Other;
+            return;
+        }
         let Some(colon) = memchr::memchr(b':', text) else {
             self.last = LastField::Other;
             return;
@@ -176,6 +198,7 @@ impl HeaderScan {
         self.last = LastField::Other;
         if name.eq_ignore_ascii_case(INJECTED_HEADER.as_bytes()) {
             self.injected_ns = parse_u64(value);
+        } else if !self.want_id {
         } else if name.eq_ignore_ascii_case(ID_HEADER.as_bytes()) {
             self.last = LastField::SluiceId;
             if self.id_source != IdSource::SluiceId {
@@ -274,6 +297,20 @@ Subject: hi\r\n\r\nX-Sluice-Id: not-a-header\r\nbody\r\n";
         s.reset();
         s.feed(b"X-Sluice-Injected: 5\r\n\r\n");
         assert_eq!(s.injected_ns(), Some(5));
+    }
+
+    #[test]
+    fn stops_early_once_everything_is_known() {
+        let mut s = HeaderScan::with_ids(false);
+        s.feed(b"From: a\r\nX-Sluice-Injected: 7\r\nSubject: x\r\n");
+        assert!(s.is_done());
+        assert_eq!(s.injected_ns(), Some(7));
+        assert_eq!(s.id(), None);
+        // With ids wanted, a folded X-Sluice-Id is read to its end first.
+        let mut s = HeaderScan::new();
+        s.feed(b"X-Sluice-Injected: 7\r\nX-Sluice-Id: a\r\n b\r\nSubject: x\r\n");
+        assert!(s.is_done());
+        assert_eq!(s.id(), Some(&b"ab"[..]));
     }
 
     #[test]

@@ -95,15 +95,10 @@ pub struct ConnPolicy {
     ids_pending: Vec<u8>,
 }
 
-impl Default for ConnPolicy {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ConnPolicy {
     /// Fresh state; buffers are allocated here, once per connection.
-    pub fn new() -> ConnPolicy {
+    /// `want_ids`: `--record-ids` is on, so the header scan looks for ids.
+    pub fn new(want_ids: bool) -> ConnPolicy {
         ConnPolicy {
             domain: None,
             domain_joined: false,
@@ -116,7 +111,7 @@ impl ConnPolicy {
             body_bytes: 0,
             body_started: false,
             drop_this_message: false,
-            scan: HeaderScan::new(),
+            scan: HeaderScan::with_ids(want_ids),
             capture: None,
             ids_pending: Vec::new(),
         }
