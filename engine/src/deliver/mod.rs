@@ -39,6 +39,8 @@ pub mod conn;
 pub mod outcome;
 pub mod settings;
 pub mod shape;
+#[cfg(test)]
+mod tests;
 
 // std
 use std::cell::{Cell, RefCell};
