@@ -87,6 +87,23 @@ impl ResolverConfig {
     }
 }
 
+/// Where the driver reads the time for its cache. Tests substitute a
+/// clock they advance by hand, so TTL expiry needs no sleeping.
+pub trait Clock {
+    /// The current monotonic time.
+    fn now(&self) -> Instant;
+}
+
+/// The monotonic system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
 /// Counters of one resolver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResolverStats {
@@ -111,6 +128,7 @@ pub struct Resolver {
 
 struct Inner {
     config: ResolverConfig,
+    clock: Rc<dyn Clock>,
     cache: RefCell<Cache>,
     inflight: RefCell<HashMap<Question, Rc<Flight>>>,
     permits: Semaphore,
@@ -121,8 +139,13 @@ struct Inner {
 }
 
 impl Resolver {
-    /// A resolver with an empty cache.
+    /// A resolver with an empty cache and the system clock.
     pub fn new(config: ResolverConfig) -> Self {
+        Self::with_clock(config, Rc::new(SystemClock))
+    }
+
+    /// A resolver whose cache reads `clock`.
+    pub fn with_clock(config: ResolverConfig, clock: Rc<dyn Clock>) -> Self {
         let outstanding = config.outstanding_max.max(1);
         Resolver {
             inner: Rc::new(Inner {
@@ -133,6 +156,7 @@ impl Resolver {
                 ids: RefCell::new(SmallRng::from_entropy()),
                 buffers: RefCell::new(Vec::new()),
                 stats: Cell::new(ResolverStats::default()),
+                clock,
                 config,
             }),
         }
@@ -189,7 +213,7 @@ impl Resolver {
             inner
                 .cache
                 .borrow_mut()
-                .get(&question.name, question.qtype, Instant::now())
+                .get(&question.name, question.qtype, inner.clock.now())
         {
             inner.bump(|s| s.cache_hits += 1);
             return Ok(hit);
@@ -218,7 +242,7 @@ impl Resolver {
                 &question.name,
                 question.qtype,
                 &parsed,
-                Instant::now(),
+                inner.clock.now(),
             );
             parsed.lookup
         });

@@ -72,7 +72,7 @@ pub mod wire;
 
 pub use cache::{Cache, CacheConfig};
 #[cfg(feature = "driver")]
-pub use driver::{Resolver, ResolverConfig, ResolverStats};
+pub use driver::{Clock, Resolver, ResolverConfig, ResolverStats, SystemClock};
 pub use error::TempError;
 pub use mx::{DnsFailure, FailReason, MxConfig, MxHost, MxLookup, MxOutcome, Step};
 pub use policy::{AddressClass, AddressPolicy};

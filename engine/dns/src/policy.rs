@@ -45,9 +45,11 @@ fn classify_v4(ip: Ipv4Addr) -> AddressClass {
         AddressClass::Unspecified
     } else if a == 127 {
         AddressClass::Loopback
-    } else if a == 10 || (a == 172 && (16..32).contains(&b)) || (a == 192 && b == 168) {
-        AddressClass::Private
-    } else if a == 100 && (64..128).contains(&b) {
+    } else if a == 10
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || (a == 100 && (64..128).contains(&b))
+    {
         AddressClass::Private
     } else if a == 169 && b == 254 {
         AddressClass::LinkLocal
