@@ -20,13 +20,14 @@ use sluice_smtp::client::{
     BodyEncoding, ClientConfig, ClientEvent, ClientSession, Envelope, Failure, Outcome, QueueError,
     Recipient, TimeoutClass, TlsPolicy,
 };
-use sluice_smtp::{DotStuffer, Reply};
+use sluice_smtp::{DotStuffer, Notify, Reply, Ret};
 use sluice_spool::fs::FsSegment;
 use sluice_spool::Body;
 
 // crate
 use super::outcome::{self, Said, Subject};
 use super::{connect_failed, connect_succeeded, connection_ended, now_unix_ms, Shared};
+use crate::inject::envelope::{parse_envelope_dsn, parse_recipient_dsn};
 use crate::queue::{DestId, Entry, SiteId};
 
 /// Read buffer per connection (allocated once, reused for every read).
@@ -44,6 +45,12 @@ struct Txn {
     entries: Vec<Entry>,
     sender: String,
     recipients: Vec<String>,
+    /// DSN parameters as injection stored them: per recipient NOTIFY and
+    /// ORCPT, per message RET and ENVID (sent only when the server offers
+    /// DSN; the session decides).
+    dsn: Vec<(Option<Notify>, Option<String>)>,
+    ret: Option<Ret>,
+    envid: Option<String>,
     arrival_ms: u64,
     body: Body<FsSegment>,
 }
@@ -304,12 +311,36 @@ impl Conn {
                         .unwrap_or_default()
                 })
                 .collect::<Vec<_>>();
+            let dsn = entries
+                .iter()
+                .map(|e| {
+                    let stored = parts
+                        .recipients
+                        .get(e.index as usize)
+                        .map_or(&[][..], |r| r.dsn);
+                    // Unparsable stored parameters are dropped, not fatal:
+                    // the message still goes, without DSN requests.
+                    let d = parse_recipient_dsn(stored).unwrap_or_default();
+                    let orcpt = d
+                        .orcpt
+                        .filter(|(kind, _)| kind.eq_ignore_ascii_case("rfc822"))
+                        .map(|(_, address)| address);
+                    (d.notify, orcpt)
+                })
+                .collect::<Vec<_>>();
+            let env_dsn = parse_envelope_dsn(parts.dsn).unwrap_or_default();
             let sender = String::from_utf8_lossy(parts.sender).into_owned();
-            Ok((sender, recipients, parts.fixed.arrival_unix_ms))
+            Ok((
+                sender,
+                recipients,
+                dsn,
+                env_dsn,
+                parts.fixed.arrival_unix_ms,
+            ))
         });
         let body = spool.body(&first.rec);
         match (read, body) {
-            (Ok((sender, recipients, arrival_ms)), Ok(body)) => {
+            (Ok((sender, recipients, dsn, env_dsn, arrival_ms)), Ok(body)) => {
                 self.next_env += 1;
                 Some(Txn {
                     env_id: self.next_env,
@@ -317,6 +348,9 @@ impl Conn {
                     entries,
                     sender,
                     recipients,
+                    dsn,
+                    ret: env_dsn.ret,
+                    envid: env_dsn.envid,
                     arrival_ms,
                     body,
                 })
@@ -354,12 +388,22 @@ impl Conn {
         let mut env = Envelope::new(
             txn.env_id,
             sender,
-            txn.recipients.iter().map(Recipient::new).collect(),
+            txn.recipients
+                .iter()
+                .zip(&txn.dsn)
+                .map(|(address, (notify, orcpt))| Recipient {
+                    address: address.clone(),
+                    notify: *notify,
+                    orcpt: orcpt.clone(),
+                })
+                .collect(),
             txn.body.len() as u64,
         );
         // RFC 6152: 8-bit content needs BODY=8BITMIME.
         env.eight_bit = txn.body.iter().any(|&b| b >= 0x80);
         env.smtputf8 = smtputf8;
+        env.ret = txn.ret;
+        env.envid = txn.envid.clone();
         env
     }
 
