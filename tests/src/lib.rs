@@ -47,7 +47,9 @@ pub enum SupportError {
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     // The tests crate lives at <root>/tests, so its parent always exists.
-    here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
+    here.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
 }
 
 /// Finds a workspace binary, preferring the release build (the one the
@@ -69,19 +71,27 @@ pub fn binary(name: &str) -> Result<PathBuf, SupportError> {
             return Ok(candidate);
         }
     }
-    Err(SupportError::BinaryMissing { name: name.to_string(), searched: dirs })
+    Err(SupportError::BinaryMissing {
+        name: name.to_string(),
+        searched: dirs,
+    })
 }
 
 /// Asks the kernel for a free TCP port on 127.0.0.1. The port is released
 /// before returning, so a tiny race with other processes remains; tests
 /// that start servers retry on bind failure where it matters.
 pub fn free_port() -> Result<u16, SupportError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|source| SupportError::Io { what: "bind 127.0.0.1:0".into(), source })?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| SupportError::Io {
+        what: "bind 127.0.0.1:0".into(),
+        source,
+    })?;
     listener
         .local_addr()
         .map(|a| a.port())
-        .map_err(|source| SupportError::Io { what: "local_addr".into(), source })
+        .map_err(|source| SupportError::Io {
+            what: "local_addr".into(),
+            source,
+        })
 }
 
 /// Waits until `addr` accepts a TCP connection, polling every 20 ms.
@@ -93,7 +103,10 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<(), SupportE
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(SupportError::PortTimeout { addr, waited: timeout })
+    Err(SupportError::PortTimeout {
+        addr,
+        waited: timeout,
+    })
 }
 
 /// A child process that is stopped when dropped: SIGTERM, a grace period,
@@ -108,10 +121,14 @@ impl Process {
     /// failing test shows what the binary said.
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Process, SupportError> {
         cmd.stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .map_err(|source| SupportError::Io { what: format!("spawn {name}"), source })?;
-        Ok(Process { name: name.to_string(), child: Some(child) })
+        let child = cmd.spawn().map_err(|source| SupportError::Io {
+            what: format!("spawn {name}"),
+            source,
+        })?;
+        Ok(Process {
+            name: name.to_string(),
+            child: Some(child),
+        })
     }
 
     /// The child's process id.
@@ -146,7 +163,9 @@ impl Process {
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Ok(status),
-                Ok(None) if start.elapsed() < grace => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if start.elapsed() < grace => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Ok(None) => {
                     let _ = child.kill();
                     return child.wait().map_err(|source| SupportError::Io {
@@ -155,7 +174,10 @@ impl Process {
                     });
                 }
                 Err(source) => {
-                    return Err(SupportError::Io { what: format!("wait {}", self.name), source })
+                    return Err(SupportError::Io {
+                        what: format!("wait {}", self.name),
+                        source,
+                    })
                 }
             }
         }
@@ -170,9 +192,10 @@ impl Process {
             });
         };
         let _ = child.kill();
-        child
-            .wait()
-            .map_err(|source| SupportError::Io { what: format!("wait {}", self.name), source })
+        child.wait().map_err(|source| SupportError::Io {
+            what: format!("wait {}", self.name),
+            source,
+        })
     }
 }
 
