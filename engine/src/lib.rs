@@ -7,7 +7,11 @@
 //! spool, queues and connections, and the only cross-shard traffic is
 //! shaping's token and permit leases.
 //!
-//! This round holds the configuration layer; the shard runtime follows.
+//! Modules: [`config`] (typed TOML), [`runtime`] (shards, listeners,
+//! shutdown), [`inject`] (injection sessions: spool append, group commit,
+//! deferred `250`), [`queue`] (per-destination ready and scheduled queues),
+//! [`deliver`] (connection pools, the client session driver, outcomes,
+//! shaping), [`log`] (the per-shard delivery log).
 #![warn(missing_docs)]
 
 pub mod config;
