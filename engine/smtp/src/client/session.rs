@@ -66,6 +66,57 @@ impl Expect {
     }
 }
 
+/// The commands awaiting replies, with a count of group enders so the
+/// pump need not scan the queue.
+#[derive(Debug)]
+struct Expects {
+    queue: VecDeque<Expect>,
+    group_enders: usize,
+}
+
+impl Expects {
+    fn new(first: Expect) -> Self {
+        let mut expects = Self {
+            queue: VecDeque::with_capacity(32),
+            group_enders: 0,
+        };
+        expects.push_back(first);
+        expects
+    }
+
+    fn push_back(&mut self, expect: Expect) {
+        self.group_enders += usize::from(expect.ends_group());
+        self.queue.push_back(expect);
+    }
+
+    fn pop_front(&mut self) -> Option<Expect> {
+        let expect = self.queue.pop_front()?;
+        self.group_enders -= usize::from(expect.ends_group());
+        Some(expect)
+    }
+
+    fn front(&self) -> Option<&Expect> {
+        self.queue.front()
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.group_enders = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn group_pending(&self) -> bool {
+        debug_assert_eq!(
+            self.group_enders,
+            self.queue.iter().filter(|e| e.ends_group()).count()
+        );
+        self.group_enders > 0
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SendStep {
     Mail,
@@ -115,7 +166,7 @@ pub struct ClientSession {
     tls: bool,
     pipelining: bool,
     chunking: bool,
-    expects: VecDeque<Expect>,
+    expects: Expects,
     unsent: VecDeque<Envelope>,
     txns: VecDeque<Txn>,
     next_seq: u64,
@@ -124,6 +175,8 @@ pub struct ClientSession {
     wbuf: Vec<u8>,
     /// Bodies to insert, at byte offsets into `wbuf`.
     bodies: VecDeque<(usize, BodyTransmit)>,
+    /// Bytes of `wbuf` already handed out; reset when `wbuf` empties.
+    wbuf_sent: usize,
     events: VecDeque<ClientEvent>,
 }
 
@@ -139,7 +192,7 @@ impl ClientSession {
             tls: false,
             pipelining: false,
             chunking: false,
-            expects: VecDeque::from([Expect::Greeting]),
+            expects: Expects::new(Expect::Greeting),
             unsent: VecDeque::new(),
             txns: VecDeque::new(),
             next_seq: 0,
@@ -147,6 +200,7 @@ impl ClientSession {
             quit_requested: false,
             wbuf: Vec::with_capacity(1024),
             bodies: VecDeque::new(),
+            wbuf_sent: 0,
             events: VecDeque::new(),
         }
     }
@@ -199,22 +253,21 @@ impl ClientSession {
     /// (write it after `out`, then call again) or `None` when all is out.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> Option<BodyTransmit> {
         let Some(&(offset, body)) = self.bodies.front() else {
-            out.extend_from_slice(&self.wbuf);
+            out.extend_from_slice(&self.wbuf[self.wbuf_sent..]);
             self.wbuf.clear();
+            self.wbuf_sent = 0;
             return None;
         };
-        out.extend_from_slice(&self.wbuf[..offset]);
-        self.wbuf.drain(..offset);
+        // Offsets stay absolute until the buffer empties: no shifting.
+        out.extend_from_slice(&self.wbuf[self.wbuf_sent..offset]);
+        self.wbuf_sent = offset;
         self.bodies.pop_front();
-        for (later, _) in self.bodies.iter_mut() {
-            *later -= offset;
-        }
         Some(body)
     }
 
     /// True when [`Self::poll_transmit`] has something.
     pub fn wants_write(&self) -> bool {
-        !self.wbuf.is_empty() || !self.bodies.is_empty()
+        self.wbuf.len() > self.wbuf_sent || !self.bodies.is_empty()
     }
 
     /// The next event for the driver.
@@ -507,7 +560,7 @@ impl ClientSession {
     /// Sends whatever the protocol allows now.
     fn pump(&mut self) {
         while self.phase == Phase::Ready {
-            if self.expects.iter().any(|e| e.ends_group()) {
+            if self.expects.group_pending() {
                 return;
             }
             if !self.pipelining && !self.expects.is_empty() {
