@@ -43,7 +43,14 @@ const STRAY_DATAGRAMS_MAX: usize = 16;
 /// Receive buffer per query: the largest UDP payload and the largest TCP
 /// message (RFC 1035 §4.2.2 two-byte length).
 const RESPONSE_BYTES_MAX: usize = 65_535;
-const _: () = assert!(RESPONSE_BYTES_MAX >= crate::wire::EDNS_PAYLOAD_BYTES as usize);
+/// Bytes read per UDP datagram. We advertise 1232 (EDNS(0)); some servers
+/// send more anyway. A datagram that fills this buffer may have been cut
+/// by the kernel and is treated as truncated (asked again over TCP).
+/// Kept small because glommio stages each receive in a buffer of this
+/// size from the executor's io memory.
+const UDP_RESPONSE_BYTES_MAX: usize = 4096;
+const _: () = assert!(UDP_RESPONSE_BYTES_MAX > crate::wire::EDNS_PAYLOAD_BYTES as usize);
+const _: () = assert!(RESPONSE_BYTES_MAX >= UDP_RESPONSE_BYTES_MAX);
 
 /// Resolver configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,8 +343,12 @@ impl Resolver {
         self.inner.bump(|s| s.udp_queries += 1);
         socket.send(query).await.map_err(glommio_to_temp)?;
         let mut malformed = None;
+        let buf = &mut buf[..UDP_RESPONSE_BYTES_MAX];
         for _ in 0..STRAY_DATAGRAMS_MAX {
             let n = socket.recv(buf).await.map_err(glommio_to_temp)?;
+            if n == buf.len() {
+                return Ok(Response::Truncated);
+            }
             match parse_response(&buf[..n], id, question) {
                 Ok(response) => return Ok(response),
                 // Not ours (or garbage): keep listening for the real one.

@@ -14,7 +14,8 @@ The zone is fixed below (all names under .test). Behaviours by name:
   slow*.test         answered after 300 ms (dedup and concurrency tests)
   anything else not in the zone: NXDOMAIN with the zone SOA
 UDP answers larger than the client's EDNS payload (512 without EDNS) are
-sent truncated (TC=1), as a real server does.
+sent truncated (TC=1), as a real server does, except for oversize.test,
+which is always sent whole (over 4096 bytes).
 
 Control queries (TXT, class IN):
   <name>.count.control       number of queries seen for <name> (any type)
@@ -75,6 +76,10 @@ add("tc.test", "MX", MX("mx1.mx.test.", 10))
 for i in range(60):
     add("big.test", "MX", MX(f"mail-exchanger-number-{i:02d}.big-provider-network.test.", 10))
 add("mail-exchanger-number-00.big-provider-network.test", "A", A("127.0.0.5"))
+# Sent whole over UDP whatever the client advertised (a misbehaving
+# server): over 4096 bytes, which the resolver must treat as truncated.
+for i in range(150):
+    add("oversize.test", "MX", MX(f"mail-exchanger-number-{i:03d}.oversize-provider.test.", 10))
 # Slow names.
 add("slow.test", "A", A("127.0.0.6"))
 for i in range(8):
@@ -146,7 +151,7 @@ def answer(data, tcp):
     for rr in authorities:
         reply.add_auth(rr)
     packed = reply.pack()
-    if not tcp:
+    if not tcp and qname != "oversize.test":
         limit = 512
         for ar in request.ar:
             if ar.rtype == QTYPE.OPT:

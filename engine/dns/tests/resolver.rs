@@ -203,6 +203,14 @@ fn truncated_answers_are_retried_over_tcp() {
         let big = resolver
             .lookup(&Question::new("big.test", QueryType::Mx))
             .await;
+        // Sent whole over UDP (over 4096 bytes): treated as truncated.
+        let oversize = resolver
+            .lookup(&Question::new("oversize.test", QueryType::Mx))
+            .await;
+        let Ok(Lookup::Records(records)) = oversize else {
+            panic!("{oversize:?}")
+        };
+        assert_eq!(records.len(), 150);
         (tc, big, resolver.stats())
     });
     assert_eq!(
@@ -223,7 +231,8 @@ fn truncated_answers_are_retried_over_tcp() {
         .iter()
         .all(|r| matches!(r, Rdata::Mx { preference: 10, .. })));
     assert_eq!(server.tcp_count("big.test"), 1);
-    assert_eq!(stats.tcp_queries, 2);
+    assert_eq!(server.tcp_count("oversize.test"), 1);
+    assert_eq!(stats.tcp_queries, 3);
 }
 
 #[test]
