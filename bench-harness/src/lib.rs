@@ -53,6 +53,19 @@
 //! glommio registers `io_memory` as locked memory; the harness asks for
 //! 256 KiB per executor, so it runs under an 8 MiB `ulimit -l`.
 //!
+//! # Running it
+//! ```text
+//! # 100k 2 KB messages over 16 connections, closed loop, JSON + plots
+//! sluice-bench run --target 127.0.0.1:2526 --messages 100000 --connections 16 \
+//!     --size 2k --json run.json --hlog run.hlog --hgrm run.hgrm --plot plots/
+//! # open loop at 20k msg/s for a minute, Zipf domains, sink stats and CPU
+//! sluice-bench run --target 127.0.0.1:2525 --duration 60s --rate 20000 \
+//!     --domains 10000 --domain-shape zipf:1.1 --heavy-domain gmail.invalid=0.3 \
+//!     --sink-summary sink.json --pids $(pidof sluice)
+//! # Sluice's per-shard ports: each message to its recipient domain's shard
+//! sluice-bench run --target 127.0.0.1:0 --route-by-domain 2600 --shards 2
+//! ```
+//!
 //! # Exit status
 //! 0 when the run met its targets; 1 when it did not (connection failures,
 //! failed messages above `--max-error-rate`, fewer messages finished than
