@@ -224,6 +224,10 @@ pub fn start_with(
     }
     let shaping = shaping.map(|link| Rc::new(Shaping::new(ctx.index, link)));
     if let Some(s) = &shaping {
+        let rules = Rc::clone(s);
+        ctx.queues
+            .borrow_mut()
+            .set_max_age_lookup(Box::new(move |domain| rules.max_age(domain)));
         glommio::spawn_local(shape::pump(Rc::clone(s), Rc::clone(&ctx.stopping))).detach();
     }
     let settings = ctx.config.delivery.clone();

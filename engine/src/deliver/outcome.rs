@@ -41,12 +41,6 @@ pub struct Subject<'a> {
 
 fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_>>, now: u64) {
     let queues = shared.ctx.queues.borrow();
-    if let (Some(shaping), Some(said), false) =
-        (&shared.shaping, said, kind == RecordKind::Expiration)
-    {
-        // Every attempt outcome feeds the destination's backoff rules.
-        shaping.feed(&queues, s.dest, said);
-    }
     let site = queues.site_of(s.dest);
     let site_name = queues.sites().name(site);
     let text = said.map(|x| one_line(x.text));
@@ -86,8 +80,16 @@ fn complete(shared: &Shared, s: &Subject<'_>, outcome: SpoolOutcome) {
     shared.ctx.queues.borrow_mut().finish(s.dest);
 }
 
+/// Feeds an attempt outcome to the destination's backoff rules; returns
+/// the reason when a rule says to bounce it.
+fn feed(shared: &Shared, s: &Subject<'_>, said: &Said<'_>) -> Option<String> {
+    let shaping = shared.shaping.as_ref()?;
+    shaping.feed(&shared.ctx.queues.borrow(), s.dest, said)
+}
+
 /// `2xx`: delivered.
 pub fn delivered(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    feed(shared, s, said);
     complete(shared, s, SpoolOutcome::Delivered);
     shared.count(|c| c.delivered += 1);
     log(shared, RecordKind::Delivery, s, Some(said), now);
@@ -95,6 +97,11 @@ pub fn delivered(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
 
 /// `5xx`: bounced.
 pub fn bounced(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    feed(shared, s, said);
+    bounce(shared, s, said, now);
+}
+
+fn bounce(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
     complete(shared, s, SpoolOutcome::Failed);
     shared.count(|c| c.bounced += 1);
     log(shared, RecordKind::Bounce, s, Some(said), now);
@@ -102,6 +109,16 @@ pub fn bounced(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
 
 /// `4xx` or a lost connection: deferred per the retry schedule.
 pub fn deferred(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    if let Some(rule) = feed(shared, s, said) {
+        // A backoff rule turns this temporary failure into a bounce.
+        let text = format!("{} (bounced by shaping rule {rule})", said.text);
+        let said = Said {
+            text: &text,
+            ..*said
+        };
+        bounce(shared, s, &said, now);
+        return;
+    }
     let attempts = s.entry.attempts.saturating_add(1);
     let random = shared.random();
     let delay = match &shared.shaping {

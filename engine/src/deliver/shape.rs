@@ -143,8 +143,9 @@ impl Shaping {
             .release_connection(permit, now_nanos());
     }
 
-    /// Feeds one attempt outcome to the backoff rules.
-    pub fn feed(&self, queues: &Queues, dest: DestId, said: &Said<'_>) {
+    /// Feeds one attempt outcome to the backoff rules; returns the rule's
+    /// name when it says to bounce the recipient.
+    pub fn feed(&self, queues: &Queues, dest: DestId, said: &Said<'_>) -> Option<String> {
         let d = self.destination(queues, dest);
         let outcome = ShapingOutcome {
             code: said.code,
@@ -165,6 +166,7 @@ impl Shaping {
                 change.rule
             );
         }
+        verdict.bounce
     }
 
     /// The retry delay of attempt `attempts` (0-based) for `dest`: the

@@ -111,6 +111,8 @@ impl Default for QueueConfig {
 struct Destination {
     domain: Box<str>,
     site: SiteId,
+    /// Max age of this destination's recipients.
+    max_age: Duration,
     ready: VecDeque<Entry>,
     /// Whether the destination is in its site's ring of destinations with
     /// ready work.
@@ -144,6 +146,17 @@ pub struct Queues {
     driver: Option<Waker>,
     /// Set with every driver wake-up, cleared when the driver looks.
     driver_flag: bool,
+    /// Per-domain max age (shaping rules), asked when a destination is made.
+    max_age_of: Option<MaxAgeFn>,
+}
+
+/// A per-domain max age lookup.
+struct MaxAgeFn(Box<dyn Fn(&str) -> Duration>);
+
+impl std::fmt::Debug for MaxAgeFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaxAgeFn")
+    }
 }
 
 impl Queues {
@@ -162,6 +175,7 @@ impl Queues {
             in_flight: 0,
             driver: None,
             driver_flag: false,
+            max_age_of: None,
         }
     }
 
@@ -169,9 +183,9 @@ impl Queues {
     /// ready now. Called by injection after the spool commit covering the
     /// message resolved, so nothing unacknowledged is ever delivered.
     pub fn enqueue(&mut self, msg: Accepted) {
-        let expiry = self.expiry(msg.arrival_unix_ms, msg.expiry_unix_ms);
         for group in &msg.domains {
             let dest = self.destination(&group.domain);
+            let expiry = self.expiry_in(dest, msg.arrival_unix_ms, msg.expiry_unix_ms);
             for r in &group.recipients {
                 let entry = Entry {
                     id: msg.id,
@@ -185,9 +199,17 @@ impl Queues {
         }
     }
 
-    /// The expiry of a message: its own, or arrival plus max age if earlier.
-    pub fn expiry(&self, arrival_unix_ms: u64, expiry_unix_ms: u64) -> u64 {
-        let by_age = arrival_unix_ms.saturating_add(self.cfg.max_age.as_millis() as u64);
+    /// Makes destinations created from now on take their max age from
+    /// `f` (the shaping rules) instead of the configured default.
+    pub fn set_max_age_lookup(&mut self, f: Box<dyn Fn(&str) -> Duration>) {
+        self.max_age_of = Some(MaxAgeFn(f));
+    }
+
+    /// The expiry of a recipient of `dest`: the message's own, or arrival
+    /// plus the destination's max age if earlier.
+    pub fn expiry_in(&self, dest: DestId, arrival_unix_ms: u64, expiry_unix_ms: u64) -> u64 {
+        let max_age = self.dests[dest as usize].max_age;
+        let by_age = arrival_unix_ms.saturating_add(max_age.as_millis() as u64);
         if expiry_unix_ms == 0 {
             by_age
         } else {
@@ -209,9 +231,14 @@ impl Queues {
         }
         let id = DestId::try_from(self.dests.len()).unwrap_or(DestId::MAX);
         let site = self.sites.site_for(key);
+        let max_age = match &self.max_age_of {
+            Some(f) => (f.0)(key),
+            None => self.cfg.max_age,
+        };
         self.dests.push(Destination {
             domain: key.into(),
             site,
+            max_age,
             ready: VecDeque::new(),
             in_ring: false,
         });

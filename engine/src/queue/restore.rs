@@ -56,7 +56,6 @@ impl Queues {
         };
         let record = spool.message(&live.rec).map_err(spool_err)?;
         let parts = record.parts().map_err(spool_err)?;
-        let expiry = self.expiry(parts.fixed.arrival_unix_ms, parts.fixed.expiry_unix_ms);
         let mut queued = 0;
         for &index in &live.pending {
             let Some(r) = parts.recipients.get(index as usize) else {
@@ -68,6 +67,11 @@ impl Queues {
             };
             let domain = String::from_utf8_lossy(domain_of(r.address));
             let dest = self.destination(&domain);
+            let expiry = self.expiry_in(
+                dest,
+                parts.fixed.arrival_unix_ms,
+                parts.fixed.expiry_unix_ms,
+            );
             let entry = Entry {
                 id: live.id,
                 rec: live.rec,

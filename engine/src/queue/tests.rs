@@ -322,3 +322,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn max_age_lookup_applies_per_destination() {
+    let mut q = queues();
+    q.set_max_age_lookup(Box::new(|d| {
+        if d == "c.test" {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1_000)
+        }
+    }));
+    q.enqueue(msg(1, &[("c.test", &[0]), ("a.test", &[1])]));
+    // c.test: arrival 1 000 + 10 s; a.test: capped by the config's 100 s?
+    // No: the lookup replaces the default, so 1 000 s.
+    assert_eq!(q.sweep_expired(11_000, 100), 1);
+    assert_eq!(q.sweep_expired(1_000_999, 100), 0);
+    assert_eq!(q.sweep_expired(1_001_000, 100), 1);
+}
