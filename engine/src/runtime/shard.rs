@@ -78,10 +78,11 @@ pub(crate) async fn run(
         }
     };
     log::info!(
-        "shard {index}: spool recovered in {:?}: {} live message(s); {:?}",
+        "shard {index}: spool opened in {:?}: {} live message(s), {} quarantined record(s), {} torn byte(s) truncated",
         started.elapsed(),
         spool.live_count(),
-        recovery
+        recovery.quarantined_records,
+        recovery.truncated_bytes
     );
     let sync_task = spool.spawn_sync_task();
     let queue_cfg = QueueConfig::from_settings(&config.delivery);
