@@ -169,6 +169,7 @@ struct ShardResult {
     latency: Histogram<u64>,
     mean_batch: f64,
     mean_sync: Duration,
+    max_sync: Duration,
 }
 
 fn run_shard(
@@ -268,6 +269,7 @@ fn run_shard(
                 latency,
                 mean_batch: (st.synced_records - st0.synced_records) as f64
                     / (st.syncs - st0.syncs).max(1) as f64,
+                max_sync: st.sync_time_max,
                 mean_sync: (st.sync_time_total - st0.sync_time_total)
                     / u32::try_from((st.syncs - st0.syncs).max(1)).unwrap_or(u32::MAX),
             }
@@ -364,8 +366,8 @@ fn main() {
         fs99 * 2 + window
     );
     println!();
-    println!("| mode | record | shards | records/s (total) | per shard | MB/s | % of device | syncs/s | records per sync | mean sync | commit p50 | commit p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | record | shards | records/s (total) | per shard | MB/s | % of device | syncs/s | records per sync | mean sync | max sync | commit p50 | commit p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let runs: Vec<(Durability, &str, usize, u32)> = vec![
         (Durability::Fdatasync, "fdatasync", 2_000, 1),
         (Durability::Fdatasync, "fdatasync", 2_000, 2),
@@ -400,6 +402,7 @@ fn main() {
         let mut lat = Histogram::<u64>::new(3).expect("histogram");
         let (mut recs, mut bytes, mut syncs, mut batch) = (0f64, 0f64, 0f64, 0f64);
         let mut sync_time = Duration::ZERO;
+        let mut sync_max = Duration::ZERO;
         for r in &results {
             lat.add(&r.latency).expect("same bounds");
             let s = r.elapsed.as_secs_f64();
@@ -408,9 +411,10 @@ fn main() {
             syncs += r.syncs as f64 / s;
             batch += r.mean_batch;
             sync_time += r.mean_sync;
+            sync_max = sync_max.max(r.max_sync);
         }
         println!(
-            "| {name} | {} KB | {shards} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.2?} | {:.2?} | {:.2?} |",
+            "| {name} | {} KB | {shards} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.2?} | {:.2?} | {:.2?} | {:.2?} |",
             size / 1000,
             recs,
             recs / f64::from(shards),
@@ -419,6 +423,7 @@ fn main() {
             syncs,
             batch / f64::from(shards),
             sync_time / shards,
+            sync_max,
             Duration::from_nanos(lat.value_at_quantile(0.5)),
             Duration::from_nanos(lat.value_at_quantile(0.99)),
         );
