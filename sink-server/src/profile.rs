@@ -405,7 +405,7 @@ impl Profile {
             if total > 1.0 + 1e-9 {
                 problems.push(Problem {
                     key: format!("{}.reject", phase.name()),
-                    reason: format!("probabilities add up to {total}, more than 1.0"),
+                    reason: format!("probabilities add up to {total:.3}, more than 1.0"),
                 });
             }
         }
