@@ -296,7 +296,12 @@ impl Conn {
 
     /// Reads the envelope and body of a batch from the spool. A record that
     /// cannot be read bounces its recipients (it would never be readable).
-    fn prepare(&mut self, dest: DestId, entries: Vec<Entry>, now: u64) -> Option<Txn> {
+    fn prepare(&mut self, dest: DestId, mut entries: Vec<Entry>, now: u64) -> Option<Txn> {
+        // Every entry of a batch is the same message (see Queues::take).
+        let rec = self.shared.locate(&entries[0]);
+        for e in &mut entries {
+            e.rec = rec;
+        }
         let first = entries[0];
         let spool = &self.shared.ctx.spool;
         let read = spool.message(&first.rec).and_then(|record| {

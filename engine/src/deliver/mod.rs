@@ -44,6 +44,7 @@ mod tests;
 
 // std
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -54,7 +55,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use glommio::timer::Timer;
 use sluice_shaping::lease::ConnAcquire;
 use sluice_spool::fs::FsStorage;
-use sluice_spool::Spool;
+use sluice_spool::{RecordRef, Spool};
 
 // crate
 use crate::config::Config;
@@ -178,9 +179,39 @@ pub struct Shared {
     pub rng: Cell<u64>,
     /// Shaping rules and cross-shard limits, when the runtime gave a link.
     pub shaping: Option<Rc<Shaping>>,
+    /// Current record locations, built when a queued reference went stale
+    /// (the spool relocated the message), keyed by the spool's relocation
+    /// count at build time.
+    pub relocations: RefCell<Option<(u64, HashMap<u64, RecordRef>)>>,
 }
 
 impl Shared {
+    /// Where the record of a queued message is now. The spool relocates
+    /// long-deferred messages to newer segments and then deletes the old
+    /// one, so a queued reference can go stale; the current one is found
+    /// through the spool's live set (rebuilt only after new relocations).
+    pub fn locate(&self, entry: &Entry) -> RecordRef {
+        if self.ctx.spool.message(&entry.rec).is_ok() {
+            return entry.rec;
+        }
+        let relocated = self.ctx.spool.stats().relocated_messages;
+        let mut cache = self.relocations.borrow_mut();
+        if cache.as_ref().is_none_or(|(n, _)| *n != relocated) {
+            let map = self
+                .ctx
+                .spool
+                .live_messages()
+                .into_iter()
+                .map(|m| (m.id, m.rec))
+                .collect();
+            *cache = Some((relocated, map));
+        }
+        cache
+            .as_ref()
+            .and_then(|(_, m)| m.get(&entry.id).copied())
+            .unwrap_or(entry.rec)
+    }
+
     /// Updates the counters.
     pub fn count(&self, f: impl FnOnce(&mut DeliveryStats)) {
         let mut s = self.stats.get();
@@ -243,6 +274,7 @@ pub fn start_with(
         settings,
         log,
         shaping,
+        relocations: RefCell::new(None),
     });
     glommio::spawn_local(drive(shared))
 }

@@ -155,7 +155,7 @@ pub fn deferred(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
 /// The address and arrival of a queued recipient, read from the spool
 /// (for outcomes decided without a connection at hand).
 fn recipient_of(shared: &Shared, entry: &Entry) -> (String, u64) {
-    match shared.ctx.spool.message(&entry.rec) {
+    match shared.ctx.spool.message(&shared.locate(entry)) {
         Ok(record) => match record.parts() {
             Ok(parts) => {
                 let address = parts
