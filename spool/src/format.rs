@@ -675,6 +675,33 @@ mod tests {
         assert!(parse_deferral(&[0; 19]).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Arbitrary bytes (as a corrupt file would hold) never panic the
+        /// checker or the parsers.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            for pos in (0..bytes.len()).step_by(RECORD_ALIGN) {
+                let _ = check_at(&bytes, pos);
+            }
+            let _ = parse_message(&bytes);
+            let _ = parse_completion(&bytes);
+            let _ = parse_deferral(&bytes);
+            let _ = parse_segment_header(&bytes);
+        }
+
+        /// A record with its magic and a fixed prefix put in front of
+        /// arbitrary envelope bytes: parsing fails cleanly or round-trips.
+        #[test]
+        fn mutated_messages_parse_or_fail_cleanly(flip in 0usize..4096, val in proptest::prelude::any::<u8>()) {
+            let (mut rec, plen) = sample();
+            let at = HEADER_BYTES + flip % plen;
+            rec[at] = val;
+            let _ = parse_message(&rec[payload_range(0, plen)]);
+        }
+    }
+
     #[test]
     fn completion_and_deferral_round_trip() {
         let e = [(0, Outcome::Delivered), (5, Outcome::Expired)];
