@@ -353,3 +353,43 @@ fn many_connections_across_two_shards() {
     assert_eq!(n(&s, &["domains", "many.test", "connections"]), 8);
     let _ = std::io::stderr().flush();
 }
+
+#[test]
+fn a_huge_pipeline_is_answered_in_order_with_backpressure() {
+    let sink = start(config());
+    let mut c = sink.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    // 20 000 pipelined commands: the sink stops reading while its replies
+    // cannot be written, so the client must read while it writes.
+    const COMMANDS: usize = 20_000;
+    let mut writer = c.stream.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let mut burst = Vec::new();
+        for i in 0..COMMANDS {
+            burst.extend_from_slice(if i % 2 == 0 { b"NOOP\r\n" } else { b"RSET\r\n" });
+        }
+        writer.write_all(&burst).unwrap();
+    });
+    for _ in 0..COMMANDS {
+        assert_eq!(c.reply().0, 250);
+    }
+    feeder.join().unwrap();
+    assert_eq!(c.cmd("QUIT").0, 221);
+    let s = sink.stop();
+    assert_eq!(n(&s, &["replies", "250"]), COMMANDS as u64 + 1);
+}
+
+#[test]
+fn an_idle_connection_gets_421_and_is_closed() {
+    let mut cfg = config();
+    cfg.idle_timeout = std::time::Duration::from_millis(200);
+    let sink = start(cfg);
+    let mut c = sink.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    let (code, text) = c.reply();
+    assert_eq!(code, 421);
+    assert!(text.contains("4.4.2"), "{text}");
+    assert!(c.is_closed());
+    let s = sink.stop();
+    assert_eq!(n(&s, &["replies", "421"]), 1);
+}
