@@ -2,7 +2,7 @@
 //!
 //! One [`Live`] entry per message that still has recipients to deliver:
 //! 56 bytes, plus the hash map's key (8 bytes) and control byte, so about
-//! 70 bytes at the map's typical 7/8 load (messages with more than 64
+//! 75 bytes at the map's 7/8 load (messages with more than 64
 //! recipients add a boxed bitmap of `count / 8` bytes).
 
 /// Where a record lives: segment sequence number, byte offset of the record
