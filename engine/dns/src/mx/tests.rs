@@ -425,3 +425,119 @@ fn stray_answers_are_ignored() {
     );
     assert_eq!(lookup.step(), Step::Wait);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A random answer for any question: records drawn from a small
+    /// universe of names and addresses (public, loopback, private), so
+    /// hosts, duplicates, null MX and CNAME loops all occur.
+    fn answer_strategy() -> impl Strategy<Value = Result<Lookup, TempError>> {
+        let names = prop::sample::select(vec!["", "a.test", "b.test", "c.test", "d.test"]);
+        let ips = prop::sample::select(vec![
+            "192.0.2.1",
+            "192.0.2.2",
+            "127.0.0.1",
+            "10.0.0.1",
+            "2001:db8::1",
+            "::1",
+            "fe80::1",
+        ]);
+        let mx = prop::collection::vec((0u16..4, names.clone()), 1..6).prop_map(|records| {
+            Ok(Lookup::Records(
+                records
+                    .into_iter()
+                    .map(|(preference, exchange)| Rdata::Mx {
+                        preference,
+                        exchange: exchange.into(),
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+            ))
+        });
+        let addrs = prop::collection::vec(ips, 1..4).prop_map(|ips| {
+            Ok(Lookup::Records(
+                ips.into_iter()
+                    .map(|s| Rdata::Addr(s.parse().unwrap()))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ))
+        });
+        prop_oneof![
+            mx,
+            addrs,
+            Just(Ok(Lookup::NoData)),
+            Just(Ok(Lookup::NxDomain)),
+            names
+                .prop_filter("alias needs a name", |n| !n.is_empty())
+                .prop_map(|n| Ok(Lookup::Alias(Rc::from(n)))),
+            Just(Err(TempError::Timeout)),
+            Just(Err(TempError::ServerError { rcode: 2 })),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the answers, the machine ends within a bounded number
+        /// of steps, and a resolved outcome only lists hosts with
+        /// addresses the policy allows.
+        #[test]
+        fn ends_with_a_consistent_outcome(
+            answers in prop::collection::vec(answer_strategy(), 64),
+            allow_loopback in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let config = MxConfig {
+                policy: AddressPolicy { allow_loopback, ..AddressPolicy::default() },
+                hosts_max: 3,
+                cname_hops_max: 2,
+                ..MxConfig::default()
+            };
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut lookup = MxLookup::new("start.test", &config);
+            let mut next = answers.into_iter().cycle();
+            let mut outcome = None;
+            for _ in 0..64 {
+                match lookup.step() {
+                    Step::Done(o) => {
+                        outcome = Some(o);
+                        break;
+                    }
+                    Step::Wait => prop_assert!(false, "waiting with everything answered"),
+                    Step::Ask(questions) => {
+                        prop_assert!(!questions.is_empty());
+                        for q in questions {
+                            let answer = next.next().unwrap();
+                            lookup.answer(&q, answer, &mut rng);
+                        }
+                    }
+                }
+            }
+            let outcome = outcome.expect("an outcome within 64 steps");
+            match outcome {
+                MxOutcome::Resolved { hosts, .. } => {
+                    prop_assert!(!hosts.is_empty() && hosts.len() <= 3);
+                    let mut prev = 0;
+                    for h in &hosts {
+                        prop_assert!(!h.name.is_empty());
+                        prop_assert!(h.preference >= prev);
+                        prev = h.preference;
+                        prop_assert!(!h.addrs.is_empty());
+                        prop_assert!(h.addrs.iter().all(|ip| config.policy.permits(*ip)));
+                    }
+                }
+                MxOutcome::PermFail(f) => {
+                    prop_assert_eq!(f.reply.code.value() / 100, 5);
+                    prop_assert!(!matches!(f.reason, FailReason::Temporary(_)));
+                }
+                MxOutcome::TempFail(f) => {
+                    prop_assert_eq!(f.reply.code.value() / 100, 4);
+                    prop_assert!(matches!(f.reason, FailReason::Temporary(_)));
+                }
+            }
+        }
+    }
+}
