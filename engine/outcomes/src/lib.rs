@@ -13,8 +13,10 @@
 
 pub mod category;
 pub mod classify;
+pub mod dsn;
 mod time;
 
 pub use category::{category_for_code, category_for_reply_code, describe, Category};
 pub use classify::{Classification, Classifier, MatchSource, RuleProblem, RulesError};
+pub use dsn::{Action, Dsn, DsnRecipient, DsnRequest, OriginalRecipient};
 pub use time::unix_ms;
