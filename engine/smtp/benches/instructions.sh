@@ -13,12 +13,12 @@ count() {
         | awk '/I *refs:/ {gsub(",", "", $NF); print $NF}'
 }
 for workload in commands_session commands_sluice commands_smtp_proto replies_sluice replies_smtp_proto \
-    stuff_2k unstuff_2k_sluice unstuff_2k_smtp_proto; do
+    stuff_2k unstuff_2k_sluice unstuff_2k_smtp_proto session_bdat_2k session_data_2k; do
     one=$(count "$workload" "$N")
     two=$(count "$workload" $((N * 2)))
     echo "$workload $(( (two - one) / N ))"
 done | awk '{
     unit = ($1 ~ /^commands|^replies/) ? 3 : 1;
-    what = ($1 ~ /^commands/) ? "per command" : ($1 ~ /^replies/) ? "per reply" : "per 2 KB body";
+    what = ($1 ~ /^commands/) ? "per command" : ($1 ~ /^replies/) ? "per reply" : ($1 ~ /^session/) ? "per 2 KB message, client and server" : "per 2 KB body";
     printf "%-24s %8d instructions %s\n", $1, $2 / unit, what
 }'

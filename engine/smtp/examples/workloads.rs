@@ -11,7 +11,10 @@
 use std::hint::black_box;
 use std::rc::Rc;
 
-use sluice_smtp::client::{Parsed, ReplyParser};
+use sluice_smtp::client::{
+    BodyEncoding, ClientConfig, ClientEvent, ClientSession, Envelope, Parsed, Recipient,
+    ReplyParser, TlsPolicy,
+};
 use sluice_smtp::server::{Event, ServerConfig, ServerSession};
 use sluice_smtp::{DataReceiver, DotStuffer, Reply};
 
@@ -144,6 +147,59 @@ fn main() {
                 let mut rx = smtp_proto::request::receiver::DataReceiver::new();
                 rx.ingest(&mut black_box(&wire).iter(), &mut out);
                 total += out.len();
+            }
+        }
+        // Per iteration: one 2 KB message through a client session and a
+        // server session (both sides' protocol work), pipelined back to back.
+        "session_bdat_2k" | "session_data_2k" => {
+            let mut client_config = ClientConfig::new("client.example.com");
+            client_config.tls = TlsPolicy::Disabled;
+            client_config.use_chunking = name == "session_bdat_2k";
+            let mut client = ClientSession::new(client_config);
+            let mut server = ServerSession::new(Rc::clone(&config));
+            server.greeting(Reply::greeting("mx.example.com"));
+            let mut to_server = Vec::with_capacity(64 * 1024);
+            let mut to_client = Vec::with_capacity(16 * 1024);
+            let mut queued = 0usize;
+            let mut delivered = 0usize;
+            while delivered < iterations {
+                while queued < iterations && client.transactions_pending() < 16 {
+                    let rcpt = vec![Recipient::new("rcpt@example.net")];
+                    let envelope =
+                        Envelope::new(queued as u64, "sender@example.com", rcpt, body.len() as u64);
+                    client.queue(envelope).expect("queue has room");
+                    queued += 1;
+                }
+                server.write_output(&mut to_client);
+                client.feed(&to_client);
+                to_client.clear();
+                while let Some(event) = client.poll_event() {
+                    if let ClientEvent::Recipient { .. } = event {
+                        delivered += 1;
+                    }
+                }
+                while let Some(transmit) = client.poll_transmit(&mut to_server) {
+                    match transmit.encoding {
+                        BodyEncoding::Raw => to_server.extend_from_slice(&body),
+                        BodyEncoding::DotStuffed => DotStuffer::stuff_into(&body, &mut to_server),
+                    }
+                }
+                let mut pos = 0;
+                loop {
+                    let step = server.feed(&to_server[pos..]);
+                    pos += step.consumed;
+                    match step.event {
+                        Event::Mail { token, .. }
+                        | Event::Rcpt { token, .. }
+                        | Event::MessageEnd { token } => {
+                            server.reply(token, Reply::ok()).expect("token")
+                        }
+                        Event::BodyChunk(chunk) => total += chunk.len(),
+                        Event::NeedInput | Event::Blocked | Event::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                to_server.drain(..pos);
             }
         }
         "none" => {}
