@@ -31,6 +31,16 @@ pub struct Cli {
 pub enum Command {
     /// Inject a load into any SMTP server and report what it did.
     Run(Box<RunArgs>),
+    /// Start sluice-sink and the sluice engine (temporary durable spool,
+    /// every domain routed to the sink), inject about a minute of 2 KB
+    /// messages over 1,000 Zipf-weighted domains, report injection and
+    /// delivery, stop both, and leave nothing running.
+    #[command(mut_args(crate::demo::demo_arg))]
+    Demo(Box<crate::demo::DemoArgs>),
+    /// The same load (same seed, same messages) against two SMTP targets one
+    /// after the other, printed side by side with a/b ratios.
+    #[command(mut_args(crate::compare::compare_arg))]
+    Compare(Box<crate::compare::CompareArgs>),
 }
 
 /// How the live progress is shown on stderr.
@@ -356,7 +366,9 @@ mod tests {
             "1,2",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.recipients, (1, 3));
         assert_eq!(args.pids, vec![1, 2]);
         assert_eq!(args.heavy_domains.len(), 1);
@@ -372,7 +384,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Run(args) = bad.command;
+        let Command::Run(args) = bad.command else {
+            panic!("not run")
+        };
         assert_eq!(args.validate().unwrap_err().len(), 2);
         assert!(Cli::try_parse_from([
             "sluice-bench",

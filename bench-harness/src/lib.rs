@@ -74,12 +74,15 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod compare;
 pub mod conn;
+pub mod demo;
 pub mod dist;
 pub mod hdr;
 pub mod message;
 pub mod plot;
 pub mod probe;
+pub mod procs;
 pub mod progress;
 pub mod report;
 pub mod route;

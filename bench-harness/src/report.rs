@@ -234,7 +234,14 @@ impl Report {
             writeln!(out, "  delivered   {d} (sink)")?;
         }
         if let Some(e2e) = &self.e2e_latency_ms {
-            writeln!(out, "  e2e ms      {e2e} (sink)")?;
+            let q = |k: &str| e2e.get(k).and_then(|v| v.as_f64());
+            match (q("p50"), q("p90"), q("p99"), q("p999"), q("max")) {
+                (Some(p50), Some(p90), Some(p99), Some(p999), Some(max)) => writeln!(
+                    out,
+                    "  e2e ms      p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max:.3} (sink, injection to arrival)"
+                )?,
+                _ => writeln!(out, "  e2e ms      {e2e} (sink)")?,
+            }
         }
         if !self.errors.is_empty() {
             let list: Vec<String> = self

@@ -67,6 +67,7 @@ fn hlog_is_read_by_the_python_hdrh_decoder() {
     ];
     let args = match Cli::try_parse_from(argv).unwrap().command {
         cli::Command::Run(a) => *a,
+        other => panic!("parsed as {other:?}"),
     };
     let report = sluice_bench::run::run(&args, Arc::new(AtomicBool::new(false)))
         .unwrap()

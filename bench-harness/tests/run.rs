@@ -21,6 +21,7 @@ fn args(extra: &[&str]) -> cli::RunArgs {
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap().command {
         cli::Command::Run(a) => *a,
+        other => panic!("parsed as {other:?}"),
     }
 }
 
