@@ -58,6 +58,31 @@
 //! monotonic clock for the cache and uses an OS-seeded generator for query
 //! ids; the MX shuffle still uses the generator its caller passes.
 
+//!
+//! # Failure codes
+//! | cause | outcome | reply |
+//! |---|---|---|
+//! | invalid domain, NXDOMAIN | `PermFail` | `550 5.1.2` |
+//! | null MX (RFC 7505) | `PermFail` | `556 5.1.10` |
+//! | no MX host has an address; implicit MX without address | `PermFail` | `550 5.4.4`; `550 5.1.2` |
+//! | every address refused by the policy | `PermFail` | `550 5.4.4` |
+//! | SERVFAIL/REFUSED, timeouts, socket errors, CNAME loops, no servers | `TempFail` | `451 4.4.3` |
+//!
+//! Address literals (`user@[192.0.2.1]`) are not domains: the caller
+//! handles them before asking this crate.
+//!
+//! # Tests and benchmarks
+//! - `cargo test -p sluice-dns --lib`: wire format on messages built with
+//!   hickory-proto, cache, MX machine (tables and a property test), policy,
+//!   site keys, resolv.conf.
+//! - `cargo test -p sluice-dns --test resolver`: the glommio resolver
+//!   against `tests/dns_server.py` (Python dnslib; installed with pip when
+//!   missing), a scripted server on a free 127.0.0.1 port, UDP and TCP.
+//! - `cargo bench -p sluice-dns --bench dns`: cache hits and inserts,
+//!   response parses, query encoding, the MX machine from memory.
+//! - `cd engine/dns/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run response_parser`
+//!   (and `mx_resolution`): cargo-fuzz targets, their own workspace.
+
 #![warn(missing_docs)]
 
 pub mod cache;
