@@ -265,3 +265,28 @@ retry_after = "50ms"
     assert_eq!(stats.delivered, 100);
     assert_eq!(seen.open_max.get(), 1, "max_connections = 1 from the rules");
 }
+
+#[test]
+fn a_shaping_bounce_rule_turns_a_4xx_into_a_bounce() {
+    let rules = r#"
+[default]
+retry_after = "50ms"
+
+[[default.backoff]]
+name = "mailbox-gone"
+code = "451"
+text = "(?i)gone"
+action = "bounce"
+"#;
+    let reply: Rc<dyn Fn(usize) -> &'static str> = Rc::new(|k| {
+        if k % 2 == 0 {
+            "451 4.2.1 mailbox gone\r\n"
+        } else {
+            "250 2.1.5 ok\r\n"
+        }
+    });
+    let (stats, _) = run_case(Some(rules), reply, 10);
+    assert_eq!(stats.bounced + stats.delivered, 10);
+    assert!(stats.bounced > 0);
+    assert_eq!(stats.deferred, 0, "the rule bounces instead of retrying");
+}
