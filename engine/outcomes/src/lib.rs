@@ -11,11 +11,13 @@
 //! and "what is this event's log line".
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod category;
 pub mod classify;
 pub mod dsn;
 mod time;
 
+pub use accounting::{write_csv_header, EventKind, Record, ResponseRecord, TlsRecord, CSV_HEADER};
 pub use category::{category_for_code, category_for_reply_code, describe, Category};
 pub use classify::{Classification, Classifier, MatchSource, RuleProblem, RulesError};
 pub use dsn::{Action, Dsn, DsnRecipient, DsnRequest, OriginalRecipient};
