@@ -250,8 +250,10 @@ impl Record<'_> {
             .as_ref()
             .and_then(|r| r.enhanced)
             .unwrap_or(self.kind.default_status());
-        // `5.1.1 (bad destination mailbox address)`, as PowerMTA writes it.
-        let _ = write!(out, "{} ({})", status, status_description(status));
+        // `5.1.1 (bad destination mailbox address)`, as PowerMTA writes it;
+        // some descriptions hold commas, so it goes through `field`.
+        let code = DisplayBuf::new(format_args!("{status}"));
+        field(out, &[&code, " (", status_description(status), ")"]);
         out.push(b',');
         if let Some(r) = &self.response {
             write_diag(out, r);
@@ -310,7 +312,7 @@ fn status_description(status: EnhancedCode) -> &'static str {
 
 /// `smtp;550 5.1.1 text` with the reply's lines joined by spaces.
 fn write_diag(out: &mut Vec<u8>, r: &ResponseRecord<'_>) {
-    let needs_quotes = needs_quotes(r.text.split('\n'));
+    let needs_quotes = needs_quotes(r.text.split('\n')) || r.text.ends_with(' ');
     if needs_quotes {
         out.push(b'"');
     }
@@ -318,7 +320,7 @@ fn write_diag(out: &mut Vec<u8>, r: &ResponseRecord<'_>) {
     if let Some(e) = r.enhanced {
         let _ = write!(out, " {e}");
     }
-    for line in r.text.split('\n') {
+    for line in r.text.split('\n').filter(|l| !l.is_empty()) {
         out.push(b' ');
         escape(out, line);
     }
@@ -378,13 +380,19 @@ struct DisplayBuf {
 }
 
 impl DisplayBuf {
-    fn ip(addr: IpAddr) -> Self {
+    /// Formats `args`; text beyond the buffer is cut (never reached for
+    /// the IP addresses and status codes written here).
+    fn new(args: fmt::Arguments<'_>) -> Self {
         let mut buf = Self {
             bytes: [0; 48],
             len: 0,
         };
-        let _ = fmt::write(&mut buf, format_args!("{addr}"));
+        let _ = fmt::write(&mut buf, args);
         buf
+    }
+
+    fn ip(addr: IpAddr) -> Self {
+        Self::new(format_args!("{addr}"))
     }
 }
 
