@@ -42,6 +42,9 @@
 //!   and shaping roll up the many domains one provider hosts.
 //! - [`resolv_conf`]: `nameserver` and `options timeout/attempts/rotate`
 //!   from `/etc/resolv.conf`.
+//! - `config` (feature `driver`): the `[dns]` section, a serde struct of
+//!   human values (`"2s"`) validated into a `ResolverConfig`, every
+//!   problem reported under its full key; servers default to resolv.conf.
 //! - `driver` (feature `driver`, on by default): [`Resolver`], the
 //!   glommio stub resolver one shard owns (`Rc`, no locks): cache first,
 //!   then in-flight deduplication (a second lookup of the same question
@@ -87,6 +90,8 @@
 
 pub mod cache;
 #[cfg(feature = "driver")]
+pub mod config;
+#[cfg(feature = "driver")]
 mod driver;
 pub mod error;
 pub mod mx;
@@ -96,6 +101,8 @@ pub mod site;
 pub mod wire;
 
 pub use cache::{Cache, CacheConfig};
+#[cfg(feature = "driver")]
+pub use config::{ConfigProblem, RawDnsConfig};
 #[cfg(feature = "driver")]
 pub use driver::{Clock, Resolver, ResolverConfig, ResolverStats, SystemClock};
 pub use error::TempError;

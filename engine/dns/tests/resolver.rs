@@ -439,3 +439,28 @@ fn no_nameservers_is_a_temporary_failure() {
         )
     );
 }
+
+#[test]
+fn rotate_spreads_queries_over_servers() {
+    let first = DnsServer::start();
+    let second = DnsServer::start();
+    let (a, b) = (first.addr, second.addr);
+    let results = run(async move {
+        let mut cfg = config(vec![a, b]);
+        cfg.rotate = true;
+        let resolver = Resolver::new(cfg);
+        let mut results = Vec::new();
+        for i in 0..4 {
+            let q = Question::new(format!("n{i}.test"), QueryType::A);
+            results.push(resolver.lookup(&q).await);
+        }
+        results
+    });
+    assert!(
+        results.iter().all(|r| *r == Ok(Lookup::NxDomain)),
+        "{results:?}"
+    );
+    let on_first: u64 = (0..4).map(|i| first.count(&format!("n{i}.test"))).sum();
+    let on_second: u64 = (0..4).map(|i| second.count(&format!("n{i}.test"))).sum();
+    assert_eq!((on_first, on_second), (2, 2));
+}
