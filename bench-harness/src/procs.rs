@@ -369,11 +369,17 @@ mod tests {
                 Path::new("/bin/sh"),
                 &[
                     "-c".into(),
-                    "trap 'exit 0' TERM; while :; do sleep 0.05; done".into(),
+                    "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done".into(),
                 ],
                 &log,
             )
             .unwrap();
+        // SIGTERM before the trap is set would kill the shell by the signal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
+            assert!(Instant::now() < deadline, "the shell never started");
+            std::thread::sleep(POLL_INTERVAL);
+        }
         assert!(pid_running(pid));
         children.check_running().unwrap();
         let stopped = children.stop_all();

@@ -295,6 +295,13 @@ fn start_sink(
         &stop,
     )
     .unwrap();
+    // The summary is first written a moment after the greeting.
+    let summary = dir.join(format!("{name}.json"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::metadata(&summary).is_ok_and(|m| m.len() > 0) {
+        assert!(Instant::now() < deadline, "{name} wrote no summary");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (port, pid)
 }
 
