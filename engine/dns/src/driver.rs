@@ -183,7 +183,19 @@ impl Resolver {
     /// [`crate::mx`]). `rng` shuffles hosts of equal preference. Address
     /// lookups of all hosts run concurrently.
     pub async fn resolve_mx<R: Rng>(&self, domain: &str, rng: &mut R) -> MxOutcome {
-        let config = &self.inner.config.mx;
+        self.resolve_mx_with(domain, &self.inner.config.mx, rng)
+            .await
+    }
+
+    /// [`Resolver::resolve_mx`] with other MX rules, e.g. a route whose
+    /// address policy allows loopback or private addresses. The cache is
+    /// shared: it holds DNS answers, not policy decisions.
+    pub async fn resolve_mx_with<R: Rng>(
+        &self,
+        domain: &str,
+        config: &MxConfig,
+        rng: &mut R,
+    ) -> MxOutcome {
         let mut lookup = MxLookup::new(domain, config);
         loop {
             match lookup.step() {

@@ -312,6 +312,21 @@ fn loopback_is_refused_unless_allowed() {
         failure(&local, true),
         (550, "5.4.4".into(), FailReason::AddressRefused)
     );
+    // A route that allows loopback overrides the resolver's rules.
+    let addr = server.addr;
+    let routed = run(async move {
+        let mut cfg = config(vec![addr]);
+        cfg.mx.policy = AddressPolicy::default();
+        let resolver = Resolver::new(cfg);
+        let route = MxConfig {
+            policy: AddressPolicy::allow_loopback(),
+            ..MxConfig::default()
+        };
+        resolver
+            .resolve_mx_with("mx.test", &route, &mut rng())
+            .await
+    });
+    assert_eq!(hosts(&routed).len(), 2);
     assert_eq!(
         hosts(&public),
         vec![("mx.public.test".into(), 10, vec!["192.0.2.10".into()])]
