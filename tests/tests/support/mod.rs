@@ -33,6 +33,11 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(dir: &Path, name: &str) -> Sink {
+        Sink::start_with(dir, name, &[])
+    }
+
+    /// As [`Sink::start`], with extra `sluice-sink` arguments.
+    pub fn start_with(dir: &Path, name: &str, extra: &[&str]) -> Sink {
         let port = free_port().expect("free port for the sink");
         let ids = dir.join(format!("{name}-ids.txt"));
         let summary = dir.join(format!("{name}-summary.json"));
@@ -43,6 +48,7 @@ impl Sink {
             .arg(&ids)
             .arg("--summary")
             .arg(&summary)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let process = Process::spawn("sluice-sink", cmd).expect("start the sink");
@@ -191,4 +197,44 @@ pub fn have(program: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The output of a peer program run with a deadline.
+pub struct Ran {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion, killing it after `limit` (then `success` is
+/// false and stderr says so). Output goes through files so that a chatty
+/// peer never blocks on a full pipe.
+pub fn run_bounded(dir: &Path, tag: &str, mut cmd: Command, limit: Duration) -> Ran {
+    let out_path = dir.join(format!("{tag}.out"));
+    let err_path = dir.join(format!("{tag}.err"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {tag}: {e}"));
+    let start = Instant::now();
+    let (success, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break (status.success(), false),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break (false, true);
+            }
+        }
+    };
+    let mut stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if timed_out {
+        stderr.push_str(&format!("\n[{tag} killed after {limit:?}]"));
+    }
+    Ran {
+        success,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr,
+    }
 }
