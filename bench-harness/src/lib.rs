@@ -66,6 +66,37 @@
 //! sluice-bench run --target 127.0.0.1:0 --route-by-domain 2600 --shards 2
 //! ```
 //!
+//! # `demo` and `compare`
+//! `sluice-bench demo` ([`demo`]) is the one-command tour: it finds
+//! `sluice-sink` and `sluice` next to its own executable (or `--sink-bin`,
+//! `--engine-bin`), picks free 127.0.0.1 ports, starts the sink (summary
+//! every 500 ms in a temporary directory), writes the engine a configuration
+//! (durable `fdatasync` spool in the temporary directory, `[[route]] pattern
+//! = "*"` to the sink, per-shard ports when `--shards` is above 1), waits
+//! for both to greet with 220, and injects a minute of 2 KB messages to
+//! 1,000 Zipf-weighted domains (`--messages` or `--duration` to change it).
+//! The table adds delivered messages per second (first injection to last
+//! arrival) and the CPU the engine and the sink each spent per message;
+//! `demo.json`, `report.json`, `latency.hlog`, `latency.hgrm`, `plots/` and
+//! both children's logs go to `./sluice-demo-RUN/` (or `--out`). The
+//! children live in [`procs::Children`], whose `Drop` sends SIGTERM, waits,
+//! then SIGKILLs: an error, Ctrl-C or a panic still leaves nothing running,
+//! and `PR_SET_PDEATHSIG` covers a SIGKILLed harness.
+//!
+//! `sluice-bench compare --a HOST:PORT --b HOST:PORT` ([`compare`]) sends
+//! the same load (same seed, same messages) to two targets one after the
+//! other and prints them side by side with a/b ratios; with a shared sink's
+//! `--sink-summary` the delivered counts are per-run deltas.
+//!
+//! ```text
+//! # the tour: a minute of load through sluice into sluice-sink
+//! cargo build --release --bins && target/release/sluice-bench demo
+//! # Sluice against Postfix relaying into the same sink
+//! sluice-bench compare --a 127.0.0.1:2625 --a-pid $(pidof sluice) \
+//!     --b 127.0.0.1:2525 --b-pid $POSTFIX_PIDS --sink-summary sink.json \
+//!     --messages 100000 --json compare.json
+//! ```
+//!
 //! # Exit status
 //! 0 when the run met its targets; 1 when it did not (connection failures,
 //! failed messages above `--max-error-rate`, fewer messages finished than
