@@ -4,7 +4,7 @@
 #     from Debian's `postfix` package, with the system daemon left stopped;
 #   - swaks (an independent SMTP client);
 #   - Python packages used by tests as independent implementations
-#     (hdrhistogram decoder, dkimpy verifier, aiosmtpd server).
+#     (hdrhistogram decoder, dkimpy verifier, aiosmtpd server, dnslib DNS server).
 # Idempotent: does nothing for what is already there. Needs root for apt.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,6 +40,7 @@ py_need=()
 python3 -c 'import hdrh' 2>/dev/null || py_need+=(hdrhistogram)
 python3 -c 'import dkim' 2>/dev/null || py_need+=(dkimpy)
 python3 -c 'import aiosmtpd' 2>/dev/null || py_need+=(aiosmtpd)
+python3 -c 'import dnslib' 2>/dev/null || py_need+=(dnslib)
 if [ ${#py_need[@]} -gt 0 ]; then
   python3 -m pip install -q --disable-pip-version-check "${py_need[@]}"
 fi
