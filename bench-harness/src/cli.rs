@@ -212,6 +212,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
 
+    /// Count each --pids process with its descendants and reaped children
+    /// (servers that work in several processes, such as Postfix's master).
+    #[arg(long)]
+    pub pid_tree: bool,
+
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

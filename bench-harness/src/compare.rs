@@ -81,6 +81,9 @@ pub fn compare_arg(a: Arg) -> Arg {
             a.required(false).hide(true)
         }
         "json" => a.help("Write both reports and the a/b ratios here (JSON)"),
+        "pid_tree" => a.help(
+            "Count each --a-pid/--b-pid process with its descendants and reaped children (Postfix: give the master's PID)",
+        ),
         "sink_summary" => a.help(
             "A live `sluice-sink` summary both targets deliver into: delivered counts are read as deltas per run",
         ),

@@ -67,7 +67,7 @@ pub fn demo_arg(a: Arg) -> Arg {
     match a.get_id().as_str() {
         // Set by the command itself; a placeholder keeps clap from asking for it.
         "target" => a.required(false).hide(true).default_value("127.0.0.1:0"),
-        "route_by_domain" | "sink_summary" | "pids" | "json" | "hlog" | "hgrm"
+        "route_by_domain" | "sink_summary" | "pids" | "pid_tree" | "json" | "hlog" | "hgrm"
         | "plot" => a.required(false).hide(true),
         "shards" => a
             .help("Engine shards, pinned to CPUs 0..N-1; with more than one, each message goes to its domain's shard port")

@@ -214,7 +214,7 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
         }
     }
 
-    let cpu_probe = CpuProbe::start(&args.pids)?;
+    let cpu_probe = CpuProbe::start_with(&args.pids, args.pid_tree)?;
     let sink_before = match &args.sink_summary {
         Some(path) => Some(read_sink_summary(path)?),
         None => None,
