@@ -140,6 +140,11 @@ const ROWS: &[Row] = &[
     ("postfix", 451, Some((4, 3, 5)), "Server configuration problem", BadConfiguration),
     ("exim", 550, None, "Unrouteable address", BadDomain),
     ("exim", 550, None, "Too many recipients", PolicyRelated),
+    // Replies the engine synthesises for connection-level failures.
+    ("sluice", 421, Some((4, 4, 1)), "connect to 192.0.2.25:25: connection refused", NoAnswerFromHost),
+    ("sluice", 421, Some((4, 4, 1)), "no greeting from 192.0.2.25: timed out after 300s", NoAnswerFromHost),
+    ("sluice", 451, Some((4, 4, 2)), "connection reset by peer after DATA", BadConnection),
+    ("sluice", 421, Some((4, 4, 2)), "TLS handshake failed: certificate expired", BadConnection),
     // Enhanced-code and reply-code fallbacks (no rule matches these texts).
     ("fallback", 550, Some((5, 2, 2)), "x", QuotaIssues),
     ("fallback", 550, Some((5, 1, 10)), "x", BadDomain),
