@@ -286,11 +286,53 @@ fn delivery_into_a_private_postfix_instance() {
         );
     }
     assert_eq!(seen.len(), msgs.len());
+    // NOTIFY=SUCCESS was forwarded (Postfix offers DSN): Postfix itself
+    // sends a delivery notification for each such message.
+    let dsn = msgs.iter().filter(|m| m.2).count();
+    assert_eq!(
+        log.matches("sender delivery status notification").count(),
+        dsn,
+        "DSN parameters forwarded:\n{log}"
+    );
     assert!(
         !log.contains("reject:"),
         "Postfix rejected something:\n{log}"
     );
     assert!(engine.alive(), "{}", engine.said());
+    // On stop the engine QUITs its connections; Postfix then logs the
+    // commands of each session: the extensions it offers were used.
+    let mut engine = engine;
+    let status = engine.process.stop(TIMEOUT).expect("stop sluice");
+    assert!(status.success(), "{status:?}");
+    // Sums of `verb=count` over the engine's finished sessions.
+    let tally = |log: &str| -> HashMap<String, usize> {
+        let mut sums = HashMap::new();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("disconnect from") && l.contains(" mail="))
+        {
+            for field in l.split_whitespace() {
+                if let Some((verb, n)) = field.split_once('=') {
+                    let n = n
+                        .split('/')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    *sums.entry(verb.to_string()).or_insert(0) += n;
+                }
+            }
+        }
+        sums
+    };
+    wait_until("Postfix logs the end of every engine session", || {
+        tally(&postfix.log()).get("mail").copied().unwrap_or(0) >= msgs.len()
+    });
+    let sums = tally(&postfix.log());
+    assert_eq!(sums.get("mail"), Some(&msgs.len()), "{sums:?}");
+    assert_eq!(sums.get("rcpt"), Some(&rcpts), "{sums:?}");
+    // RFC 3030: Postfix offers CHUNKING, so every message went as BDAT.
+    assert_eq!(sums.get("bdat"), Some(&msgs.len()), "{sums:?}");
+    assert_eq!(sums.get("data"), None, "{sums:?}");
 }
 
 struct Aiosmtpd {
