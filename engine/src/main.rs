@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 
 use clap::{Parser, Subcommand};
 use sluice_engine::config::{Config, ConfigError, RawConfig, RawCores, RawRoute, EMBEDDED_DEFAULT};
-use sluice_engine::runtime::{home_shard, resolve_cores, shard_count, shard_port, Engine};
+use sluice_engine::runtime::{
+    home_shard, resolve_cores, shard_count, shard_port, ActiveRules, Engine, RuntimeError,
+};
 
 /// Sluice: a thread-per-core outbound SMTP sending engine.
 ///
@@ -85,7 +87,18 @@ fn main() -> ExitCode {
                     c.spool_dir.display(),
                     c.listen
                 );
-                ExitCode::SUCCESS
+                // The shaping file it names is validated too (every
+                // problem listed with its file and key path).
+                match ActiveRules::load(&c, shard_count(&c)) {
+                    Ok(rules) => {
+                        println!("shaping: ok: {}", rules.describe());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -134,6 +147,12 @@ fn run(o: &Overrides) -> ExitCode {
     };
     let engine = match Engine::start(config.clone()) {
         Ok(e) => e,
+        Err(e @ RuntimeError::Shaping(_)) => {
+            // A configuration problem: exit 2, as for other bad input files
+            // named on start.
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("sluice: {e}");
             return ExitCode::FAILURE;

@@ -36,6 +36,10 @@ use crate::queue::{DestId, Queues};
 
 /// How often the leasing channels are pumped.
 pub const PUMP_EVERY: Duration = Duration::from_millis(2);
+/// Shortest pump sleep: a timer already due is handled by the next pass,
+/// never by spinning.
+pub const PUMP_MIN: Duration = Duration::from_micros(100);
+const _: () = assert!(PUMP_MIN.as_nanos() < PUMP_EVERY.as_nanos());
 
 /// What a shard needs to shape its delivery: the validated rules and its
 /// end of the shaping mesh (`sluice_shaping::transport::mesh(shards, cap)`,
@@ -203,13 +207,28 @@ impl Shaping {
             log::warn!("shaping: {e}");
         }
     }
+
+    /// How long the pump may sleep: until the shaper's next timer
+    /// (`Shaper::next_wakeup`: a lease renewal, a backoff mode ending), at
+    /// most [`PUMP_EVERY`] because the channels from other shards have no
+    /// waker.
+    pub fn pump_sleep(&self) -> Duration {
+        let now = now_nanos();
+        match self.shaper.borrow().next_wakeup() {
+            Some(at) => Duration::from_nanos(at.0.saturating_sub(now.0)).clamp(PUMP_MIN, PUMP_EVERY),
+            None => PUMP_EVERY,
+        }
+    }
 }
 
-/// The pump task: runs until `stopping` says so.
+/// The pump task: polls the shaper and moves its leasing messages (its
+/// `poll` runs inside `ShardLink::pump`), then sleeps until its next timer
+/// or [`PUMP_EVERY`], whichever comes first, so leases flow and modes
+/// recover even on an idle shard. Runs until `stopping` says so.
 pub async fn pump(shaping: Rc<Shaping>, stopping: Rc<dyn Fn() -> bool>) {
     while !stopping() {
         shaping.pump_once();
-        glommio::timer::sleep(PUMP_EVERY).await;
+        glommio::timer::sleep(shaping.pump_sleep()).await;
     }
     shaping.pump_once();
 }

@@ -21,6 +21,16 @@
 //! [`DRAIN_TIMEOUT`]), waits for pending commits, closes the spool (a
 //! final sync) and returns. A restart recovers every queue from the spool.
 //!
+//! # Shaping
+//! Before the shards start, [`Engine::start`] loads the shaping rules
+//! ([`ActiveRules`]: the `[delivery] shaping` file, or built-in rules from
+//! `[delivery]`) and builds the leasing mesh
+//! (`sluice_shaping::transport::mesh`, [`SHAPING_CHANNEL_CAPACITY`]
+//! messages per inbox); each shard's link moves into its executor and
+//! delivery runs with it (`deliver::start_with`). The rules' max age is
+//! installed in the queues before the spool is restored, so restored
+//! recipients expire by their domain's rule like new ones.
+//!
 //! # Routing
 //! The domain-to-shard function is [`home_shard`]: FNV-1a of the
 //! lower-cased domain modulo the shard count (shaping's `home_shard`), so an
@@ -28,6 +38,7 @@
 //! `shard_port_base + home_shard(domain)` (`sluice route DOMAIN`).
 
 mod listen;
+mod rules;
 mod shard;
 mod shutdown;
 
@@ -48,11 +59,12 @@ use sluice_spool::Spool;
 
 // crate
 use crate::config::{Config, Durability};
-use crate::deliver::{DeliveryContext, DeliveryStats};
+use crate::deliver::{DeliveryContext, DeliveryStats, ShapingLink};
 use crate::inject::InjectStats;
 use crate::queue::Queues;
 
 pub use self::listen::{bind_all, shard_port, ListenError, ShardListeners};
+pub use self::rules::{ActiveRules, BUILTIN_RULES};
 pub use self::shutdown::Shutdown;
 
 /// The spool type every shard uses: real files, synced through io_uring.
@@ -66,6 +78,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// spool is mapped, syncs need no buffers), and the memlock limit of the
 /// development machines is 8 MiB per user.
 pub const IO_MEMORY_BYTES: usize = 512 << 10;
+/// Messages each shard's shaping inbox holds. Leasing traffic is a few
+/// messages per lease period per limit; a full inbox only delays (the
+/// sender keeps a backlog), it never drops.
+pub const SHAPING_CHANNEL_CAPACITY: usize = 4096;
 
 /// What one shard owns and shares with its tasks (injection and delivery).
 #[derive(Clone)]
@@ -158,6 +174,8 @@ pub struct Layout {
     pub spool_dir: PathBuf,
     /// Durability mode.
     pub durability: Durability,
+    /// The active shaping rules, described ([`ActiveRules::describe`]).
+    pub shaping: String,
 }
 
 impl Layout {
@@ -210,6 +228,7 @@ impl Layout {
                 );
             }
         }
+        let _ = writeln!(s, "  shaping:   {}", self.shaping);
         if config.routes.is_empty() {
             let _ = writeln!(s, "  routes:    none (MX delivery)");
         }
@@ -247,6 +266,10 @@ pub enum RuntimeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The shaping rules file is unreadable or invalid (every problem is
+    /// listed with the file and key path).
+    #[error("shaping rules: {0}")]
+    Shaping(#[from] sluice_shaping::config::ConfigError),
     /// A shard failed (its spool could not be opened, ...).
     #[error("shard {shard}: {reason}")]
     Shard {
@@ -287,6 +310,7 @@ impl Engine {
             return Err(RuntimeError::NoCores);
         }
         let count = u32::try_from(cores.len()).map_err(|_| RuntimeError::NoCores)?;
+        let active = ActiveRules::load(&config, count)?;
         create_spool_dir(&config.spool_dir)?;
         let sets = bind_all(config.listen, config.shard_port_base, count)?;
         let listen = sets[0].shared.local_addr().map_err(|source| ListenError {
@@ -299,13 +323,23 @@ impl Engine {
             shard_port_base: config.shard_port_base,
             spool_dir: config.spool_dir.clone(),
             durability: config.durability,
+            shaping: active.describe(),
         };
+        // One link per shard: `mesh(count, ..)` yields `count` of them.
+        let links = sluice_shaping::transport::mesh(count, SHAPING_CHANNEL_CAPACITY);
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(cores.len());
-        for (index, (cpu, listeners)) in cores.iter().copied().zip(sets).enumerate() {
+        for (index, ((cpu, listeners), link)) in
+            cores.iter().copied().zip(sets).zip(links).enumerate()
+        {
             let index = index as u32;
             let config = config.clone();
             let stop_flag = Arc::clone(&stop);
+            let shaping = ShapingLink {
+                rules: active.rules.clone(),
+                link,
+                shards: count,
+            };
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("sluice-{index}"))
                 .io_memory(IO_MEMORY_BYTES)
@@ -315,6 +349,7 @@ impl Engine {
                         count,
                         Rc::new(config),
                         listeners,
+                        shaping,
                         Arc::clone(&stop_flag),
                     )
                     .await;

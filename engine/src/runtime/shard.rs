@@ -19,7 +19,7 @@ use super::{
     ShardContext, ShardListeners, ShardReport, ShardSpool, Shutdown, DRAIN_TIMEOUT, STOP_POLL,
 };
 use crate::config::{Config, Durability};
-use crate::deliver::{self, DeliveryStats};
+use crate::deliver::{self, DeliveryStats, ShapingLink};
 use crate::inject::recovering::{Responder, RECOVERING_REPLY};
 use crate::inject::{accept_loop, Injector};
 use crate::queue::{QueueConfig, Queues, Sites};
@@ -62,6 +62,7 @@ pub(crate) async fn run(
     count: u32,
     config: Rc<Config>,
     listeners: ShardListeners,
+    shaping: ShapingLink,
     stop: Arc<AtomicBool>,
 ) -> Result<ShardReport, String> {
     let responder = Responder::start(index, listeners.into_vec(), RECOVERING_REPLY)
@@ -90,6 +91,12 @@ pub(crate) async fn run(
         Sites::from_routes(&config.routes),
         queue_cfg.clone(),
     )));
+    // Max age by the shaping rules from the first destination on, restored
+    // ones included (delivery installs its cached lookup when it starts).
+    let max_age_rules = shaping.rules.clone();
+    queues.borrow_mut().set_max_age_lookup(Box::new(move |domain| {
+        max_age_rules.effective(domain, &[], None).max_age
+    }));
     let recovered = restore(index, &spool, &queues).await;
     let shutdown = Shutdown::new();
     let ctx = ShardContext {
@@ -100,7 +107,7 @@ pub(crate) async fn run(
         queues: Rc::clone(&queues),
         shutdown: shutdown.clone(),
     };
-    let delivery = deliver::start(ctx.delivery_context());
+    let delivery = deliver::start_with(ctx.delivery_context(), Some(shaping));
     let inj = Injector::new(
         index,
         Rc::clone(&ctx.config),
