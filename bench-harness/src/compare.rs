@@ -284,7 +284,7 @@ impl Comparison {
             writeln!(
                 out,
                 "  {label:<22} {va:>w$}  {vb:>w$}  {:>8}",
-                num(ratio, 2)
+                ratio_text(ratio)
             )
         };
         row(
@@ -369,6 +369,16 @@ impl Comparison {
     }
 }
 
+/// A ratio with enough digits to tell small ones apart (`0.0036`, `0.21`, `34.4`).
+fn ratio_text(r: Option<f64>) -> String {
+    match r {
+        None => "-".to_owned(),
+        Some(r) if r.abs() >= 10.0 => format!("{r:.1}"),
+        Some(r) if r.abs() >= 0.1 => format!("{r:.2}"),
+        Some(r) => format!("{r:.4}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,5 +389,9 @@ mod tests {
         assert_eq!(ratio(Some(6.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(3.0)), None);
         assert_eq!(ratio(Some(f64::NAN), Some(3.0)), None);
+        assert_eq!(ratio_text(Some(34.44)), "34.4");
+        assert_eq!(ratio_text(Some(0.21)), "0.21");
+        assert_eq!(ratio_text(Some(0.0036)), "0.0036");
+        assert_eq!(ratio_text(None), "-");
     }
 }
