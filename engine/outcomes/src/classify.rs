@@ -404,6 +404,34 @@ mod tests {
         assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
+    /// Compiled once: building the default set per case would dominate.
+    static DEFAULT: std::sync::LazyLock<Classifier> =
+        std::sync::LazyLock::new(Classifier::default_rules);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary rules text is either accepted or refused with an
+        /// error; it never panics.
+        #[test]
+        fn arbitrary_rules_text_never_panics(
+            text in "(\\[rules\\]\n|order = |bad-mailbox = |\\['|'\\]|\\(|\\[|\\\\|,|\n|[a-z ]{1,8}){0,24}"
+        ) {
+            let _ = Classifier::from_toml(&text);
+        }
+
+        /// Arbitrary reply text always gets a category, permanent exactly
+        /// for 5yz.
+        #[test]
+        fn arbitrary_replies_classify(text in "\\PC{0,400}", code in 400u16..560) {
+            proptest::prop_assume!(ReplyCode::new(code).is_some());
+            let c = &*DEFAULT;
+            let r = Reply { code: ReplyCode::new(code).unwrap(), enhanced: None, text: text.into() };
+            let got = c.classify(&r);
+            proptest::prop_assert_eq!(got.permanent, code >= 500);
+        }
+    }
+
     #[test]
     fn reads_a_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -80,12 +80,34 @@ pub(crate) fn write_rfc5322(at: SystemTime, out: &mut Vec<u8>) {
 /// Appends PowerMTA's accounting time format: `2026-11-23 11:40:00+0000`.
 pub(crate) fn write_accounting(unix_ms: u64, out: &mut Vec<u8>) {
     let c = civil(unix_ms / 1000);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+0000",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    );
+    // Digits by hand: this runs once or twice per accounting line, and
+    // `write!` with padding costs more than the rest of the line.
+    if (0..=9999).contains(&c.year) {
+        let y = c.year as u32;
+        push_2(out, y / 100);
+        push_2(out, y % 100);
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{:04}", c.year);
+    }
+    out.push(b'-');
+    push_2(out, c.month);
+    out.push(b'-');
+    push_2(out, c.day);
+    out.push(b' ');
+    push_2(out, c.hour);
+    out.push(b':');
+    push_2(out, c.minute);
+    out.push(b':');
+    push_2(out, c.second);
+    out.extend_from_slice(b"+0000");
+}
+
+/// Two decimal digits of `v` (`v < 100`).
+fn push_2(out: &mut Vec<u8>, v: u32) {
+    debug_assert!(v < 100);
+    out.push(b'0' + (v / 10 % 10) as u8);
+    out.push(b'0' + (v % 10) as u8);
 }
 
 #[cfg(test)]
@@ -105,5 +127,12 @@ mod tests {
         // 2000-02-29 (leap day in a 400-year leap century).
         write_accounting(951_782_400_000 + 3_723_000, &mut out);
         assert_eq!(out, b"2000-02-29 01:02:03+0000");
+        out.clear();
+        write_accounting(0, &mut out);
+        assert_eq!(out, b"1970-01-01 00:00:00+0000");
+        out.clear();
+        // Year 10000 keeps all its digits.
+        write_accounting(253_402_300_800_000, &mut out);
+        assert_eq!(out, b"10000-01-01 00:00:00+0000");
     }
 }
