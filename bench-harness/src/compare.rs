@@ -10,20 +10,21 @@
 //! injection-to-arrival figures include a's messages; the table says so.
 //!
 //! # Against Postfix as a relay
-//! Start one `sluice-sink`, a Sluice engine routing `*` to it, and a Postfix
-//! instance relaying to it (`relayhost = [127.0.0.1]:SINK_PORT`,
-//! `mynetworks = 127.0.0.0/8`, `smtpd` on its own port; see
-//! `../shared/peers/postfix-relay.sh`, which builds such a throw-away
-//! instance), then:
+//! `bench-harness/bench/compare-postfix.sh [MESSAGES] [CONNECTIONS]` does
+//! it all: one `sluice-sink`, a Sluice engine routing `*` to it, and a
+//! throw-away Postfix instance relaying to it (`relayhost =
+//! [127.0.0.1]:SINK_PORT`, `mynetworks = 127.0.0.0/8`, `smtpd` on its own
+//! port, as in `../shared/peers/postfix-relay.sh`), then:
 //! ```text
-//! sluice-bench compare --a 127.0.0.1:2625 --a-pid $(pidof sluice) \
-//!     --b 127.0.0.1:2525 --b-pid $(cat $POSTFIX_QUEUE/pid/master.pid) \
-//!     --sink-summary sink.json --messages 100000 --connections 16 --size 2k \
-//!     --domains 1000 --domain-shape zipf:1.1 --json compare.json
+//! sluice-bench compare --a 127.0.0.1:2725 --a-name sluice --a-pid $ENGINE_PID \
+//!     --b 127.0.0.1:2726 --b-name postfix --b-pid $POSTFIX_MASTER_PID --pid-tree \
+//!     --sink-summary sink.json --sink-wait 900s --messages 30000 --connections 16 \
+//!     --size 2k --domains 1000 --domain-shape zipf:1.1 --json compare.json
 //! ```
-//! Postfix works in several processes (smtpd, cleanup, qmgr, smtp), and
-//! `--b-pid` measures only the PIDs given; list them all (comma separated)
-//! for its whole CPU cost.
+//! Postfix works in several processes (smtpd, cleanup, qmgr, smtp, forked
+//! and reaped as they reach `max_use`): `--pid-tree` on the master's PID
+//! counts its live descendants and its reaped children too. A single-process
+//! engine is measured the same way with or without it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
