@@ -6,7 +6,9 @@ usage: aiosmtpd_sink.py PORT OUTDIR
 Listens on 127.0.0.1:PORT with aiosmtpd's defaults, which advertise SIZE,
 8BITMIME, SMTPUTF8 and HELP but neither PIPELINING nor CHUNKING nor DSN.
 For each accepted message it appends one line to OUTDIR/messages.txt:
-  <X-Sluice-Id> <number of recipients> <mail options> | <rcpt options>
+  <X-Sluice-Id> <number of recipients> <dots> <mail options> | <rcpt options>
+where <dots> is "dots-ok" when the body holds the line ".leading dot" (sent
+as "..leading dot" by a correctly dot-stuffing client), else "dots-bad".
 and for every command that arrived while the next one already sat in the
 input buffer (the client pipelined without PIPELINING being offered) one
 line to OUTDIR/pipelined.txt. Unknown verbs such as BDAT get aiosmtpd's
@@ -56,9 +58,10 @@ class Recorder:
                 break
             if line.lower().startswith(b"x-sluice-id:"):
                 msg_id = line.split(b":", 1)[1].strip().decode("utf-8", "replace")
+        dots = "dots-ok" if b"\r\n.leading dot\r\n" in content else "dots-bad"
         self._append(
             "messages.txt",
-            f"{msg_id} {len(envelope.rcpt_tos)} {' '.join(envelope.mail_options)} | "
+            f"{msg_id} {len(envelope.rcpt_tos)} {dots} {' '.join(envelope.mail_options)} | "
             f"{' '.join(envelope.rcpt_options)}",
         )
         return "250 Message accepted for delivery"

@@ -335,6 +335,16 @@ fn delivery_into_a_private_postfix_instance() {
     assert_eq!(sums.get("data"), None, "{sums:?}");
 }
 
+/// One message as aiosmtpd saw it.
+#[derive(Debug)]
+struct Received {
+    id: String,
+    rcpts: usize,
+    dots_ok: bool,
+    mail_options: String,
+    rcpt_options: String,
+}
+
 struct Aiosmtpd {
     _process: Process,
     out: PathBuf,
@@ -367,17 +377,20 @@ impl Aiosmtpd {
         })
     }
 
-    /// `(id, recipients, mail options, rcpt options)` per accepted message.
-    fn messages(&self) -> Vec<(String, usize, String, String)> {
+    /// Every accepted message, as recorded by the script.
+    fn messages(&self) -> Vec<Received> {
         let text = std::fs::read_to_string(self.out.join("messages.txt")).unwrap_or_default();
         text.lines()
             .filter_map(|l| {
-                let (left, rcpt_opts) = l.split_once(" | ")?;
-                let mut parts = left.splitn(3, ' ');
-                let id = parts.next()?.to_string();
-                let n = parts.next()?.parse().ok()?;
-                let mail_opts = parts.next().unwrap_or("").trim().to_string();
-                Some((id, n, mail_opts, rcpt_opts.trim().to_string()))
+                let (left, rcpt_options) = l.split_once(" | ")?;
+                let mut parts = left.splitn(4, ' ');
+                Some(Received {
+                    id: parts.next()?.to_string(),
+                    rcpts: parts.next()?.parse().ok()?,
+                    dots_ok: parts.next()? == "dots-ok",
+                    mail_options: parts.next().unwrap_or("").trim().to_string(),
+                    rcpt_options: rcpt_options.trim().to_string(),
+                })
             })
             .collect()
     }
@@ -408,17 +421,23 @@ fn delivery_into_aiosmtpd_without_pipelining_or_chunking() {
     std::thread::sleep(Duration::from_millis(500));
     let got = server.messages();
     assert_eq!(got.len(), msgs.len(), "{got:?}");
-    let by_id: HashMap<&str, &(String, usize, String, String)> =
-        got.iter().map(|m| (m.0.as_str(), m)).collect();
+    let by_id: HashMap<&str, &Received> = got.iter().map(|m| (m.id.as_str(), m)).collect();
+    assert_eq!(by_id.len(), msgs.len(), "each message once: {got:?}");
     for (id, rcpts, _) in &msgs {
         let m = by_id
             .get(id.as_str())
             .unwrap_or_else(|| panic!("{id} did not arrive: {got:?}"));
-        assert_eq!(m.1, rcpts.len(), "{id}: all recipients in one transaction");
+        assert_eq!(
+            m.rcpts,
+            rcpts.len(),
+            "{id}: all recipients in one transaction"
+        );
+        // RFC 5321 §4.5.2: dot-stuffed by the engine on DATA.
+        assert!(m.dots_ok, "{id}: the leading-dot line was damaged: {m:?}");
         // DSN is not offered: no RET/ENVID/NOTIFY/ORCPT may be sent (RFC 3461 §4).
         for p in ["RET=", "ENVID=", "NOTIFY=", "ORCPT="] {
             assert!(
-                !m.2.contains(p) && !m.3.contains(p),
+                !m.mail_options.contains(p) && !m.rcpt_options.contains(p),
                 "{id} carried {p}: {m:?}"
             );
         }
