@@ -1,0 +1,497 @@
+//! Shaping fidelity end to end (issue 10, "Shaping fidelity"): a std SMTP
+//! injector → the real `sluice` binary with two shards and a shaping rules
+//! file → the real `sluice-sink`, everything on 127.0.0.1. What is checked
+//! is measured at the sink, from its JSON summary: deliveries per domain per
+//! wall-clock second (`domains.D.messages_per_s`) and the peak of concurrent
+//! connections per domain (`domains.D.peak_connections`).
+//!
+//! - `rate_and_connection_limits_hold_across_shards`: one domain with
+//!   `max_message_rate = "50/s burst 5"` and `max_connections = 2`; its
+//!   messages come in through BOTH injection paths at once (the shared port
+//!   and the per-shard port of the shard that is not the domain's home), so
+//!   both shards hold queues for it and tokens and permits are leased across
+//!   shards. Every 10-second window at the sink holds at most
+//!   `50 x 10 + 2%` messages and the domain never has more than 2
+//!   connections.
+//! - `sink_421_puts_the_domain_into_backoff`: the sink answers `421 4.7.0`
+//!   beyond 30 messages per second for a domain whose rule allows 100/s
+//!   with a backoff rule on `421 4.7.0` (`backoff_max_message_rate =
+//!   "10/s"`). The engine logs the mode change with the rule's name, and from
+//!   then on the sink sees at most the backoff rate.
+//!
+//! Margins: the shaping crate guarantees at most `burst + w x rate` grants
+//! in any window `w`; the sink counts arrivals, which lag grants by a
+//! varying delay, so a message granted just before a window edge may be
+//! counted just after it. The bounds below allow `burst` plus 2% of the
+//! window's allowance (issue 10's tolerance), which is 5 + 10 messages for
+//! the first test; a shaping failure (no leasing: each shard at the full
+//! rate, or no limit) shows up as about twice the allowance or more.
+//!
+//! Build the binaries first (`cargo build --bins`, and set
+//! `SLUICE_BIN_DIR=target/debug` when they are not in `target/release`).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sluice_tests::{binary, free_port, read_json, wait_for_port, Process};
+
+/// Longest a connect or a reply may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a test waits for its deliveries.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Two consecutive free ports (`shard_port_base` and `+1`).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let base = free_port().expect("free port");
+        if base == u16::MAX {
+            continue;
+        }
+        let a = TcpListener::bind(loopback(base));
+        let b = TcpListener::bind(loopback(base + 1));
+        if a.is_ok() && b.is_ok() {
+            return base;
+        }
+    }
+    panic!("no two consecutive free ports on 127.0.0.1");
+}
+
+struct Sink {
+    _proc: Process,
+    summary: PathBuf,
+}
+
+impl Sink {
+    fn start(dir: &Path, port: u16, profile: &[&str]) -> Sink {
+        let summary = dir.join("sink-summary.json");
+        let mut cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "1"])
+            .args(["--stats-interval", "0", "--summary-interval", "100ms"])
+            .arg("--summary")
+            .arg(&summary)
+            .args(profile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let proc = Process::spawn("sluice-sink", cmd).expect("start the sink");
+        wait_for_port(loopback(port), TIMEOUT).expect("sink listening");
+        Sink {
+            _proc: proc,
+            summary,
+        }
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        read_json(&self.summary).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn messages(&self, domain: &str) -> u64 {
+        self.summary()["domains"][domain]["messages"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Deliveries of `domain` per Unix second, missing seconds as 0, from
+    /// the first to the last second with a delivery.
+    fn per_second(&self, domain: &str) -> BTreeMap<u64, u64> {
+        let v = self.summary();
+        let mut out = BTreeMap::new();
+        if let Some(list) = v["domains"][domain]["messages_per_s"].as_array() {
+            for pair in list {
+                let (Some(s), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) else {
+                    panic!("bad messages_per_s entry {pair}");
+                };
+                out.insert(s, n);
+            }
+        }
+        if let (Some(&first), Some(&last)) = (out.keys().next(), out.keys().next_back()) {
+            for s in first..=last {
+                out.entry(s).or_insert(0);
+            }
+        }
+        out
+    }
+}
+
+struct Engine {
+    proc: Process,
+    stderr: PathBuf,
+    port: u16,
+    shard_port_base: u16,
+    config: PathBuf,
+}
+
+impl Engine {
+    /// `sluice run` on two shards (CPUs 0 and 1), per-shard ports on, every
+    /// `*.test` domain routed to the sink, shaped by `rules`.
+    fn start(dir: &Path, sink_port: u16, rules: &str) -> Engine {
+        let port = free_port().expect("free port for sluice");
+        let shard_port_base = free_port_pair();
+        std::fs::write(dir.join("shaping.toml"), rules).expect("write the rules");
+        let config = dir.join("sluice.toml");
+        let text = format!(
+            r#"hostname = "sluice.test"
+cores = [0, 1]
+[inject]
+listen = "127.0.0.1:{port}"
+shard_port_base = {shard_port_base}
+message_size_max = "1MiB"
+[spool]
+dir = "{spool}"
+segment_size = "4MiB"
+[delivery]
+shaping = "shaping.toml"
+reply_timeout = "5s"
+connect_timeout = "2s"
+idle_close = "300ms"
+log_dir = "{log}"
+log_flush = "20ms"
+[[route]]
+pattern = "*.test"
+hosts = ["127.0.0.1:{sink_port}"]
+"#,
+            spool = dir.join("spool").display(),
+            log = dir.join("log").display(),
+        );
+        std::fs::write(&config, text).expect("write the config");
+        let stderr = dir.join("sluice.err");
+        let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(dir.join("sluice.out")).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        let proc = Process::spawn("sluice", cmd).expect("start sluice");
+        for p in [port, shard_port_base, shard_port_base + 1] {
+            if wait_for_port(loopback(p), TIMEOUT).is_err() {
+                let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+                panic!("sluice is not listening on {p}; it said:\n{said}");
+            }
+        }
+        Engine {
+            proc,
+            stderr,
+            port,
+            shard_port_base,
+            config,
+        }
+    }
+
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The home shard of `domain` by `sluice route` (the engine's own
+    /// routing function).
+    fn home_shard(&self, domain: &str) -> u16 {
+        let out = Command::new(binary("sluice").expect("sluice binary"))
+            .arg("route")
+            .arg(domain)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run sluice route");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shard:"))
+            .unwrap_or_else(|| panic!("no shard in `sluice route` output:\n{text}"));
+        line.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bad shard line {line:?}"))
+    }
+}
+
+/// Injects `count` messages to `rcpt@domain` over one session, waiting for
+/// each `250` (the engine acknowledges after the group commit).
+fn inject(port: u16, domain: &str, tag: &str, count: usize) {
+    let start = Instant::now();
+    let (mut r, mut w) = loop {
+        let s = TcpStream::connect_timeout(&loopback(port), TIMEOUT).expect("connect to sluice");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut greeting = String::new();
+        r.read_line(&mut greeting).expect("read the greeting");
+        if greeting.starts_with("220") {
+            break (r, s);
+        }
+        assert!(start.elapsed() < TIMEOUT, "sluice keeps answering {greeting:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut expect = |code: &str| loop {
+        let mut line = String::new();
+        let n = r.read_line(&mut line).expect("read a reply");
+        assert!(n > 0, "sluice closed the connection");
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
+        }
+    };
+    w.write_all(b"EHLO injector.test\r\n").expect("write");
+    expect("250");
+    for i in 0..count {
+        let id = format!("{tag}-{i}");
+        let msg = format!(
+            "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<user{i}@{domain}>\r\nDATA\r\n"
+        );
+        w.write_all(msg.as_bytes()).expect("write");
+        // Not pipelined unless offered: the engine offers PIPELINING, so
+        // the three replies come in order.
+        expect("250");
+        expect("250");
+        expect("354");
+        let body = format!("X-Sluice-Id: {id}\r\nSubject: shaping {id}\r\n\r\nbody {id}\r\n.\r\n");
+        w.write_all(body.as_bytes()).expect("write");
+        expect("250");
+    }
+    w.write_all(b"QUIT\r\n").expect("write");
+    expect("221");
+}
+
+/// The largest sum over `window` consecutive seconds (and where it starts).
+fn max_window(per_second: &BTreeMap<u64, u64>, window: usize) -> (u64, u64) {
+    let seconds: Vec<(u64, u64)> = per_second.iter().map(|(&s, &n)| (s, n)).collect();
+    let mut best = (0, 0);
+    for start in 0..seconds.len() {
+        let sum: u64 = seconds[start..].iter().take(window).map(|(_, n)| n).sum();
+        if sum > best.0 {
+            best = (sum, seconds[start].0);
+        }
+    }
+    best
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rate_and_connection_limits_hold_across_shards() {
+    const DOMAIN: &str = "limited.test";
+    const RATE_PER_S: u64 = 50;
+    const BURST: u64 = 5;
+    const CONNECTIONS_MAX: u64 = 2;
+    /// Ten-second windows (issue 10) need a bit more than ten seconds of
+    /// deliveries at the limit: 650 messages last about 13 s.
+    const MESSAGES: usize = 650;
+    const WINDOW_S: usize = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink_port = free_port().expect("free port for the sink");
+    let sink = Sink::start(dir.path(), sink_port, &[]);
+    let rules = format!(
+        r#"[default]
+retry_after = "1s"
+[domain."{DOMAIN}"]
+max_message_rate = "{RATE_PER_S}/s burst {BURST}"
+max_connections = {CONNECTIONS_MAX}
+"#
+    );
+    let mut engine = Engine::start(dir.path(), sink_port, &rules);
+    let home = engine.home_shard(DOMAIN);
+    let other_port = engine.shard_port_base + (1 - home);
+    // Both paths at once: the shared port (either shard accepts) and the
+    // per-shard port of the shard that is not the domain's home.
+    let shared_port = engine.port;
+    let half = MESSAGES / 2;
+    let a = std::thread::spawn(move || inject(shared_port, DOMAIN, "shared", half));
+    let b = std::thread::spawn(move || inject(other_port, DOMAIN, "other", MESSAGES - half));
+    a.join().expect("shared-port injector");
+    b.join().expect("per-shard-port injector");
+    wait_for("every message at the sink", SETTLE, || {
+        sink.messages(DOMAIN) >= MESSAGES as u64
+    });
+    // Let late duplicates (there must be none) and the summary land.
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = sink.summary();
+    let said = engine.said();
+    let d = &summary["domains"][DOMAIN];
+    assert_eq!(
+        d["messages"].as_u64(),
+        Some(MESSAGES as u64),
+        "exactly once at the sink; engine said:\n{said}"
+    );
+    let per_second = sink.per_second(DOMAIN);
+    let (most, at) = max_window(&per_second, WINDOW_S);
+    let allowed = RATE_PER_S * WINDOW_S as u64 + BURST;
+    let tolerance = allowed * 2 / 100;
+    eprintln!(
+        "limited.test: {} messages over {} s at the sink; busiest {WINDOW_S}-s window {most} (from {at}), \
+         limit {allowed} (+{tolerance}); peak connections {}; per second {per_second:?}",
+        d["messages"],
+        per_second.len(),
+        d["peak_connections"]
+    );
+    assert!(
+        most <= allowed + tolerance,
+        "{most} messages in the {WINDOW_S} s from {at}: more than {allowed} + 2%; {per_second:?}"
+    );
+    // The limit governed the whole run: at most burst + rate x span.
+    let span_s = per_second.len() as u64;
+    assert!(
+        MESSAGES as u64 <= BURST + RATE_PER_S * span_s + tolerance,
+        "{MESSAGES} messages in {span_s} s: faster than {RATE_PER_S}/s"
+    );
+    let peak = d["peak_connections"].as_u64().expect("peak_connections");
+    assert!(peak >= 1);
+    assert!(
+        peak <= CONNECTIONS_MAX,
+        "{peak} concurrent connections for {DOMAIN}, limit {CONNECTIONS_MAX}"
+    );
+    let layout = std::fs::read_to_string(dir.path().join("sluice.out")).unwrap_or_default();
+    assert!(
+        layout.contains("shaping:") && layout.contains("shaping.toml"),
+        "the start-up layout names the active rules:\n{layout}"
+    );
+    let status = engine.proc.stop(TIMEOUT).expect("stop sluice");
+    assert!(status.success(), "sluice exited with {status}");
+    if std::env::var_os("SLUICE_KEEP_TEST_DIR").is_some() {
+        eprintln!("kept {}", dir.keep().display());
+    }
+}
+
+#[test]
+fn sink_421_puts_the_domain_into_backoff() {
+    const DOMAIN: &str = "busy.test";
+    const SINK_RATE_PER_S: u64 = 30;
+    const BACKOFF_RATE_PER_S: u64 = 10;
+    const MESSAGES: usize = 200;
+    const WINDOW_S: usize = 5;
+    /// After the mode change is logged: one lease period for every shard to
+    /// obey the new limit (the shaping crate's bound) plus the second in
+    /// progress, before windows are measured.
+    const SETTLE_S: u64 = 2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink_port = free_port().expect("free port for the sink");
+    let rate = format!("{DOMAIN}={SINK_RATE_PER_S}");
+    let sink = Sink::start(dir.path(), sink_port, &["--domain-rate", &rate]);
+    let rules = format!(
+        r#"[default]
+retry_after = "1s"
+[domain."{DOMAIN}"]
+max_message_rate = "100/s burst 5"
+max_connections = 2
+[[domain."{DOMAIN}".backoff]]
+name = "sink-says-slow-down"
+code = "421"
+enhanced = "4.7.0"
+backoff_max_message_rate = "{BACKOFF_RATE_PER_S}/s burst 1"
+backoff_retry_after = "1s"
+recover_after = "5m"
+"#
+    );
+    let mut engine = Engine::start(dir.path(), sink_port, &rules);
+    let home = engine.home_shard(DOMAIN);
+    let other_port = engine.shard_port_base + (1 - home);
+    let shared_port = engine.port;
+    let half = MESSAGES / 2;
+    let a = std::thread::spawn(move || inject(shared_port, DOMAIN, "shared", half));
+    let b = std::thread::spawn(move || inject(other_port, DOMAIN, "other", MESSAGES - half));
+    // The engine logs `shaping: domain:busy.test now Backoff { .. } (rule ..)`.
+    let mut backoff_at_s = 0;
+    wait_for("the backoff mode change in the engine's log", SETTLE, || {
+        let said = engine.said();
+        let found = said
+            .lines()
+            .any(|l| l.contains(DOMAIN) && l.contains("Backoff") && l.contains("sink-says-slow-down"));
+        if found {
+            backoff_at_s = unix_now_s();
+        }
+        found
+    });
+    a.join().expect("shared-port injector");
+    b.join().expect("per-shard-port injector");
+    wait_for("every message at the sink", SETTLE, || {
+        sink.messages(DOMAIN) >= MESSAGES as u64
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = sink.summary();
+    let d = &summary["domains"][DOMAIN];
+    assert_eq!(d["messages"].as_u64(), Some(MESSAGES as u64), "exactly once");
+    let refused = summary["profile_actions"].to_string();
+    assert!(refused.contains("421"), "the sink answered 421: {refused}");
+    let per_second = sink.per_second(DOMAIN);
+    let after: BTreeMap<u64, u64> = per_second
+        .range(backoff_at_s + SETTLE_S..)
+        .map(|(&s, &n)| (s, n))
+        .collect();
+    assert!(
+        after.len() >= WINDOW_S,
+        "fewer than {WINDOW_S} s of deliveries after the backoff: {per_second:?}"
+    );
+    let (most, at) = max_window(&after, WINDOW_S);
+    let allowed = BACKOFF_RATE_PER_S * WINDOW_S as u64 + 1;
+    // 2% of 51 rounds to 1; two more for arrivals shifted across the
+    // window edges (see the module docs). The normal rate would put about
+    // SINK_RATE_PER_S x WINDOW_S = 150 here.
+    let tolerance = 3;
+    eprintln!(
+        "busy.test: backoff logged at {backoff_at_s}; busiest {WINDOW_S}-s window after it {most} (from {at}), \
+         backoff limit {allowed} (+{tolerance}); sink actions {refused}; per second {per_second:?}"
+    );
+    assert!(
+        most <= allowed + tolerance,
+        "{most} messages in the {WINDOW_S} s from {at} while backing off: more than {allowed}; {per_second:?}"
+    );
+    let status = engine.proc.stop(TIMEOUT).expect("stop sluice");
+    assert!(status.success(), "sluice exited with {status}");
+}
+
+#[test]
+fn a_bad_rules_file_stops_start_up_with_exit_code_2_and_check_config_lists_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("shaping.toml"),
+        "[default]\nmax_message_rate = \"fast\"\n[domain.\"a.test\"]\nmax_connectionz = 3\n",
+    )
+    .expect("write the rules");
+    let port = free_port().expect("free port");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cores = [0]\n[inject]\nlisten = \"127.0.0.1:{port}\"\n[spool]\ndir = \"{}\"\n[delivery]\nshaping = \"shaping.toml\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .expect("write the config");
+    let sluice = binary("sluice").expect("sluice binary");
+    let run = Command::new(&sluice)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run sluice");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    for needle in ["shaping.toml", "max_message_rate", "max_connectionz"] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    let check = Command::new(&sluice)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("run check-config");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    for needle in ["shaping.toml", "max_message_rate", "max_connectionz"] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+}
