@@ -215,7 +215,9 @@ impl Shaping {
     pub fn pump_sleep(&self) -> Duration {
         let now = now_nanos();
         match self.shaper.borrow().next_wakeup() {
-            Some(at) => Duration::from_nanos(at.0.saturating_sub(now.0)).clamp(PUMP_MIN, PUMP_EVERY),
+            Some(at) => {
+                Duration::from_nanos(at.0.saturating_sub(now.0)).clamp(PUMP_MIN, PUMP_EVERY)
+            }
             None => PUMP_EVERY,
         }
     }

@@ -140,8 +140,12 @@ mod tests {
             "[default]\nmax_connections = 5\n[domain.\"slow.test\"]\nmax_message_rate = \"50/s\"\n",
         )
         .expect("write");
-        let c = Config::parse("t.toml", "[delivery]\nshaping = \"shaping.toml\"\n", Some(dir.path()))
-            .expect("valid");
+        let c = Config::parse(
+            "t.toml",
+            "[delivery]\nshaping = \"shaping.toml\"\n",
+            Some(dir.path()),
+        )
+        .expect("valid");
         let a = ActiveRules::load(&c, 2).expect("rules");
         assert_eq!(a.file.as_deref(), Some(rules.as_path()));
         let e = a.rules.effective("slow.test", &[], None);

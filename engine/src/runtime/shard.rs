@@ -94,9 +94,11 @@ pub(crate) async fn run(
     // Max age by the shaping rules from the first destination on, restored
     // ones included (delivery installs its cached lookup when it starts).
     let max_age_rules = shaping.rules.clone();
-    queues.borrow_mut().set_max_age_lookup(Box::new(move |domain| {
-        max_age_rules.effective(domain, &[], None).max_age
-    }));
+    queues
+        .borrow_mut()
+        .set_max_age_lookup(Box::new(move |domain| {
+            max_age_rules.effective(domain, &[], None).max_age
+        }));
     let recovered = restore(index, &spool, &queues).await;
     let shutdown = Shutdown::new();
     let ctx = ShardContext {
