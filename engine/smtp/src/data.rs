@@ -39,6 +39,102 @@ enum State {
     Ended,
 }
 
+/// Checks raw message content that needs no un-stuffing (BDAT chunks,
+/// RFC 3030) for the same problems [`DataReceiver`] flags in DATA: bare CR,
+/// bare LF and over-long lines. It keeps one byte of state across chunks,
+/// so the result never depends on where chunk boundaries fall.
+///
+/// Without this check a BDAT body could carry `\r.\r\n` or `\n.\n` to a
+/// next hop that only speaks DATA and is lenient about line endings, which
+/// is SMTP smuggling by the back door.
+#[derive(Clone, Debug)]
+pub struct LineChecker {
+    cr_pending: bool,
+    line_bytes: usize,
+    line_bytes_max: usize,
+    violations: Violations,
+}
+
+impl LineChecker {
+    /// A checker that flags lines longer than `line_bytes_max` octets
+    /// including CRLF (as [`DataReceiver::new`]).
+    pub fn new(line_bytes_max: usize) -> Self {
+        Self {
+            cr_pending: false,
+            line_bytes: 0,
+            line_bytes_max,
+            violations: Violations::empty(),
+        }
+    }
+
+    /// Feeds the next piece of content.
+    pub fn feed(&mut self, input: &[u8]) {
+        let mut pos = 0;
+        if self.cr_pending && !input.is_empty() {
+            self.cr_pending = false;
+            if input[0] == b'\n' {
+                self.end_line(2);
+                pos = 1;
+            } else {
+                self.violations |= Violations::BARE_CR;
+                self.line_bytes += 1;
+            }
+        }
+        while pos < input.len() {
+            let Some(offset) = memchr2(b'\r', b'\n', &input[pos..]) else {
+                self.add(input.len() - pos);
+                return;
+            };
+            let p = pos + offset;
+            self.add(offset);
+            if input[p] == b'\n' {
+                // RFC 5321 §2.3.8: only CRLF ends a line.
+                self.violations |= Violations::BARE_LF;
+                self.line_bytes = 0;
+                pos = p + 1;
+                continue;
+            }
+            match input.get(p + 1) {
+                None => {
+                    self.cr_pending = true;
+                    return;
+                }
+                Some(b'\n') => {
+                    self.end_line(2);
+                    pos = p + 2;
+                }
+                Some(_) => {
+                    self.violations |= Violations::BARE_CR;
+                    self.add(1);
+                    pos = p + 1;
+                }
+            }
+        }
+    }
+
+    /// Ends the content: a CR left at the very end is a bare CR.
+    pub fn finish(&mut self) -> Violations {
+        if std::mem::take(&mut self.cr_pending) {
+            self.violations |= Violations::BARE_CR;
+        }
+        self.violations
+    }
+
+    fn add(&mut self, bytes: usize) {
+        self.line_bytes += bytes;
+        if self.line_bytes > self.line_bytes_max {
+            self.violations |= Violations::LINE_TOO_LONG;
+        }
+    }
+
+    fn end_line(&mut self, crlf: usize) {
+        if self.line_bytes + crlf > self.line_bytes_max {
+            self.violations |= Violations::LINE_TOO_LONG;
+        }
+        self.line_bytes = 0;
+    }
+}
+
 /// One step of [`DataReceiver::feed`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataStep<'a> {
@@ -305,6 +401,43 @@ mod tests {
 
     /// Feeds `input` in pieces of `chunk` bytes; returns the content, whether
     /// it ended, the bytes consumed, and the violations.
+    fn check_lines(input: &[u8], chunk: usize) -> Violations {
+        let mut c = LineChecker::new(crate::limits::TEXT_LINE_BYTES_MAX);
+        for piece in input.chunks(chunk.max(1)) {
+            c.feed(piece);
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn line_checker_flags_what_data_flags_at_every_split() {
+        let long = [b"a".repeat(999), b"\r\n".to_vec()].concat();
+        let cases: &[(&[u8], Violations)] = &[
+            (b"ok line\r\nanother\r\n", Violations::empty()),
+            (b"", Violations::empty()),
+            (b"x\r.\r\nMAIL FROM:<e@x>\r\n", Violations::BARE_CR),
+            (b"a\n.\nb\r\n", Violations::BARE_LF),
+            (b"a\r\n.\nb\r\n", Violations::BARE_LF),
+            (b"no final crlf\r", Violations::BARE_CR),
+            (&long, Violations::LINE_TOO_LONG),
+        ];
+        for (input, want) in cases {
+            for chunk in 1..=input.len().max(1) {
+                assert_eq!(
+                    check_lines(input, chunk),
+                    *want,
+                    "{input:?} in chunks of {chunk}"
+                );
+            }
+        }
+        let exact = [b"a".repeat(998), b"\r\n".to_vec()].concat();
+        assert_eq!(
+            check_lines(&exact, 7),
+            Violations::empty(),
+            "998 octets + CRLF is legal"
+        );
+    }
+
     fn receive(input: &[u8], chunk: usize) -> (Vec<u8>, bool, usize, Violations) {
         let mut rx = DataReceiver::new(crate::limits::TEXT_LINE_BYTES_MAX);
         let mut out = Vec::new();

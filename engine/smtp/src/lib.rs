@@ -88,6 +88,6 @@ pub use address::{Mailbox, PathError};
 pub use command::{
     parse_command, Body, Command, CommandError, MailParams, Notify, Orcpt, RcptParams, Ret,
 };
-pub use data::{DataReceiver, DataStep, DotStuffer, Violations};
+pub use data::{DataReceiver, DataStep, DotStuffer, LineChecker, Violations};
 pub use extensions::Extensions;
 pub use reply::{EnhancedCode, Reply, ReplyCode, Severity};

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use memchr::memchr;
 
 use crate::command::{parse_command, Body, Command};
-use crate::data::DataReceiver;
+use crate::data::{DataReceiver, LineChecker};
 use crate::extensions::{Extensions, KEYWORDS};
 use crate::reply::{push_decimal, Reply, ReplyCode, Severity};
 use crate::server::{BareLineEnding, CloseReason, Event, ProtocolError, ReplyToken, ServerConfig};
@@ -97,6 +97,9 @@ struct Transaction {
     rcpts_accepted: usize,
     rcpts_pending: usize,
     bdat: bool,
+    /// Content checks for BDAT chunks (DATA has its own in the receiver);
+    /// created at the first chunk of a transaction.
+    bdat_lines: Option<LineChecker>,
     bytes: u64,
     smtputf8: bool,
     failed: Option<ProtocolError>,
@@ -108,6 +111,7 @@ impl Transaction {
         rcpts_accepted: 0,
         rcpts_pending: 0,
         bdat: false,
+        bdat_lines: None,
         bytes: 0,
         smtputf8: false,
         failed: None,

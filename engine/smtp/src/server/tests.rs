@@ -609,3 +609,50 @@ fn late_replies_never_touch_a_new_transaction() {
         Event::Rcpt { .. }
     ));
 }
+
+#[test]
+fn bdat_content_gets_the_checks_data_gets() {
+    // Found by the end-to-end bad-input suite: BDAT bodies used to pass bare
+    // CR/LF and over-long lines that DATA refuses, so a DATA-only next hop
+    // could be handed a smuggled ending.
+    let long = [&[b'y'; 999][..], b"\r\n"].concat();
+    for (body, code) in [
+        (&b"x\r.\r\nMAIL FROM:<evil@x.test>\r\n"[..], 554),
+        (b"a\n.\nb\r\n", 554),
+        (b"ends in a bare CR\r", 554),
+        (&long[..], 554),
+        (b"fine\r\n", 250),
+    ] {
+        let mut input = TXN.to_vec();
+        input.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"QUIT\r\n");
+        for chunk in [1, 3, input.len()] {
+            let t = drive(config(), &input, chunk, accept_all);
+            assert_eq!(
+                replies(&t),
+                [220, 250, 250, 250, code, 221],
+                "{body:?} chunk {chunk}"
+            );
+        }
+    }
+    let mut tolerant = config();
+    tolerant.bare_line_ending = BareLineEnding::Tolerate;
+    let input = [TXN, b"BDAT 4 LAST\r\na\nb\nQUIT\r\n"].concat();
+    let t = drive(tolerant, &input, 2, accept_all);
+    assert_eq!(replies(&t), [220, 250, 250, 250, 250, 221]);
+}
+
+#[test]
+fn bdat_content_refusal_aborts_the_message_first() {
+    let input = [TXN, b"BDAT 4 LAST\r\na\nb\nQUIT\r\n"].concat();
+    let t = drive(config(), &input, 100, accept_all);
+    assert!(
+        t.events
+            .iter()
+            .any(|e| e == "Aborted(ContentBareLineEnding)"),
+        "{:?}",
+        t.events
+    );
+    assert!(t.bodies.is_empty(), "no message end for a refused body");
+}

@@ -3,7 +3,7 @@
 //! checked as they arrive, and refusals are answered after the message end.
 
 use super::{Greeted, Input, MailState, Outcome, ServerSession, SlotKind};
-use crate::data::Violations;
+use crate::data::{LineChecker, Violations};
 use crate::extensions::Extensions;
 use crate::reply::{push_decimal, EnhancedCode, Reply, ReplyCode};
 use crate::server::{BareLineEnding, Event, ProtocolError};
@@ -98,8 +98,34 @@ impl ServerSession {
                 return (0, None);
             }
             if last {
-                let token = self.push_pending(SlotKind::MessageEnd);
+                // The same content rules as DATA (RFC 5321 §2.3.8,
+                // §4.5.3.1.6), chosen by the same priority, so BDAT cannot
+                // carry what DATA refuses to a lenient next hop.
+                let violations = self
+                    .txn
+                    .bdat_lines
+                    .as_mut()
+                    .map(LineChecker::finish)
+                    .unwrap_or_default();
+                let reject_bare = self.config.bare_line_ending == BareLineEnding::Reject;
+                let failure = if reject_bare
+                    && violations.intersects(Violations::BARE_CR | Violations::BARE_LF)
+                {
+                    Some(ProtocolError::ContentBareLineEnding)
+                } else if violations.contains(Violations::LINE_TOO_LONG) {
+                    Some(ProtocolError::ContentLineTooLong)
+                } else {
+                    None
+                };
                 self.reset_transaction();
+                if let Some(error) = failure {
+                    // As in DATA: tell the application first (it drops the
+                    // body it collected), then the refusal follows.
+                    let event = self.refuse(error);
+                    self.deferred = Some(event);
+                    return (0, Some(Event::MessageAborted { error }));
+                }
+                let token = self.push_pending(SlotKind::MessageEnd);
                 return (0, Some(Event::MessageEnd { token }));
             }
             let mut text = Vec::with_capacity(32);
@@ -118,7 +144,13 @@ impl ServerSession {
         if *discard {
             return (take, None);
         }
-        (take, Some(Event::BodyChunk(&input[..take])))
+        let chunk = &input[..take];
+        let line_bytes_max = self.config.text_line_bytes_max;
+        self.txn
+            .bdat_lines
+            .get_or_insert_with(|| LineChecker::new(line_bytes_max))
+            .feed(chunk);
+        (take, Some(Event::BodyChunk(chunk)))
     }
 
     pub(super) fn data_step<'a>(&mut self, input: &'a [u8]) -> (usize, Option<Event<'a>>) {
