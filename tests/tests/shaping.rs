@@ -317,6 +317,7 @@ max_connections = {CONNECTIONS_MAX}
     let b = std::thread::spawn(move || inject(other_port, DOMAIN, "other", MESSAGES - half));
     a.join().expect("shared-port injector");
     b.join().expect("per-shard-port injector");
+    let injected_at_s = unix_now_s();
     wait_for("every message at the sink", SETTLE, || {
         sink.messages(DOMAIN) >= MESSAGES as u64
     });
@@ -335,7 +336,7 @@ max_connections = {CONNECTIONS_MAX}
     let allowed = RATE_PER_S * WINDOW_S as u64 + BURST;
     let tolerance = allowed * 2 / 100;
     eprintln!(
-        "limited.test: {} messages over {} s at the sink; busiest {WINDOW_S}-s window {most} (from {at}), \
+        "limited.test: injection done at {injected_at_s}; {} messages over {} s at the sink; busiest {WINDOW_S}-s window {most} (from {at}), \
          limit {allowed} (+{tolerance}); peak connections {}; per second {per_second:?}",
         d["messages"],
         per_second.len(),

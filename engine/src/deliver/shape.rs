@@ -41,6 +41,24 @@ pub const PUMP_EVERY: Duration = Duration::from_millis(2);
 pub const PUMP_MIN: Duration = Duration::from_micros(100);
 const _: () = assert!(PUMP_MIN.as_nanos() < PUMP_EVERY.as_nanos());
 
+/// Longest lease the engine's shards grant each other. The crate's
+/// default (10 s) keeps cross-shard traffic lowest, but a limit's share
+/// stays with a shard that has drained its queue for up to that long, so a
+/// shard that still has work runs at its small share meanwhile (measured
+/// end to end: 10 s at about a fifth of a 50/s limit). Two seconds bounds
+/// that, and costs at most one renewal per limit per shard every two
+/// seconds for slow limits; fast limits are unaffected (their leases end
+/// after `tokens_per_lease` tokens, well within it).
+pub const LEASE_MAX: Duration = Duration::from_secs(2);
+
+/// The leasing settings of the engine's shards.
+pub fn lease_config() -> LeaseConfig {
+    LeaseConfig {
+        lease_max: LEASE_MAX,
+        ..LeaseConfig::default()
+    }
+}
+
 /// What a shard needs to shape its delivery: the validated rules and its
 /// end of the shaping mesh (`sluice_shaping::transport::mesh(shards, cap)`,
 /// one link per shard, made before the shards start).
@@ -74,12 +92,7 @@ impl Shaping {
     /// The shard's shaper over its link.
     pub fn new(index: u32, link: ShapingLink) -> Shaping {
         Shaping {
-            shaper: RefCell::new(Shaper::new(
-                index,
-                link.shards,
-                link.rules,
-                LeaseConfig::default(),
-            )),
+            shaper: RefCell::new(Shaper::new(index, link.shards, link.rules, lease_config())),
             link: RefCell::new(link.link),
             dests: RefCell::new(HashMap::new()),
         }
