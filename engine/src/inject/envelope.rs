@@ -194,38 +194,10 @@ pub fn encode_envelope_dsn(params: &MailParams<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends a recipient's DSN parameters in wire form.
+/// Appends a recipient's DSN parameters in wire form (the encoder the
+/// delivery client uses, so what is stored is what is sent).
 pub fn encode_recipient_dsn(params: &RcptParams<'_>, out: &mut Vec<u8>) {
-    if let Some(notify) = params.notify {
-        out.extend_from_slice(b"NOTIFY=");
-        if notify.is_empty() {
-            out.extend_from_slice(b"NEVER");
-        } else {
-            let mut first = true;
-            for (flag, word) in [
-                (Notify::SUCCESS, &b"SUCCESS"[..]),
-                (Notify::FAILURE, b"FAILURE"),
-                (Notify::DELAY, b"DELAY"),
-            ] {
-                if notify.contains(flag) {
-                    if !first {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(word);
-                    first = false;
-                }
-            }
-        }
-    }
-    if let Some(orcpt) = &params.orcpt {
-        if !out.is_empty() {
-            out.push(b' ');
-        }
-        out.extend_from_slice(b"ORCPT=");
-        out.extend_from_slice(orcpt.addr_type.as_bytes());
-        out.push(b';');
-        xtext::encode(orcpt.address.as_bytes(), out);
-    }
+    sluice_smtp::client::encode::rcpt_params(out, params);
 }
 
 /// Envelope DSN parameters read back from a spool record.

@@ -65,8 +65,21 @@ pub fn rcpt(out: &mut Vec<u8>, to: &str, params: &RcptParams<'_>) {
     out.extend_from_slice(b"RCPT TO:<");
     push_sanitized(out, to.as_bytes());
     out.push(b'>');
+    if params.notify.is_some() || params.orcpt.is_some() {
+        out.push(b' ');
+        rcpt_params(out, params);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// RCPT's DSN parameters in wire form, space-separated (`NOTIFY=SUCCESS,DELAY
+/// ORCPT=rfc822;a+2Bb@example.com`, RFC 3461 §4.1-4.2); appends nothing
+/// when there are none. The engine also stores recipients' parameters in
+/// this form in the spool.
+pub fn rcpt_params(out: &mut Vec<u8>, params: &RcptParams<'_>) {
+    let start = out.len();
     if let Some(notify) = params.notify {
-        out.extend_from_slice(b" NOTIFY=");
+        out.extend_from_slice(b"NOTIFY=");
         if notify.is_empty() {
             out.extend_from_slice(b"NEVER");
         } else {
@@ -87,12 +100,14 @@ pub fn rcpt(out: &mut Vec<u8>, to: &str, params: &RcptParams<'_>) {
         }
     }
     if let Some(orcpt) = &params.orcpt {
-        out.extend_from_slice(b" ORCPT=");
+        if out.len() > start {
+            out.push(b' ');
+        }
+        out.extend_from_slice(b"ORCPT=");
         push_sanitized(out, orcpt.addr_type.as_bytes());
         out.push(b';');
         xtext::encode(orcpt.address.as_bytes(), out);
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// `DATA`.
