@@ -144,7 +144,8 @@ impl<'a> Iterator for Addresses<'a> {
         while self.index < self.value.len() {
             let start = self.index;
             let mut angle: Option<(usize, usize)> = None;
-            let mut bare: Vec<(usize, usize)> = Vec::new();
+            // Last run outside quotes and comments that holds an '@'.
+            let mut bare: Option<(usize, usize)> = None;
             let mut run_start = start;
             let mut depth = 0usize; // comment nesting
             let mut quoted = false;
@@ -176,7 +177,7 @@ impl<'a> Iterator for Addresses<'a> {
                 } else {
                     match b {
                         b'"' | b'(' => {
-                            bare.push((run_start, i));
+                            consider(self.value, &mut bare, run_start, i);
                             if b == b'"' {
                                 quoted = true;
                             } else {
@@ -194,7 +195,7 @@ impl<'a> Iterator for Addresses<'a> {
                         }
                         // A group's display name ends at ':'; its members follow.
                         b':' => {
-                            bare.clear();
+                            bare = None;
                             run_start = i + 1;
                         }
                         b',' | b';' => break,
@@ -203,22 +204,24 @@ impl<'a> Iterator for Addresses<'a> {
                 }
                 i += 1;
             }
-            bare.push((run_start, i.min(self.value.len())));
+            consider(self.value, &mut bare, run_start, i.min(self.value.len()));
             self.index = i + 1;
             if let Some((s, e)) = angle {
                 return Some(&self.value[s..e.max(s)]);
             }
             // No angle brackets: the addr-spec is the text outside quotes and
             // comments; pick the piece that holds an '@'.
-            if let Some((s, e)) = bare
-                .into_iter()
-                .rev()
-                .find(|(s, e)| s < e && self.value[*s..*e].contains(&b'@'))
-            {
+            if let Some((s, e)) = bare {
                 return Some(&self.value[s..e]);
             }
         }
         None
+    }
+}
+
+fn consider(value: &[u8], best: &mut Option<(usize, usize)>, start: usize, end: usize) {
+    if start < end && value[start..end].contains(&b'@') {
+        *best = Some((start, end));
     }
 }
 
