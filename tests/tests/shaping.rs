@@ -227,7 +227,7 @@ fn inject(port: u16, domain: &str, tag: &str, count: usize) {
             start.elapsed() < TIMEOUT,
             "sluice keeps answering {greeting:?}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(POLL_MS));
     };
     let mut expect = |code: &str| loop {
         let mut line = String::new();
@@ -271,10 +271,32 @@ fn max_window(per_second: &BTreeMap<u64, u64>, window: usize) -> (u64, u64) {
     best
 }
 
-fn unix_now_s() -> u64 {
+/// How often the test polls the engine's log.
+const POLL_MS: u64 = 50;
+
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The earliest `at_ms` of a delivery-log attempt answered `code`.
+fn first_attempt_ms(log_dir: &Path, code: u64) -> Option<u64> {
+    let mut first = None;
+    for entry in std::fs::read_dir(log_dir).ok()?.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["code"].as_u64() == Some(code) {
+                if let Some(at) = v["at_ms"].as_u64() {
+                    first = Some(first.map_or(at, |f: u64| f.min(at)));
+                }
+            }
+        }
+    }
+    first
 }
 
 fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
@@ -317,7 +339,7 @@ max_connections = {CONNECTIONS_MAX}
     let b = std::thread::spawn(move || inject(other_port, DOMAIN, "other", MESSAGES - half));
     a.join().expect("shared-port injector");
     b.join().expect("per-shard-port injector");
-    let injected_at_s = unix_now_s();
+    let injected_at_s = unix_now_ms() / 1000;
     wait_for("every message at the sink", SETTLE, || {
         sink.messages(DOMAIN) >= MESSAGES as u64
     });
@@ -409,20 +431,20 @@ recover_after = "5m"
     let b = std::thread::spawn(move || inject(other_port, DOMAIN, "other", MESSAGES - half));
     // The engine logs `shaping: domain:busy.test now Backoff { .. } (rule ..)`.
     let waited = Instant::now();
-    let backoff_at_s = loop {
+    let backoff_seen_ms = loop {
         let said = engine.said();
         let found = said.lines().any(|l| {
             l.contains(DOMAIN) && l.contains("Backoff") && l.contains("sink-says-slow-down")
         });
         if found {
-            break unix_now_s();
+            break unix_now_ms();
         }
         assert!(
             waited.elapsed() < SETTLE,
             "no backoff mode change in the engine's log; sink: {}\nengine said:\n{said}",
             sink.summary()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(POLL_MS));
     };
     a.join().expect("shared-port injector");
     b.join().expect("per-shard-port injector");
@@ -441,6 +463,16 @@ recover_after = "5m"
         .as_u64()
         .unwrap_or(0);
     assert!(refused > 0, "the sink never answered 421 4.7.0");
+    // Within a second of the first 421 (issue 10): the delivery log has
+    // the attempt's time; the test saw the log line at most one poll later.
+    let first_421_ms =
+        first_attempt_ms(&dir.path().join("log"), 421).expect("a 421 attempt in the delivery log");
+    assert!(
+        backoff_seen_ms <= first_421_ms + 1000 + POLL_MS,
+        "backoff seen {} ms after the first 421",
+        backoff_seen_ms.saturating_sub(first_421_ms)
+    );
+    let backoff_at_s = backoff_seen_ms / 1000;
     let per_second = sink.per_second(DOMAIN);
     let after: BTreeMap<u64, u64> = per_second
         .range(backoff_at_s + SETTLE_S..)
@@ -457,7 +489,7 @@ recover_after = "5m"
     // SINK_RATE_PER_S x WINDOW_S = 150 here.
     let tolerance = 3;
     eprintln!(
-        "busy.test: backoff logged at {backoff_at_s}; busiest {WINDOW_S}-s window after it {most} (from {at}), \
+        "busy.test: first 421 at {first_421_ms} ms, backoff seen at {backoff_seen_ms} ms; busiest {WINDOW_S}-s window after it {most} (from {at}), \
          backoff limit {allowed} (+{tolerance}); sink answered 421 {refused} time(s); per second {per_second:?}"
     );
     assert!(
