@@ -46,11 +46,19 @@ pub fn author_domain(message: &[u8], domain: &mut String) -> Result<(), AuthorEr
             continue;
         };
         let candidate = trim(&address[at + 1..]);
-        if candidate.is_empty() || !candidate.iter().all(|b| b.is_ascii_graphic()) {
+        // SMTPUTF8 mail may carry a U-label domain (RFC 6532): keep valid
+        // UTF-8 without spaces or controls; it matches no configured
+        // (A-label) key, so only a mapping in A-label form or the default
+        // domain can sign it.
+        let Ok(text) = std::str::from_utf8(candidate) else {
+            continue;
+        };
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             continue;
         }
         if !found {
-            domain.extend(candidate.iter().map(|b| b.to_ascii_lowercase() as char));
+            domain.push_str(text);
+            domain.make_ascii_lowercase();
             found = true;
         } else if !candidate.eq_ignore_ascii_case(domain.as_bytes()) {
             return Err(AuthorError::MixedDomains);
@@ -265,6 +273,16 @@ mod tests {
             domain_of(" Team: a@example.com, b@example.com;").as_deref(),
             Ok("example.com")
         );
+    }
+
+    #[test]
+    fn utf8_domain_is_kept() {
+        let message = "From: r\u{e9}mi@\u{c9}cole.example\r\n\r\nx\r\n";
+        let mut domain = String::new();
+        assert_eq!(author_domain(message.as_bytes(), &mut domain), Ok(()));
+        assert_eq!(domain, "\u{c9}cole.example");
+        let bad = b"From: a@\xff\xfe.example\r\n\r\n";
+        assert_eq!(author_domain(bad, &mut domain), Err(AuthorError::NoAddress));
     }
 
     #[test]

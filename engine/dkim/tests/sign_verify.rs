@@ -239,6 +239,24 @@ fn signing_domain_selection() {
         signer.sign_as("other.example", other.as_bytes(), &mut out),
         Err(SignError::NoKey { .. })
     ));
+    // With a default domain, every author domain is signed as it.
+    let with_default = format!("default_domain = \"example.com\"\n{text}");
+    let signer_default =
+        Signer::load(&DkimConfig::from_toml(&with_default, "dkim").expect("valid")).expect("loads");
+    out.clear();
+    assert_eq!(
+        signer_default
+            .sign(other.as_bytes(), &mut domain, &mut out)
+            .expect("signs"),
+        Signed::By("example.com")
+    );
+    let mut full = out.clone();
+    full.extend_from_slice(other.as_bytes());
+    assert!(dkimpy_verify(&full, "s1", DOMAIN, &key.txt));
+    assert_eq!(
+        signer_default.key_info("example.com").map(|(s, _)| s),
+        Some("s1")
+    );
     let no_from = b"To: a@b.example\r\n\r\nx\r\n";
     assert!(matches!(
         signer.sign(no_from, &mut domain, &mut out),
