@@ -4,7 +4,8 @@
 #     from Debian's `postfix` package, with the system daemon left stopped;
 #   - swaks (an independent SMTP client);
 #   - Python packages used by tests as independent implementations
-#     (hdrhistogram decoder, dkimpy verifier, aiosmtpd server, dnslib DNS server).
+#     (hdrhistogram decoder, dkimpy verifier with pynacl for Ed25519, aiosmtpd
+#     server, dnslib DNS server); openssl makes the DKIM test keys.
 # Idempotent: does nothing for what is already there. Needs root for apt.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,6 +15,7 @@ need_apt=()
 [ -x /usr/sbin/smtp-source ] || need_apt+=(postfix)
 [ -x /usr/bin/time ] || need_apt+=(time)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -39,6 +41,7 @@ fi
 py_need=()
 python3 -c 'import hdrh' 2>/dev/null || py_need+=(hdrhistogram)
 python3 -c 'import dkim' 2>/dev/null || py_need+=(dkimpy)
+python3 -c 'import nacl' 2>/dev/null || py_need+=(pynacl)
 python3 -c 'import aiosmtpd' 2>/dev/null || py_need+=(aiosmtpd)
 python3 -c 'import dnslib' 2>/dev/null || py_need+=(dnslib)
 if [ ${#py_need[@]} -gt 0 ]; then

@@ -31,9 +31,14 @@
 //! at all (then it is deferred, so a site that refuses every session is
 //! not retried in a tight loop). Every outcome is one delivery log line.
 //!
-//! Not here yet: shaping's rules, limits and backoff (the pool uses the
-//! `[delivery]` limits per shard), MX resolution (issue 6), STARTTLS on
-//! outbound connections, DSN parameters on outbound RCPT.
+//! # Shaping
+//! With a [`ShapingLink`] (the runtime always passes one; see
+//! `runtime::rules`), connections take a permit and transactions a message
+//! token from `sluice-shaping`, outcomes feed its backoff rules, and a pump
+//! task exchanges lease messages with the other shards.
+//!
+//! Not here yet: MX resolution (`sluice-dns` exists, not wired), STARTTLS on
+//! outbound connections, DKIM signing (`sluice-dkim` exists, not wired).
 
 pub mod conn;
 pub mod outcome;
