@@ -187,7 +187,7 @@ pub struct RunArgs {
     pub connect_attempts: u32,
 
     /// Routing mode for Sluice: send each message to port PORT_BASE + s,
-    /// s = sluice_shaping::home_shard(recipient domain, --shards).
+    /// s = sluice_shaping::lease::domain_shard(recipient domain, --shards).
     #[arg(long, value_name = "PORT_BASE", requires = "shards")]
     pub route_by_domain: Option<u16>,
 

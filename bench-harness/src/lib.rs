@@ -36,7 +36,8 @@
 //! omission).
 //!
 //! With `--route-by-domain PORT_BASE --shards N` the load is split by the
-//! engine's own `home_shard(domain, N)` and each part goes to its shard's
+//! engine's own routing function (`sluice_shaping::lease::domain_shard`, what
+//! `sluice route` prints) and each part goes to its shard's
 //! port ([`route`]).
 //!
 //! # Threads and state

@@ -3,7 +3,7 @@
 //! Without routing there is one group: every connection goes to `--target`.
 //! With `--route-by-domain PORT_BASE --shards N` the recipient-domain
 //! distribution is split by the engine's own domain-to-shard function
-//! ([`sluice_shaping::lease::home_shard`]): group `s` draws only domains whose
+//! ([`sluice_shaping::lease::domain_shard`]): group `s` draws only domains whose
 //! home shard is `s` and connects to `PORT_BASE + s`. Each group gets a share
 //! of the messages, connections and open-loop rate proportional to its
 //! probability mass, so the union is the same load as without routing, and
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn routing_splits_by_home_shard() {
-        let home = sluice_shaping::lease::home_shard;
+        let home = sluice_shaping::lease::domain_shard;
         let groups = plan(
             shape(64),
             0,

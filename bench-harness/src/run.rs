@@ -172,7 +172,7 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
         args.connections,
         args.rate,
         route,
-        sluice_shaping::lease::home_shard,
+        sluice_shaping::lease::domain_shard,
     )?;
     let tls = if args.starttls {
         let name = args

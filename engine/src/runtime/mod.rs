@@ -115,9 +115,11 @@ impl ShardContext {
 }
 
 /// The home shard of a recipient domain (case-insensitive): where its
-/// queue lives when the injector routes by domain.
+/// queue lives when the injector routes by domain, and where shaping keeps
+/// the domain's own limits ([`sluice_shaping::lease::domain_shard`]), so a
+/// routed domain's limits cost no cross-shard messages.
 pub fn home_shard(domain: &str, shards: u32) -> u32 {
-    sluice_shaping::lease::home_shard(&domain.to_ascii_lowercase(), shards)
+    sluice_shaping::lease::domain_shard(domain, shards)
 }
 
 /// The CPUs that run shards: the configured list, or every CPU this
@@ -424,13 +426,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn home_shard_ignores_case_and_matches_shaping() {
+    fn home_shard_ignores_case_and_is_where_shaping_keeps_domain_limits() {
         for shards in 1..8 {
             for d in ["example.com", "gmail.com", "x.test"] {
                 let h = home_shard(d, shards);
                 assert!(h < shards);
                 assert_eq!(h, home_shard(&d.to_ascii_uppercase(), shards));
-                assert_eq!(h, sluice_shaping::lease::home_shard(d, shards));
+                assert_eq!(h, sluice_shaping::lease::domain_shard(d, shards));
             }
         }
     }
