@@ -96,9 +96,11 @@ fn inject_until_killed(port: u16, prefix: &str, stop: &AtomicBool) -> Vec<String
         n += 8;
         let mut batch = Vec::new();
         for id in &ids {
+            // About 1.5 KB of body in 78-octet lines (RFC 5321 §4.5.3.1.6
+            // refuses lines over 998; BDAT content is checked like DATA).
             let body = format!(
-                "X-Sluice-Id: {id}\r\nSubject: crash test\r\n\r\n{}\r\n",
-                "z".repeat(1500)
+                "X-Sluice-Id: {id}\r\nSubject: crash test\r\n\r\n{}",
+                ("z".repeat(76) + "\r\n").repeat(20)
             );
             batch.extend_from_slice(
                 format!(
