@@ -60,9 +60,17 @@
 //! snippet; [`plot`] draws throughput and p99 against shard count;
 //! [`affinity`] confines threads and child processes to CPU sets; [`runner`]
 //! runs one measurement (sink and harness started on a layout's CPUs, every
-//! child stopped by a guard whatever happens). The `sweep` subcommand that
-//! adds the engine between harness and sink is wired on these once the
-//! engine can run.
+//! child stopped by a guard whatever happens); [`sweep_run`] runs one point
+//! of a sweep with the engine between harness and sink (`cores` = the shard
+//! CPUs, a fresh durable spool, the point's commit window, every domain
+//! routed to the sink).
+//!
+//! - `sluice-tune sweep [--shards 1,2] [--pinning compact,spread]
+//!   [--runs 3] [--messages N | --duration D] [--commit-window 1ms]
+//!   [--out DIR] [--bin-dir DIR]`: every point, several runs each, a table
+//!   of medians, the best layout with its figures and config snippet, and
+//!   `sweep.svg`/`sweep.json` in `--out`. Ctrl-C stops after the current
+//!   run's children are stopped and reports what was measured.
 
 #![warn(missing_docs)]
 
@@ -76,6 +84,7 @@ pub mod plot;
 pub mod runner;
 pub mod storage;
 pub mod sweep;
+pub mod sweep_run;
 pub mod sysfs;
 pub mod topology;
 pub mod uring;

@@ -19,6 +19,8 @@ use sluice_tune::storage::{
 use sluice_tune::sysfs::SysRoot;
 use sluice_tune::topology::Topology;
 
+mod sweep_cmd;
+
 /// Reads the machine Sluice runs on, says what limits it, and lays out
 /// engine shards on its CPUs.
 #[derive(Parser, Debug)]
@@ -43,6 +45,11 @@ enum Command {
     /// (one per shard, each syncing its own file) sync concurrently in the
     /// spool directory: the group-commit cost of adding shards.
     SyncScaling(SyncScalingArgs),
+    /// Measure the engine over layouts: for each shard count, pinning and
+    /// commit window, start sink, engine and harness, several runs each;
+    /// print a table of medians, the best layout and its config snippet,
+    /// and write sweep.json and sweep.svg to --out.
+    Sweep(sweep_cmd::SweepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +145,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => run_inspect(args),
         Command::Layouts(args) => run_layouts(args),
         Command::SyncScaling(args) => run_sync_scaling(args),
+        Command::Sweep(args) => sweep_cmd::run_sweep(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

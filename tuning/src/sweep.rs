@@ -318,10 +318,17 @@ pub fn best_snippet(summary: &PointSummary) -> String {
     );
     out.push_str(&summary.point.layout.config_snippet());
     let _ = writeln!(out, "\n[spool]");
+    // The engine reads durations in whole milliseconds (`sluice_shaping::
+    // units`), so the window is written rounded up to one.
     let _ = writeln!(
         out,
-        "commit_window = \"{}us\"",
-        summary.point.commit_window.as_micros()
+        "commit_window = \"{}ms\"",
+        summary
+            .point
+            .commit_window
+            .as_micros()
+            .div_ceil(1000)
+            .max(1)
     );
     out
 }

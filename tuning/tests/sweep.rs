@@ -168,7 +168,7 @@ fn medians_and_the_best_point() {
     let snippet = best_snippet(&two);
     assert!(snippet.contains("cores = [0, 8]\n"), "{snippet}");
     assert!(
-        snippet.contains("[spool]\ncommit_window = \"1000us\"\n"),
+        snippet.contains("[spool]\ncommit_window = \"1ms\"\n"),
         "{snippet}"
     );
     let table = render_table(&all);
