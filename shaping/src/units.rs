@@ -88,6 +88,7 @@ pub fn parse_count(text: &str) -> Result<u64, UnitError> {
 
 fn unit_duration(unit: &str) -> Option<Duration> {
     Some(match unit {
+        "us" => Duration::from_micros(1),
         "ms" => Duration::from_millis(1),
         "s" | "sec" | "second" | "seconds" => Duration::from_secs(1),
         "m" | "min" | "minute" | "minutes" => Duration::from_secs(60),
@@ -99,7 +100,7 @@ fn unit_duration(unit: &str) -> Option<Duration> {
 }
 
 /// Parses a duration: one or more `<number><unit>` parts (`"30s"`, `"10m"`,
-/// `"1h30m"`, `"1_500ms"`), or a bare `"0"`.
+/// `"1h30m"`, `"1_500ms"`, `"150us"`), or a bare `"0"`.
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let t = text.trim();
     if t.is_empty() {
@@ -417,6 +418,7 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("1_500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("150us"), Ok(Duration::from_micros(150)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(matches!(parse_duration("30"), Err(UnitError::Syntax(_))));
         assert!(matches!(
