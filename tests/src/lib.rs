@@ -8,10 +8,12 @@
 //! independent peers (Postfix's `smtp-source`, Python's smtplib, swaks).
 #![warn(missing_docs)]
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Errors from the test support helpers.
@@ -78,20 +80,37 @@ pub fn binary(name: &str) -> Result<PathBuf, SupportError> {
 }
 
 /// Asks the kernel for a free TCP port on 127.0.0.1. The port is released
-/// before returning, so a tiny race with other processes remains; tests
-/// that start servers retry on bind failure where it matters.
+/// before returning, so a tiny race with other processes remains.
+///
+/// Within one process (the tests of one test binary run in parallel
+/// threads) a port is never handed out twice: the servers under test bind
+/// with `SO_REUSEPORT`, so two of them given the same port would both
+/// start and silently share its connections, and one test's messages
+/// would arrive at the other's sink.
 pub fn free_port() -> Result<u16, SupportError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| SupportError::Io {
-        what: "bind 127.0.0.1:0".into(),
-        source,
-    })?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|source| SupportError::Io {
-            what: "local_addr".into(),
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..64 {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| SupportError::Io {
+            what: "bind 127.0.0.1:0".into(),
             source,
-        })
+        })?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|source| SupportError::Io {
+                what: "local_addr".into(),
+                source,
+            })?;
+        // A poisoned lock only means another test panicked; the set is intact.
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(SupportError::Io {
+        what: "find a port not handed out before".into(),
+        source: io::Error::new(io::ErrorKind::AddrInUse, "64 tries"),
+    })
 }
 
 /// Waits until `addr` accepts a TCP connection, polling every 20 ms.
