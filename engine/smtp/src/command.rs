@@ -287,7 +287,8 @@ fn required(args: &str) -> Result<&str, CommandError> {
 }
 
 fn parse_helo_argument(args: &str) -> Result<&str, CommandError> {
-    // RFC 5321 §4.1.1.1: one domain or address literal. Printable only.
+    // RFC 5321 §4.1.1.1: one domain or address literal; RFC 6531 §3.3 lets
+    // sub-domains be U-labels, so non-ASCII UTF-8 passes. No controls.
     let domain = args.trim_matches(' ');
     if domain.is_empty() || domain.contains(' ') || domain.bytes().any(|b| b < 0x21 || b == 0x7f) {
         return Err(CommandError::Arguments);
