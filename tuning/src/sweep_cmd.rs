@@ -57,6 +57,12 @@ pub struct SweepArgs {
     /// Message size (as sluice-bench --size takes it).
     #[arg(long, value_name = "SIZE", default_value = "2k")]
     size: String,
+    /// Give each shard its own injection port and have the harness send
+    /// every message to its domain's home shard (as `sluice-bench
+    /// --route-by-domain` does), instead of one port whose shards hand
+    /// messages over to each other.
+    #[arg(long)]
+    route_by_domain: bool,
     /// Directory for the per-point spools and logs (default: a temporary
     /// directory, removed at the end).
     #[arg(long, value_name = "DIR")]
@@ -160,6 +166,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         size: args.size.clone(),
         run_timeout,
         startup_timeout: Duration::from_secs(20),
+        route_by_domain: args.route_by_domain,
     };
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -237,6 +244,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         Some(summary) => {
             println!("\nbest: {}", summary.point.label());
             print!("{}", best_snippet(summary));
+            if args.route_by_domain {
+                println!(
+                    "# measured with one injection port per shard: add\n\
+                     # shard_port_base = PORT to [inject] and send each message to\n\
+                     # PORT + its domain's shard (`sluice route DOMAIN` prints it)"
+                );
+            }
         }
         None => println!("\nno point had every run pass; no best layout"),
     }

@@ -58,6 +58,10 @@ pub struct PointSpec {
     pub run_timeout: Duration,
     /// Longest sink or engine may take to start listening.
     pub startup_timeout: Duration,
+    /// Give every shard its own injection port and let the harness send
+    /// each message to the port of its domain's home shard (`sluice-bench
+    /// --route-by-domain`), so no message crosses shards on the way in.
+    pub route_by_domain: bool,
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
@@ -81,6 +85,28 @@ fn toml_string(s: &str) -> String {
     out
 }
 
+/// `count` consecutive ports on 127.0.0.1 that are free now (bound and
+/// released together; a small race with other processes remains).
+fn free_port_range(count: usize) -> Result<u16, RunError> {
+    let count = count.max(1) as u16;
+    for _ in 0..64 {
+        let base = free_port()?;
+        let Some(end) = base.checked_add(count) else {
+            continue;
+        };
+        let held: Vec<_> = (base..end)
+            .map_while(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+            .collect();
+        if held.len() == usize::from(count) {
+            return Ok(base);
+        }
+    }
+    Err(RunError::Io {
+        what: format!("finding {count} consecutive free ports"),
+        source: io::Error::new(io::ErrorKind::AddrInUse, "64 tries"),
+    })
+}
+
 /// The engine configuration for `point`: shards on its shard CPUs, a
 /// durable spool in `spool`, injection on `inject`, every domain routed to
 /// the sink at `sink`. The engine reads durations in whole milliseconds, so
@@ -88,6 +114,7 @@ fn toml_string(s: &str) -> String {
 pub fn engine_config(
     point: &SweepPoint,
     inject: SocketAddr,
+    shard_port_base: Option<u16>,
     sink: SocketAddr,
     spool: &Path,
 ) -> String {
@@ -103,7 +130,11 @@ pub fn engine_config(
     text.push_str("hostname = \"sluice.sweep.invalid\"\n");
     text.push_str(&format!("cores = [{}]\n\n", cores.join(", ")));
     text.push_str("[inject]\n");
-    text.push_str(&format!("listen = \"{inject}\"\n\n"));
+    text.push_str(&format!("listen = \"{inject}\"\n"));
+    if let Some(base) = shard_port_base {
+        text.push_str(&format!("shard_port_base = {base}\n"));
+    }
+    text.push('\n');
     text.push_str("[spool]\n");
     text.push_str(&format!(
         "dir = {}\n",
@@ -160,7 +191,19 @@ pub fn run_point(
 
     let inject_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let config_path = workdir.join("sluice.toml");
-    let config = engine_config(point, inject_addr, sink_addr, &workdir.join("spool"));
+    let shards = point.layout.shard_cpus.len();
+    let shard_port_base = if spec.route_by_domain {
+        Some(free_port_range(shards)?)
+    } else {
+        None
+    };
+    let config = engine_config(
+        point,
+        inject_addr,
+        shard_port_base,
+        sink_addr,
+        &workdir.join("spool"),
+    );
     fs::write(&config_path, config).map_err(io_error("writing the engine config"))?;
     let mut engine_command = Command::new(&tools.engine);
     engine_command
@@ -172,6 +215,16 @@ pub fn run_point(
     let mut engine = Guarded::spawn("sluice", engine_command)?;
     wait_for_listener(inject_addr, spec.startup_timeout, &mut engine)
         .map_err(|e| with_stderr(e, &workdir.join("sluice.err")))?;
+    if let Some(base) = shard_port_base {
+        for port in base..base + shards as u16 {
+            wait_for_listener(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                spec.startup_timeout,
+                &mut engine,
+            )
+            .map_err(|e| with_stderr(e, &workdir.join("sluice.err")))?;
+        }
+    }
 
     // The harness reads the sink's summary from its start.
     let started = Instant::now();
@@ -212,6 +265,13 @@ pub fn run_point(
         .stderr(log("harness.err")?);
     if let Some(pid) = engine.pid() {
         harness_command.arg("--pids").arg(pid.to_string());
+    }
+    if let Some(base) = shard_port_base {
+        harness_command
+            .arg("--route-by-domain")
+            .arg(base.to_string())
+            .arg("--shards")
+            .arg(shards.to_string());
     }
     confine(&mut harness_command, &point.layout.harness_cpus)
         .map_err(io_error("confining the harness"))?;

@@ -85,3 +85,61 @@ fn a_short_sweep_over_one_and_two_shards() {
     let left = running_with(&spool_text);
     assert!(left.is_empty(), "still running: {left:?}");
 }
+
+/// With `--route-by-domain` every shard listens on its own port and the
+/// harness sends each message to its domain's home shard.
+#[test]
+fn a_short_sweep_routing_by_domain() {
+    let Some(bins) = bin_dir() else {
+        eprintln!("SKIPPED: sluice, sluice-sink or sluice-bench not built in target/release or target/debug");
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let spool = work.path().join("spool");
+    let out = work.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-tune"))
+        .arg("sweep")
+        .args([
+            "--shards",
+            "2",
+            "--pinning",
+            "compact",
+            "--helpers",
+            "shared",
+        ])
+        .args(["--runs", "1", "--messages", "2000", "--connections", "8"])
+        .arg("--route-by-domain")
+        .arg("--spool-dir")
+        .arg(&spool)
+        .arg("--out")
+        .arg(&out)
+        .arg("--bin-dir")
+        .arg(&bins)
+        .output()
+        .expect("running sluice-tune sweep");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("SKIPPED: one CPU, no two-shard layout");
+        return;
+    }
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("2 shard(s)"), "{stdout}");
+    assert!(
+        stdout.contains("shard_port_base"),
+        "no routing advice:\n{stdout}"
+    );
+    let point = spool.join("point-0-run-0");
+    let config = std::fs::read_to_string(point.join("sluice.toml")).expect("engine config");
+    assert!(config.contains("shard_port_base = "), "{config}");
+    let report = std::fs::read_to_string(point.join("harness.json")).expect("harness report");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("harness JSON");
+    assert!(
+        !report["load"]["route_by_domain"].is_null(),
+        "the harness did not route by domain: {report}"
+    );
+    assert_eq!(report["accepted"].as_u64(), Some(2000), "{report}");
+}
