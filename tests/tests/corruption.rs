@@ -1,0 +1,179 @@
+//! Corrupted spool segments while the engine is stopped (issue 10, "Crash
+//! and storage faults"): messages are queued for a destination that is
+//! down, the engine stops, bytes inside one message record are changed on
+//! disk, and the engine starts again with the destination up. The damaged
+//! record must be quarantined (its bytes copied to `quarantine/`, the count
+//! reported) and every other message delivered exactly once; the damaged
+//! one must not arrive (its checksum no longer matches, so nothing vouches
+//! for what it says).
+//!
+//! Needs the release (or `SLUICE_BIN_DIR`) binaries `sluice` and
+//! `sluice-sink`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_tests::free_port;
+use support::{wait_until, Engine, Sink};
+
+const MESSAGES: usize = 60;
+const DAMAGED: [usize; 2] = [17, 42];
+
+fn id(n: usize) -> String {
+    format!("spoolcorrupt-{n:04}")
+}
+
+/// Sends every message on one connection, one transaction at a time.
+fn inject(engine: &Engine, ids: &[String]) {
+    let stream = TcpStream::connect(engine.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut w = stream;
+    let mut reply = |want: &str| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("reply");
+            assert!(line.starts_with(want), "want {want}, got {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return;
+            }
+        }
+    };
+    reply("220");
+    w.write_all(b"EHLO corrupt.test\r\n").expect("write");
+    reply("250");
+    for id in ids {
+        w.write_all(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@dest.test>\r\nDATA\r\n")
+            .expect("write");
+        reply("250");
+        reply("250");
+        reply("354");
+        let body = format!(
+            "X-Sluice-Id: {id}\r\nSubject: {id}\r\n\r\nbody of {id}, long enough to change a byte in\r\n.\r\n"
+        );
+        w.write_all(body.as_bytes()).expect("write");
+        reply("250");
+    }
+    w.write_all(b"QUIT\r\n").expect("write");
+    reply("221");
+}
+
+fn segments(spool: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(spool).expect("spool dir").flatten() {
+        if !shard.file_name().to_string_lossy().starts_with("shard-") {
+            continue;
+        }
+        for file in std::fs::read_dir(shard.path())
+            .expect("shard dir")
+            .flatten()
+        {
+            if file.file_type().is_ok_and(|t| t.is_file()) {
+                out.push(file.path());
+            }
+        }
+    }
+    out
+}
+
+/// Changes one byte inside the body of the message carrying `needle`
+/// (the `body of` line), in whichever segment holds it. Returns whether it
+/// was found.
+fn damage(spool: &Path, needle: &str) -> bool {
+    let pattern = format!("body of {needle}");
+    for path in segments(spool) {
+        let mut bytes = std::fs::read(&path).expect("read segment");
+        if let Some(at) = bytes
+            .windows(pattern.len())
+            .position(|w| w == pattern.as_bytes())
+        {
+            // "body of" -> "bOdy of": same length, different checksum.
+            bytes[at + 1] = b'O';
+            std::fs::write(&path, &bytes).expect("write segment");
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn damaged_records_are_quarantined_and_every_other_message_is_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let ids: Vec<String> = (0..MESSAGES).map(id).collect();
+
+    // 1. Queue everything for a destination where nothing listens.
+    let nobody = free_port().expect("a port nobody listens on");
+    let mut engine = Engine::start(dir.path(), "", nobody);
+    inject(&engine, &ids);
+    engine
+        .process
+        .stop(Duration::from_secs(20))
+        .expect("graceful stop");
+
+    // 2. Damage two message records on disk.
+    for n in DAMAGED {
+        assert!(damage(&spool, &id(n)), "{} not found in any segment", id(n));
+    }
+
+    // 3. Start again with the destination up.
+    let sink = Sink::start(dir.path(), "sink");
+    let engine = Engine::start(dir.path(), "", sink.port);
+    let expected: BTreeSet<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| !DAMAGED.contains(n))
+        .map(|(_, id)| id.clone())
+        .collect();
+    wait_until("every undamaged message at the sink", || {
+        let got = sink.ids();
+        expected.iter().all(|id| got.contains_key(id))
+    });
+    std::thread::sleep(Duration::from_millis(700));
+
+    let got = sink.ids();
+    for id in &expected {
+        assert_eq!(got.get(id), Some(&1), "{id} arrives exactly once");
+    }
+    for n in DAMAGED {
+        assert!(
+            !got.contains_key(&id(n)),
+            "{} was damaged on disk and still delivered",
+            id(n)
+        );
+    }
+    let said = engine.said();
+    assert!(
+        said.contains(&format!("{} quarantined record(s)", DAMAGED.len())),
+        "the start-up report counts the quarantined records:\n{said}"
+    );
+    let quarantined: Vec<PathBuf> = std::fs::read_dir(spool.join("shard-0").join("quarantine"))
+        .expect("quarantine dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        !quarantined.is_empty(),
+        "the damaged bytes are kept in quarantine/"
+    );
+    let kept: Vec<u8> = quarantined
+        .iter()
+        .flat_map(|p| std::fs::read(p).expect("read quarantine"))
+        .collect();
+    for n in DAMAGED {
+        let marker = format!("bOdy of {}", id(n));
+        assert!(
+            kept.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "quarantine holds the damaged record of {}",
+            id(n)
+        );
+    }
+}
