@@ -180,11 +180,26 @@ impl<S: Storage> Core<S> {
 
     /// Installs a freshly created segment as `seq`, writing its header.
     pub(crate) fn install_segment(&mut self, seq: u64, map: S::Segment) {
-        let mut st = SegState::new(Rc::new(map));
+        self.segs.insert(seq, SegState::new(Rc::new(map)));
+        self.dir_dirty = true;
+        self.stamp_header(seq);
+    }
+
+    /// Writes a segment header record (shard, sequence, id floor) at the
+    /// write offset of segment `seq`. At offset 0 it opens the segment; later
+    /// in a segment it re-stamps the id floor (a restart that continued the
+    /// last segment because no new one could be reserved).
+    pub(crate) fn stamp_header(&mut self, seq: u64) {
+        let shard = self.cfg.shard;
+        let id_floor = self.next_id;
+        let st = self
+            .segs
+            .get_mut(&seq)
+            .expect("caller installed the segment");
         let h = format::SegmentHeader {
-            shard: self.cfg.shard,
+            shard,
             seq,
-            id_floor: self.next_id,
+            id_floor,
             segment_bytes: st.map.len() as u64,
         };
         let plen = format::SEGMENT_HEADER_PAYLOAD_BYTES;
@@ -192,9 +207,7 @@ impl<S: Storage> Core<S> {
         let rec = st.fresh(total);
         format::encode_segment_header(&mut rec[format::payload_range(0, plen)], &h);
         format::seal_record(rec, RecordKind::SegmentHeader, plen);
-        st.write_off = total;
-        self.segs.insert(seq, st);
-        self.dir_dirty = true;
+        st.write_off += total;
         self.note_appended(total, Instant::now());
     }
 
@@ -265,12 +278,12 @@ impl<S: Storage> Core<S> {
         } else {
             0
         };
-        let head = self
-            .segs
-            .get(&self.head)
-            .expect("head segment is always present");
-        if head.write_off + total + end + keep <= head.map.len() {
-            return Ok(self.head);
+        // No head at all: a restart on a full disk found nothing to append
+        // to (see `Core::open`); the first record that fits creates one.
+        if let Some(head) = self.segs.get(&self.head) {
+            if head.write_off + total + end + keep <= head.map.len() {
+                return Ok(self.head);
+            }
         }
         let (seq, map) = match self.spare.take() {
             Some(s) => s,
@@ -283,14 +296,12 @@ impl<S: Storage> Core<S> {
             }
         };
         // Seal the old head: recovery stops at the end marker.
-        let old = self
-            .segs
-            .get_mut(&self.head)
-            .expect("head segment is always present");
-        let rec = old.fresh(end);
-        format::seal_record(rec, RecordKind::SegmentEnd, 0);
-        old.write_off += end;
-        self.note_appended(end, now);
+        if let Some(old) = self.segs.get_mut(&self.head) {
+            let rec = old.fresh(end);
+            format::seal_record(rec, RecordKind::SegmentEnd, 0);
+            old.write_off += end;
+            self.note_appended(end, now);
+        }
         self.install_segment(seq, map);
         self.head = seq;
         self.stats.segments_created += 1;
@@ -606,10 +617,12 @@ impl<S: Storage> Core<S> {
         if self.spare.is_some() || self.spare_pending || self.poisoned.is_some() || self.closed {
             return None;
         }
-        // Pre-create once the head is a quarter full.
-        let head = self.segs.get(&self.head)?;
-        if head.write_off < head.map.len() / 4 {
-            return None;
+        // Pre-create once the head is a quarter full (or at once when there
+        // is no head: a restart on a full disk).
+        if let Some(head) = self.segs.get(&self.head) {
+            if head.write_off < head.map.len() / 4 {
+                return None;
+            }
         }
         self.spare_pending = true;
         let seq = self.next_seq;

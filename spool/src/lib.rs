@@ -77,7 +77,12 @@
 //! set is every message record without completions for all recipients; a
 //! later copy of the same id (relocation) supersedes the earlier. The spool
 //! then starts a fresh head segment (old segments are never appended to
-//! again). Every recovered segment is fdatasynced before the spool accepts
+//! again), except on a full file system: then the last recovered segment,
+//! if it is not sealed, takes the appends after a re-stamped header (its
+//! 1/16 completion reserve is free), and with no such room the spool opens
+//! without a head. Either way recovery succeeds and message appends get
+//! [`SpoolError::DiskFull`] (`452 4.3.1`) until space returns
+//! ([`RecoveryReport::head`] says which). Every recovered segment is fdatasynced before the spool accepts
 //! anything: after a process crash (not a power loss) recovery may have read
 //! records that were only in the page cache. [`RecoveryReport`] gives counts
 //! and elapsed time. The live messages are listed by
@@ -131,6 +136,6 @@ pub use crate::core::{Core, SyncDue};
 pub use crate::error::SpoolError;
 pub use crate::format::{NewMessage, Outcome, Recipient};
 pub use crate::index::RecordRef;
-pub use crate::recovery::RecoveryReport;
+pub use crate::recovery::{HeadAtOpen, RecoveryReport};
 pub use crate::spool::{Body, Commit, LiveMessage, MessageRecord, ReclaimReport, Spool};
 pub use crate::stats::SpoolStats;

@@ -42,6 +42,22 @@ pub struct RecoveryReport {
     pub orphan_records: u64,
     /// Time the scan took.
     pub elapsed: Duration,
+    /// Where appends go after the open.
+    pub head: HeadAtOpen,
+}
+
+/// How the open found a head segment to append to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadAtOpen {
+    /// No head: the file system was full and no recovered segment could be
+    /// continued. Appends get [`SpoolError::DiskFull`] until space returns.
+    #[default]
+    None,
+    /// A new segment with this sequence number (the normal case).
+    New(u64),
+    /// The file system was full: the last recovered segment (this sequence
+    /// number), which was not sealed, takes the appends.
+    Continued(u64),
 }
 
 impl RecoveryReport {
@@ -102,9 +118,12 @@ impl<S: Storage> Core<S> {
         let mut report = RecoveryReport::default();
         let mut seqs = core.storage.list_segments()?;
         seqs.sort_unstable();
+        // Where the last segment's data ends, if it is not sealed.
+        let mut last_open: Option<(u64, usize)> = None;
         for &seq in &seqs {
             let map = core.storage.open_segment(seq)?;
-            core.recover_segment(seq, map, &mut report)?;
+            let end = core.recover_segment(seq, map, &mut report)?;
+            last_open = end.map(|e| (seq, e));
             core.next_seq = core.next_seq.max(seq + 1);
         }
         if !seqs.is_empty() {
@@ -114,20 +133,19 @@ impl<S: Storage> Core<S> {
             // than 2^ID_EPOCH_BITS ids).
             core.next_id = (core.next_id >> ID_EPOCH_BITS).saturating_add(1) << ID_EPOCH_BITS;
         }
-        let head = core.next_seq;
-        let map = core.storage.create_segment(head, core.cfg.segment_bytes)?;
-        core.next_seq += 1;
-        core.install_segment(head, map);
-        core.head = head;
-        // Make the new head (and its id floor) durable before the first
-        // append, so the epoch above survives even a crash before any sync.
-        core.segs[&head]
-            .map
-            .sync_blocking()
-            .map_err(|e| SpoolError::io("syncing new segment", core.storage.describe(head), e))?;
-        core.storage
-            .sync_dir_blocking()
-            .map_err(|e| SpoolError::io("syncing directory of", core.storage.describe(head), e))?;
+        report.head = core.open_head(last_open)?;
+        if let Some(st) = core.segs.get(&core.head) {
+            // Make the head's header (and its id floor) durable before the
+            // first append, so the epoch above survives even a crash before
+            // any sync.
+            let head = core.head;
+            st.map.sync_blocking().map_err(|e| {
+                SpoolError::io("syncing new segment", core.storage.describe(head), e)
+            })?;
+            core.storage.sync_dir_blocking().map_err(|e| {
+                SpoolError::io("syncing directory of", core.storage.describe(head), e)
+            })?;
+        }
         core.mark_synced_at_open();
         report.live_messages = core.index.len() as u64;
         report.elapsed = started.elapsed();
@@ -145,12 +163,59 @@ impl<S: Storage> Core<S> {
         Ok((core, report))
     }
 
+    /// Starts the head: a new segment, or, when the file system has no room
+    /// for one (a restart on a full disk), the rest of the last recovered
+    /// segment if it is not sealed and has room for a header record; its
+    /// id floor is re-stamped there. With neither, the spool opens without
+    /// a head: recovery succeeds, appends get [`SpoolError::DiskFull`]
+    /// (`452 4.3.1`) until a segment can be reserved again.
+    fn open_head(&mut self, last_open: Option<(u64, usize)>) -> Result<HeadAtOpen, SpoolError> {
+        let seq = self.next_seq;
+        let err = match self.storage.create_segment(seq, self.cfg.segment_bytes) {
+            Ok(map) => {
+                self.next_seq += 1;
+                self.install_segment(seq, map);
+                self.head = seq;
+                return Ok(HeadAtOpen::New(seq));
+            }
+            Err(e @ SpoolError::DiskFull { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let need = format::record_len(format::SEGMENT_HEADER_PAYLOAD_BYTES) + format::record_len(0);
+        if let Some((last, end)) = last_open {
+            let st = self.segs.get_mut(&last).expect("recovered above");
+            if end + need <= st.map.len() {
+                log::warn!(
+                    "spool shard {}: {err}; continuing segment {} at offset {end}",
+                    self.cfg.shard,
+                    self.storage.describe(last)
+                );
+                st.write_off = end;
+                st.synced_off = end;
+                st.behind_off = end;
+                self.head = last;
+                self.stamp_header(last);
+                return Ok(HeadAtOpen::Continued(last));
+            }
+        }
+        log::error!(
+            "spool shard {}: {err}; no segment to continue: opening without a head, \
+             appends are refused until space returns",
+            self.cfg.shard
+        );
+        // No segment has this sequence number: `reserve` creates the head.
+        self.head = 0;
+        Ok(HeadAtOpen::None)
+    }
+
+    /// Recovers one segment; returns where its data ends unless it is
+    /// sealed (an end marker was found).
     fn recover_segment(
         &mut self,
         seq: u64,
         map: S::Segment,
         report: &mut RecoveryReport,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<Option<usize>, SpoolError> {
         let len = map.len();
         let map = Rc::new(map);
         // SAFETY: nothing writes to this mapping while `buf` lives: repairs
@@ -160,6 +225,7 @@ impl<S: Storage> Core<S> {
         let mut st = SegState::new(Rc::clone(&map));
         let mut pos = 0usize;
         let mut repair: Option<(usize, usize)> = None;
+        let mut sealed = false;
         report.segments += 1;
         while pos < len {
             match format::check_at(buf, pos) {
@@ -183,6 +249,7 @@ impl<S: Storage> Core<S> {
                     }
                     pos += total_len;
                     if kind == RecordKind::SegmentEnd {
+                        sealed = true;
                         break;
                     }
                 }
@@ -242,7 +309,7 @@ impl<S: Storage> Core<S> {
         st.write_off = len;
         st.synced_off = len;
         self.segs.insert(seq, st);
-        Ok(())
+        Ok((!sealed).then_some(pos))
     }
 
     fn quarantine(

@@ -366,3 +366,79 @@ fn background_reclamation_relocates_and_deletes_on_real_files() {
         b"Subject: slow\r\n\r\nretry me\r\n"
     );
 }
+
+/// Reproduces the restart on a full disk: fill a small tmpfs, stop, start
+/// again. Recovery must succeed, refuse messages with the typed disk-full
+/// error (`452 4.3.1`), still record deliveries, and resume when space
+/// returns.
+#[test]
+fn restart_on_a_full_tmpfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(&dir.path().join("mnt"), "8m") else {
+        eprintln!("restart_on_a_full_tmpfs: cannot mount tmpfs here; covered by the double (tests/reclaim.rs)");
+        return;
+    };
+    let root = mnt.0.join("spool");
+    let filler = mnt.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+    let body = vec![b'q'; 4000];
+    let r = root.clone();
+    let b = body.clone();
+    let ids = executor().run(async move {
+        let (spool, _) = Spool::open(FsStorage::open(&r, 0).unwrap(), cfg(1 << 20)).unwrap();
+        let task = spool.spawn_sync_task();
+        let mut ids = Vec::new();
+        let err = loop {
+            match spool.append(&msg(&b)) {
+                Ok((id, _)) => {
+                    spool.commit().await.unwrap();
+                    ids.push(id);
+                }
+                Err(e) => break e,
+            }
+            assert!(ids.len() < 5000, "8 MiB never filled");
+        };
+        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+        spool.close();
+        task.await;
+        ids
+    });
+    // Restart on the full disk.
+    let r = root.clone();
+    let b = body.clone();
+    let f = filler.clone();
+    let ids2 = ids.clone();
+    executor().run(async move {
+        let (spool, report) = Spool::open(FsStorage::open(&r, 0).unwrap(), cfg(1 << 20))
+            .expect("recovery starts on a full disk");
+        assert_eq!(report.quarantined_records, 0);
+        assert_eq!(spool.live_count(), ids2.len());
+        assert_ne!(report.head, sluice_spool::HeadAtOpen::None, "{report:?}");
+        let task = spool.spawn_sync_task();
+        assert!(!spool.has_room(b.len() as u64));
+        let err = spool.append(&msg(&b)).unwrap_err();
+        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+        assert!(err.is_temporary());
+        // Deliveries are recorded on the full disk.
+        for id in &ids2[..10] {
+            spool
+                .complete(*id, 0, sluice_spool::Outcome::Delivered)
+                .unwrap();
+        }
+        spool.commit().await.unwrap();
+        // Space returns: appends resume.
+        std::fs::remove_file(&f).unwrap();
+        assert!(spool.has_room(b.len() as u64));
+        for _ in 0..100 {
+            spool.append(&msg(&b)).unwrap();
+        }
+        spool.commit().await.unwrap();
+        spool.close();
+        task.await;
+    });
+    let (spool, report) = Spool::open(FsStorage::open(&root, 0).unwrap(), cfg(1 << 20)).unwrap();
+    assert_eq!(report.quarantined_records, 0);
+    assert_eq!(spool.live_count(), ids.len() - 10 + 100);
+    drop(spool);
+    drop(mnt);
+}

@@ -200,3 +200,103 @@ fn bad_inputs_are_errors_not_panics() {
     m.recipients = &none;
     assert!(matches!(spool.append(&m), Err(SpoolError::Format(_))));
 }
+
+/// Fills the double to capacity (appends fail with `DiskFull`) and returns
+/// the ids appended.
+fn fill_to_capacity(spool: &Spool<MemStorage>, body: &[u8]) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let err = loop {
+        match spool.append(&msg(body)) {
+            Ok((id, _)) => ids.push(id),
+            Err(e) => break e,
+        }
+        assert!(ids.len() < 1000, "capacity never reached");
+    };
+    assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+    block_on(spool.sync_now()).unwrap();
+    ids
+}
+
+#[test]
+fn restart_on_a_full_disk_continues_the_last_segment() {
+    let storage = MemStorage::new();
+    storage.set_capacity(Some(3 * (64 << 10)));
+    let (spool, _) = Spool::open(storage.clone(), cfg()).unwrap();
+    let body = vec![b'f'; 8000];
+    let ids = fill_to_capacity(&spool, &body);
+    drop(spool);
+
+    // Stop and restart on the full disk: recovery succeeds and keeps
+    // everything; the last segment takes the records, messages get the
+    // typed disk-full error (the engine's 452 4.3.1).
+    let (spool, report) = Spool::open(storage.clone(), cfg()).unwrap();
+    assert!(
+        matches!(report.head, sluice_spool::HeadAtOpen::Continued(_)),
+        "{report:?}"
+    );
+    assert_eq!(spool.live_count(), ids.len());
+    assert!(!spool.has_room(body.len() as u64));
+    let err = spool.append(&msg(&body)).unwrap_err();
+    assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+    // Deliveries can still be recorded, which is what frees space.
+    for id in &ids {
+        spool
+            .complete_many(*id, &[(0, Outcome::Delivered), (1, Outcome::Delivered)])
+            .unwrap();
+    }
+    block_on(spool.sync_now()).unwrap();
+    let r = block_on(spool.reclaim()).unwrap();
+    assert!(r.segments_removed >= 1, "{r:?}");
+    assert!(spool.has_room(body.len() as u64));
+    let (late, _) = spool.append(&msg(&body)).unwrap();
+    block_on(spool.sync_now()).unwrap();
+    drop(spool);
+
+    // And once more, after a power cut: the completions and the new
+    // message survive, ids never repeat.
+    for seed in 1..20 {
+        let (again, report) = Spool::open(storage.crash(seed), cfg()).unwrap();
+        assert_eq!(report.quarantined_records, 0);
+        let live = again.live_messages();
+        assert_eq!(live.len(), 1, "seed {seed}: {live:?}");
+        assert_eq!(live[0].id, late);
+        let (next, _) = again.append(&msg(b"x")).unwrap();
+        assert!(next > late);
+    }
+}
+
+#[test]
+fn restart_on_a_full_disk_without_room_anywhere_opens_headless() {
+    let storage = MemStorage::new();
+    storage.set_capacity(Some(2 * (64 << 10)));
+    let (spool, _) = Spool::open(storage.clone(), cfg()).unwrap();
+    let body = vec![b'h'; 8000];
+    let ids = fill_to_capacity(&spool, &body);
+    // Use up the completion reserve of the head too: deferrals until even
+    // they cannot be written.
+    let mut n = 0;
+    while spool.defer(ids[0], n, 1).is_ok() {
+        n += 1;
+        assert!(n < 10_000);
+    }
+    block_on(spool.sync_now()).unwrap();
+    drop(spool);
+
+    let (spool, report) = Spool::open(storage.clone(), cfg()).unwrap();
+    assert_eq!(report.head, sluice_spool::HeadAtOpen::None, "{report:?}");
+    assert_eq!(spool.live_count(), ids.len());
+    assert_eq!(spool.live_messages()[0].attempts, n - 1);
+    assert!(!spool.has_room(1));
+    assert!(matches!(
+        spool.append(&msg(b"x")),
+        Err(SpoolError::DiskFull { .. })
+    ));
+    // Space returns (the operator freed some): appends resume.
+    storage.set_capacity(Some(4 * (64 << 10)));
+    assert!(spool.has_room(body.len() as u64));
+    let (id, _) = spool.append(&msg(&body)).unwrap();
+    block_on(spool.sync_now()).unwrap();
+    drop(spool);
+    let (spool, _) = Spool::open(storage, cfg()).unwrap();
+    assert!(spool.live_messages().iter().any(|m| m.id == id));
+}
