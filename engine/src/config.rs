@@ -112,6 +112,12 @@ pub struct RawConfig {
     /// Static routes, tried in order; the first whose pattern matches wins.
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    /// Accounting log files: CSV, rotation, buffer (`[log]`).
+    #[serde(default)]
+    pub log: crate::log::RawLog,
+    /// The HTTP listener for `/metrics` and the admin API (`[admin]`).
+    #[serde(default)]
+    pub admin: crate::admin::RawAdmin,
 }
 
 fn default_cores() -> RawCores {
@@ -271,6 +277,12 @@ pub struct RawDelivery {
     pub log_dir: Option<PathBuf>,
     /// Delivery log write interval (default `"100ms"`).
     pub log_flush: Option<String>,
+    /// Bounce classification rules file (`sluice-outcomes` format);
+    /// default: the rules shipped with Sluice.
+    pub bounce_rules: Option<PathBuf>,
+    /// Send an RFC 3464 bounce to the envelope sender on permanent
+    /// failure and expiry (default true; never to `<>`).
+    pub dsn: Option<bool>,
 }
 
 /// `[[route]]`: a static route.
@@ -369,6 +381,16 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Delivery settings.
     pub delivery: crate::deliver::DeliverySettings,
+    /// Accounting log settings.
+    pub log: crate::log::LogSettings,
+    /// The bounce rules file, resolved (`None`: the shipped rules).
+    pub bounce_rules_file: Option<PathBuf>,
+    /// The compiled bounce rules.
+    pub bounce_rules: sluice_outcomes::Classifier,
+    /// Whether failures and expiries bounce to the sender (RFC 3464).
+    pub dsn_bounces: bool,
+    /// Admin listener settings.
+    pub admin: crate::admin::AdminSettings,
 }
 
 impl Config {
@@ -589,6 +611,14 @@ impl Config {
             }
             routes.push(Route { pattern, hosts });
         }
+        let log = crate::log::LogSettings::from_raw(&raw.log, &mut bad);
+        let admin = crate::admin::AdminSettings::from_raw(&raw.admin, &mut bad);
+        let bounce_rules_file = raw.delivery.bounce_rules.clone().map(resolve);
+        let bounce_rules = crate::accounting::load_bounce_rules(bounce_rules_file.as_deref())
+            .unwrap_or_else(|e| {
+                bad("delivery.bounce_rules", e);
+                sluice_outcomes::Classifier::default_rules()
+            });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -613,6 +643,11 @@ impl Config {
             shaping_file,
             routes,
             delivery,
+            log,
+            bounce_rules_file,
+            bounce_rules,
+            dsn_bounces: raw.delivery.dsn.unwrap_or(true),
+            admin,
         })
     }
 

@@ -14,6 +14,8 @@
 //! shaping), [`log`] (the per-shard delivery log).
 #![warn(missing_docs)]
 
+pub mod accounting;
+pub mod admin;
 pub mod config;
 pub mod deliver;
 pub mod inject;

@@ -1,36 +1,72 @@
-//! The delivery log: one JSON line per attempt outcome, per shard.
+//! The accounting log: one JSON line per event, per shard, and optionally
+//! a PowerMTA-style CSV file next to it.
 //!
-//! Delivery appends a record to an in-memory buffer ([`DeliveryLog::record`],
-//! no I/O, no await); the shard's writer task ([`DeliveryLog::run_writer`])
-//! swaps the buffer out every `flush_every` (or sooner when it passes half
-//! its bound) and writes it through io_uring. Delivery never waits for the
-//! log: when the buffer is at its bound while a write is slow, records are
-//! dropped and counted (`dropped` in [`LogStats`]; the writer reports the
-//! count in the log itself), because stalling delivery for a log line would
-//! be worse. Files are `<dir>/delivery-<shard>-<start ms>.jsonl`, a new file
-//! per run, so a restart never truncates an old log.
+//! Delivery and injection append a record to an in-memory buffer
+//! ([`DeliveryLog::record`], no I/O, no await); the shard's writer task
+//! ([`DeliveryLog::run_writer`]) swaps the buffers out every `flush_every`
+//! (or sooner when one passes half its bound) and writes them through
+//! io_uring. Delivery never waits for the log:
+//! - when a buffer is at its bound while a write is slow, records are
+//!   *dropped* and counted (`dropped` in [`LogStats`]; the writer also
+//!   writes a `LogDropped` line);
+//! - when a write fails (disk full, I/O error) or a file cannot be
+//!   created, the batch is *lost* and counted (`lost`), the error goes to
+//!   stderr (at most one line per [`LOSS_REPORT_EVERY`] per shard) and the
+//!   writer tries a fresh file at the next flush.
 //!
-//! Schema (one object per line, keys always present, `null` when unknown):
-//! `type` (`Delivery`, `TransientFailure`, `Bounce`, `Expiration`), `id`
-//! (spool message id), `recipient`, `queue` (recipient domain), `site`
-//! (next hop), `code`, `enhanced`, `text` (the reply, CR/LF removed),
-//! `peer` (address the reply came from), `attempt` (1-based), `arrival_ms`
-//! and `at_ms` (ms since the Unix epoch), `shard`.
+//! Both counters are exported as metrics (`sluice_log_records_dropped_total`,
+//! `sluice_log_records_lost_total`).
+//!
+//! Files are `<dir>/delivery-<shard>-<start ms>.jsonl` (and
+//! `acct-<shard>-<start ms>.csv` with `[log] csv = true`, each starting with
+//! the PowerMTA header line). A file is rotated (a new one started, the
+//! old one closed and left in place) when it reaches `rotate_size` bytes
+//! or is older than `rotate_interval`; a new run always starts new files,
+//! so a restart never truncates an old log.
+//!
+//! # JSON schema
+//! One object per line, keys always present, `null` when unknown:
+//! - `type`: `Reception`, `Delivery`, `TransientFailure`, `Bounce`,
+//!   `Expiration` or `AdminBounce`;
+//! - `id` (spool message id), `sender` (reverse path, `""` for `<>`),
+//!   `recipient`, `queue` (recipient domain), `site` (next hop; `null`
+//!   for receptions: the site is chosen at delivery), `source` (sending
+//!   source / virtual MTA: `null` until source addresses exist),
+//!   `size` (bytes as spooled, `Received:` included);
+//! - `code`, `enhanced`, `text`: the reply (CR/LF removed) that decided
+//!   the event, or the one we synthesized (`null` for receptions);
+//! - `peer`: the address the reply came from;
+//! - `attempt` (1-based; 0 for receptions), `arrival_ms` (created) and
+//!   `at_ms` (event), ms since the Unix epoch, `shard`;
+//! - `category`: the bounce category (`sluice-outcomes` rules) of every
+//!   `TransientFailure`, `Bounce`, `Expiration` and `AdminBounce`;
+//! - `tenant`, `campaign`: as stored with the message (`null` while
+//!   injection does not set them).
+//!
+//! The CSV columns are those of PowerMTA's accounting file
+//! ([`sluice_outcomes::CSV_HEADER`]), written by `sluice-outcomes`.
 
 // std
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // external
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sluice_outcomes::{Category, EventKind, Record, ResponseRecord};
+use sluice_smtp::EnhancedCode;
+
+/// Longest interval between two stderr reports of lost records, per shard.
+pub const LOSS_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The kind of a log record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum RecordKind {
+    /// The message was accepted and spooled (one record per recipient).
+    Reception,
     /// The recipient was accepted by the next hop (`2xx`).
     Delivery,
     /// A temporary failure (`4xx`, lost connection, no route): retried.
@@ -39,9 +75,24 @@ pub enum RecordKind {
     Bounce,
     /// The recipient waited longer than its max age.
     Expiration,
+    /// An operator bounced the recipient (`sluice bounce`).
+    AdminBounce,
 }
 
-/// One attempt outcome.
+impl RecordKind {
+    fn event(self) -> EventKind {
+        match self {
+            RecordKind::Reception => EventKind::Reception,
+            RecordKind::Delivery => EventKind::Delivery,
+            RecordKind::TransientFailure => EventKind::TransientFailure,
+            RecordKind::Bounce => EventKind::Bounce,
+            RecordKind::Expiration => EventKind::Expiration,
+            RecordKind::AdminBounce => EventKind::AdminBounce,
+        }
+    }
+}
+
+/// One event for one recipient.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogRecord<'a> {
     /// What happened.
@@ -49,12 +100,18 @@ pub struct LogRecord<'a> {
     pub kind: RecordKind,
     /// Spool message id.
     pub id: u64,
+    /// The reverse path (empty for `<>`).
+    pub sender: &'a str,
     /// The recipient address.
     pub recipient: &'a str,
     /// The queue (recipient domain).
     pub queue: &'a str,
-    /// The site (next hop or `unrouted`).
-    pub site: &'a str,
+    /// The site (next hop or `unrouted`); `None` for receptions.
+    pub site: Option<&'a str>,
+    /// The sending source; `None` until source addresses exist.
+    pub source: Option<&'a str>,
+    /// Bytes of the message as spooled.
+    pub size: u64,
     /// Reply code, if a reply was received or synthesized.
     pub code: Option<u16>,
     /// Enhanced status code text, e.g. `4.4.0`.
@@ -63,49 +120,215 @@ pub struct LogRecord<'a> {
     pub text: &'a str,
     /// The peer address the reply came from.
     pub peer: Option<SocketAddr>,
-    /// Attempt number (1 for the first).
+    /// Attempt number (1 for the first; 0 for receptions).
     pub attempt: u32,
     /// Message arrival, ms since the Unix epoch.
     pub arrival_ms: u64,
-    /// When the outcome was known, ms since the Unix epoch.
+    /// When the event happened, ms since the Unix epoch.
     pub at_ms: u64,
     /// The shard.
     pub shard: u32,
+    /// Bounce category of failures (`sluice-outcomes` rules).
+    pub category: Option<Category>,
+    /// Tenant, when the message has one.
+    pub tenant: Option<&'a str>,
+    /// Campaign, when the message has one.
+    pub campaign: Option<&'a str>,
 }
 
-/// Counters of the delivery log.
+impl LogRecord<'_> {
+    /// The record as `sluice-outcomes` formats it (for the CSV line).
+    fn accounting(&self) -> Record<'_> {
+        use std::borrow::Cow;
+        Record {
+            kind: self.kind.event(),
+            id: Cow::Owned(self.id.to_string()),
+            sender: Cow::Borrowed(self.sender),
+            recipient: Cow::Borrowed(self.recipient),
+            queue: Cow::Borrowed(self.queue),
+            site: self.site.map(Cow::Borrowed),
+            source: self.source.map(Cow::Borrowed),
+            size_bytes: self.size,
+            response: self.code.map(|code| ResponseRecord {
+                code,
+                enhanced: self
+                    .enhanced
+                    .and_then(|e| EnhancedCode::parse_prefix(e.as_bytes()))
+                    .map(|(e, _)| e),
+                text: Cow::Borrowed(self.text),
+            }),
+            peer_host: None,
+            peer_addr: self.peer.map(|p| p.ip()),
+            local_addr: None,
+            created_unix_ms: self.arrival_ms,
+            event_unix_ms: self.at_ms,
+            attempts: self.attempt,
+            bounce_category: self.category,
+            tls: None,
+            tenant: self.tenant.map(Cow::Borrowed),
+            campaign: self.campaign.map(Cow::Borrowed),
+        }
+    }
+}
+
+/// `[log]` as written in the configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Also write PowerMTA-style accounting CSV (default false).
+    pub csv: Option<bool>,
+    /// Start a new file when the current one reaches this size (default
+    /// `"256MiB"`).
+    pub rotate_size: Option<String>,
+    /// Start a new file when the current one is this old (default `"1h"`).
+    pub rotate_interval: Option<String>,
+    /// Records buffered per shard between writes before new ones are
+    /// dropped (default `"16MiB"`).
+    pub buffer_size: Option<String>,
+}
+
+/// Validated `[log]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Write the CSV file too.
+    pub csv: bool,
+    /// Rotation size.
+    pub rotate_bytes: u64,
+    /// Rotation age.
+    pub rotate_every: Duration,
+    /// Buffer bound per shard (JSON and CSV each).
+    pub buffer_bytes: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            csv: false,
+            rotate_bytes: 256 << 20,
+            rotate_every: Duration::from_secs(3600),
+            buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+impl LogSettings {
+    /// Validates `[log]`, reporting each problem under `log.KEY`.
+    pub fn from_raw(raw: &RawLog, bad: &mut dyn FnMut(&str, String)) -> LogSettings {
+        let d = LogSettings::default();
+        let mut bytes = |key: &str, v: &Option<String>, default: u64| match v {
+            None => default,
+            Some(t) => match crate::config::parse_bytes(t) {
+                Ok(n) if n >= 4096 => n,
+                Ok(n) => {
+                    bad(
+                        &format!("log.{key}"),
+                        format!("{n} bytes: use at least 4KiB"),
+                    );
+                    default
+                }
+                Err(r) => {
+                    bad(&format!("log.{key}"), r);
+                    default
+                }
+            },
+        };
+        let rotate_bytes = bytes("rotate_size", &raw.rotate_size, d.rotate_bytes);
+        let buffer_bytes = bytes("buffer_size", &raw.buffer_size, d.buffer_bytes as u64);
+        let rotate_every = match &raw.rotate_interval {
+            None => d.rotate_every,
+            Some(t) => match sluice_shaping::units::parse_duration(t) {
+                Ok(x) if x >= Duration::from_secs(1) => x,
+                Ok(x) => {
+                    bad("log.rotate_interval", format!("{x:?}: use at least 1s"));
+                    d.rotate_every
+                }
+                Err(e) => {
+                    bad("log.rotate_interval", format!("`{t}`: {e}"));
+                    d.rotate_every
+                }
+            },
+        };
+        LogSettings {
+            csv: raw.csv.unwrap_or(false),
+            rotate_bytes,
+            rotate_every,
+            buffer_bytes: usize::try_from(buffer_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Counters of the accounting log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStats {
     /// Records appended to the buffer.
     pub records: u64,
     /// Records dropped because the buffer was full.
     pub dropped: u64,
-    /// Bytes written to the file.
+    /// Records lost because a write failed or no file could be created
+    /// (disk full, I/O error).
+    pub lost: u64,
+    /// Bytes written to the files (JSON and CSV).
     pub bytes_written: u64,
-    /// Failed writes (the batch is lost; counted, never retried forever).
+    /// Failed writes or file creations.
     pub write_errors: u64,
+    /// Files started (rotation included).
+    pub files: u64,
 }
 
 struct Inner {
     buf: Vec<u8>,
+    csv: Option<Vec<u8>>,
     bytes_max: usize,
     stats: LogStats,
     waker: Option<Waker>,
     closed: bool,
 }
 
-/// A shard's delivery log handle (cheap to clone).
+impl Inner {
+    fn full(&self) -> bool {
+        self.buf.len() >= self.bytes_max
+            || self.csv.as_ref().is_some_and(|c| c.len() >= self.bytes_max)
+    }
+
+    fn half_full(&self) -> bool {
+        self.buf.len() >= self.bytes_max / 2
+            || self
+                .csv
+                .as_ref()
+                .is_some_and(|c| c.len() >= self.bytes_max / 2)
+    }
+}
+
+/// Where and how the writer writes.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Directory of the files (created if missing).
+    pub dir: PathBuf,
+    /// The shard (in file names and `LogDropped` lines).
+    pub shard: u32,
+    /// Write interval.
+    pub flush_every: Duration,
+    /// Rotation size.
+    pub rotate_bytes: u64,
+    /// Rotation age.
+    pub rotate_every: Duration,
+}
+
+/// A shard's accounting log handle (cheap to clone).
 #[derive(Clone)]
 pub struct DeliveryLog {
     inner: Rc<RefCell<Inner>>,
 }
 
 impl DeliveryLog {
-    /// A log whose buffer holds at most `bytes_max` bytes between flushes.
-    pub fn new(bytes_max: usize) -> DeliveryLog {
+    /// A log whose buffers hold at most `bytes_max` bytes between flushes;
+    /// with `csv` every record is also formatted as a PowerMTA CSV line.
+    pub fn new(bytes_max: usize, csv: bool) -> DeliveryLog {
+        let cap = bytes_max.min(1 << 20);
         DeliveryLog {
             inner: Rc::new(RefCell::new(Inner {
-                buf: Vec::with_capacity(bytes_max.min(1 << 20)),
+                buf: Vec::with_capacity(cap),
+                csv: csv.then(|| Vec::with_capacity(cap)),
                 bytes_max,
                 stats: LogStats::default(),
                 waker: None,
@@ -114,11 +337,11 @@ impl DeliveryLog {
         }
     }
 
-    /// Appends one record (no I/O). Drops it, counting, if the buffer is full.
+    /// Appends one record (no I/O). Drops it, counting, if a buffer is full.
     pub fn record(&self, r: &LogRecord<'_>) {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
-        if inner.buf.len() >= inner.bytes_max {
+        if inner.full() {
             inner.stats.dropped += 1;
             return;
         }
@@ -131,19 +354,30 @@ impl DeliveryLog {
             return;
         }
         inner.buf.push(b'\n');
+        if let Some(csv) = &mut inner.csv {
+            r.accounting().write_csv_line(csv);
+        }
         inner.stats.records += 1;
-        if inner.buf.len() >= inner.bytes_max / 2 {
+        if inner.half_full() {
             if let Some(w) = inner.waker.take() {
                 w.wake();
             }
         }
     }
 
-    /// Takes the buffered lines (the writer does; tests may).
+    /// Takes the buffered JSON lines (the writer does; tests may).
     pub fn take_buffer(&self) -> Vec<u8> {
         let mut inner = self.inner.borrow_mut();
         let cap = inner.buf.capacity();
         std::mem::replace(&mut inner.buf, Vec::with_capacity(cap))
+    }
+
+    /// Takes the buffered CSV lines, if CSV is on.
+    pub fn take_csv(&self) -> Option<Vec<u8>> {
+        let mut inner = self.inner.borrow_mut();
+        let csv = inner.csv.as_mut()?;
+        let cap = csv.capacity();
+        Some(std::mem::replace(csv, Vec::with_capacity(cap)))
     }
 
     /// Counters.
@@ -160,56 +394,258 @@ impl DeliveryLog {
         }
     }
 
-    /// The writer task: creates `<dir>/delivery-<shard>-<start ms>.jsonl`
-    /// and appends the buffer every `flush_every` until [`DeliveryLog::close`].
-    pub async fn run_writer(
-        self,
-        dir: PathBuf,
-        shard: u32,
-        start_unix_ms: u64,
-        flush_every: Duration,
-    ) -> std::io::Result<()> {
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("delivery-{shard}-{start_unix_ms}.jsonl"));
-        let file = glommio::io::BufferedFile::create(&path).await?;
-        let mut pos = 0u64;
+    fn count(&self, f: impl FnOnce(&mut LogStats)) {
+        f(&mut self.inner.borrow_mut().stats);
+    }
+
+    /// The writer task: appends the buffers to the current files every
+    /// `flush_every` until [`DeliveryLog::close`], rotating by size and
+    /// age. Errors are counted and reported, never returned: the log must
+    /// not stop delivery.
+    pub async fn run_writer(self, cfg: WriterConfig) -> std::io::Result<()> {
+        let csv = self.inner.borrow().csv.is_some();
+        let mut files: Option<Files> = None;
+        let mut last_start_ms = 0u64;
         let mut reported_drops = 0u64;
+        let mut loss = LossReport::default();
         loop {
             let closed = self.inner.borrow().closed;
-            let mut batch = self.take_buffer();
+            let mut json = self.take_buffer();
+            let csv_batch = self.take_csv();
             let dropped = self.inner.borrow().stats.dropped;
             if dropped > reported_drops {
                 let line = format!(
-                    "{{\"type\":\"LogDropped\",\"dropped\":{},\"shard\":{shard}}}\n",
-                    dropped - reported_drops
+                    "{{\"type\":\"LogDropped\",\"dropped\":{},\"shard\":{}}}\n",
+                    dropped - reported_drops,
+                    cfg.shard
                 );
-                batch.extend_from_slice(line.as_bytes());
+                json.extend_from_slice(line.as_bytes());
                 reported_drops = dropped;
             }
-            if !batch.is_empty() {
-                let len = batch.len();
-                match file.write_at(batch, pos).await {
-                    Ok(n) => {
-                        pos += n as u64;
-                        self.inner.borrow_mut().stats.bytes_written += n as u64;
-                        if n < len {
-                            self.inner.borrow_mut().stats.write_errors += 1;
+            let due = files.as_ref().is_some_and(|f| {
+                f.bytes >= cfg.rotate_bytes || f.opened.elapsed() >= cfg.rotate_every
+            });
+            if due && (!json.is_empty() || csv_batch.as_ref().is_some_and(|c| !c.is_empty())) {
+                if let Some(f) = files.take() {
+                    f.close().await;
+                }
+            }
+            if files.is_none() && !json.is_empty() {
+                let start = crate::deliver::now_unix_ms().max(last_start_ms + 1);
+                last_start_ms = start;
+                match Files::open(&cfg, start, csv).await {
+                    Ok(f) => {
+                        let header = f.csv.as_ref().map_or(0, |c| c.pos);
+                        self.count(|s| {
+                            s.files += 1;
+                            s.bytes_written += header;
+                        });
+                        files = Some(f);
+                    }
+                    Err(e) => {
+                        self.count(|s| s.write_errors += 1);
+                        loss.note(&format!("cannot create a log file: {e}"));
+                    }
+                }
+            }
+            let lost_before = self.stats().lost;
+            let mut failed = false;
+            match &mut files {
+                Some(f) => {
+                    if let Err(e) = f.json.write(json, &self).await {
+                        loss.note(&e);
+                        failed = true;
+                    }
+                    // Records are counted by their JSON lines; a failed
+                    // CSV write counts as a write error.
+                    if let (Some(c), Some(batch)) = (&mut f.csv, csv_batch) {
+                        if let Err(e) = c.write(batch, &self).await {
+                            loss.note(&e);
+                            failed = true;
                         }
                     }
-                    Err(_) => self.inner.borrow_mut().stats.write_errors += 1,
+                    f.bytes = f.json.pos + f.csv.as_ref().map_or(0, |c| c.pos);
                 }
+                None => {
+                    let n = lines(&json);
+                    self.count(|s| s.lost += n);
+                }
+            }
+            if failed {
+                // A short write may have left a torn line: continue in a
+                // fresh file at the next flush.
+                if let Some(f) = files.take() {
+                    f.close().await;
+                }
+            }
+            let lost_now = self.stats().lost;
+            if lost_now > lost_before {
+                loss.lost += lost_now - lost_before;
+                loss.report(&cfg);
             }
             if closed {
                 break;
             }
             FlushWait {
                 log: &self,
-                timer: glommio::timer::Timer::new(flush_every),
+                timer: glommio::timer::Timer::new(cfg.flush_every),
             }
             .await;
         }
-        file.close().await?;
+        loss.report_now(&cfg);
+        if let Some(f) = files {
+            f.close().await;
+        }
         Ok(())
+    }
+}
+
+/// Records (lines) in a batch.
+fn lines(batch: &[u8]) -> u64 {
+    batch.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+/// Rate-limited stderr reports of lost records.
+#[derive(Default)]
+struct LossReport {
+    lost: u64,
+    last: Option<Instant>,
+    reason: String,
+}
+
+impl LossReport {
+    fn note(&mut self, reason: &str) {
+        reason.clone_into(&mut self.reason);
+    }
+
+    fn report(&mut self, cfg: &WriterConfig) {
+        if self.last.is_none_or(|t| t.elapsed() >= LOSS_REPORT_EVERY) {
+            self.report_now(cfg);
+        }
+    }
+
+    fn report_now(&mut self, cfg: &WriterConfig) {
+        if self.lost == 0 {
+            return;
+        }
+        log::error!(
+            "shard {}: accounting log in {}: {} record(s) lost ({}); delivery continues, \
+             see sluice_log_records_lost_total",
+            cfg.shard,
+            cfg.dir.display(),
+            self.lost,
+            self.reason
+        );
+        self.lost = 0;
+        self.last = Some(Instant::now());
+    }
+}
+
+/// One open output file and its write position.
+struct Out {
+    file: glommio::io::BufferedFile,
+    pos: u64,
+    counts_records: bool,
+}
+
+impl Out {
+    async fn create(path: &Path) -> std::io::Result<Out> {
+        Ok(Out {
+            file: glommio::io::BufferedFile::create(path).await?,
+            pos: 0,
+            counts_records: true,
+        })
+    }
+
+    /// Writes `batch` at the end; on failure the records not written
+    /// whole are counted as lost (JSON file only).
+    async fn write(&mut self, batch: Vec<u8>, log: &DeliveryLog) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let len = batch.len();
+        // Line ends, so a short write can tell how many records made it
+        // (the write takes the buffer).
+        let ends: Vec<usize> = if self.counts_records {
+            batch
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c == b'\n')
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let written = match self.file.write_at(batch, self.pos).await {
+            Ok(n) => n,
+            Err(e) => {
+                let lost = ends.len() as u64;
+                log.count(|s| {
+                    s.write_errors += 1;
+                    s.lost += lost;
+                });
+                return Err(e.to_string());
+            }
+        };
+        self.pos += written as u64;
+        log.count(|s| s.bytes_written += written as u64);
+        if written < len {
+            let whole = ends.partition_point(|&e| e < written);
+            let lost = (ends.len() - whole) as u64;
+            log.count(|s| {
+                s.write_errors += 1;
+                s.lost += lost;
+            });
+            return Err(format!(
+                "short write ({written} of {len} bytes): is the disk full?"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The current JSON (and CSV) file.
+struct Files {
+    json: Out,
+    csv: Option<Out>,
+    opened: Instant,
+    bytes: u64,
+}
+
+impl Files {
+    async fn open(cfg: &WriterConfig, start_ms: u64, csv: bool) -> std::io::Result<Files> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let shard = cfg.shard;
+        let json = Out::create(&cfg.dir.join(format!("delivery-{shard}-{start_ms}.jsonl"))).await?;
+        let csv = if csv {
+            let mut out =
+                Out::create(&cfg.dir.join(format!("acct-{shard}-{start_ms}.csv"))).await?;
+            out.counts_records = false;
+            let mut header = Vec::with_capacity(256);
+            sluice_outcomes::write_csv_header(&mut header);
+            let n = header.len();
+            match out.file.write_at(header, 0).await {
+                Ok(w) if w == n => out.pos = w as u64,
+                Ok(_) => return Err(std::io::Error::other("short write of the CSV header")),
+                Err(e) => return Err(e.into()),
+            }
+            Some(out)
+        } else {
+            None
+        };
+        Ok(Files {
+            json,
+            csv,
+            opened: Instant::now(),
+            bytes: 0,
+        })
+    }
+
+    async fn close(self) {
+        let _ = self.json.file.close().await;
+        if let Some(c) = self.csv {
+            let _ = c.file.close().await;
+        }
     }
 }
 
@@ -227,7 +663,7 @@ impl std::future::Future for FlushWait<'_> {
     ) -> std::task::Poll<()> {
         {
             let mut inner = self.log.inner.borrow_mut();
-            if inner.closed || inner.buf.len() >= inner.bytes_max / 2 {
+            if inner.closed || inner.half_full() {
                 return std::task::Poll::Ready(());
             }
             inner.waker = Some(cx.waker().clone());
@@ -256,23 +692,59 @@ mod tests {
         LogRecord {
             kind: RecordKind::TransientFailure,
             id,
+            sender: "from@y.test",
             recipient: "a\"b@x.test",
             queue: "x.test",
-            site: "127.0.0.1:25",
+            site: Some("127.0.0.1:25"),
+            source: None,
+            size: 1234,
             code: Some(451),
             enhanced: Some("4.4.0"),
-            text: "no route",
+            text: "no route, try later",
             peer: None,
             attempt: 1,
             arrival_ms: 5,
             at_ms: 6,
             shard: 0,
+            category: Some(Category::RoutingErrors),
+            tenant: None,
+            campaign: None,
+        }
+    }
+
+    fn executor() -> glommio::LocalExecutor {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor")
+    }
+
+    fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        });
+        v.sort();
+        v
+    }
+
+    fn cfg(dir: &Path) -> WriterConfig {
+        WriterConfig {
+            dir: dir.to_path_buf(),
+            shard: 3,
+            flush_every: Duration::from_millis(5),
+            rotate_bytes: 1 << 30,
+            rotate_every: Duration::from_secs(3600),
         }
     }
 
     #[test]
     fn records_are_json_lines_and_drops_are_counted() {
-        let log = DeliveryLog::new(300);
+        let log = DeliveryLog::new(600, false);
         log.record(&rec(1));
         log.record(&rec(2));
         log.record(&rec(3));
@@ -284,36 +756,163 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(v["type"], "TransientFailure");
             assert_eq!(v["recipient"], "a\"b@x.test");
+            assert_eq!(v["sender"], "from@y.test");
             assert_eq!(v["code"], 451);
+            assert_eq!(v["size"], 1234);
+            assert_eq!(v["category"], "routing-errors");
             assert!(v["peer"].is_null());
+            assert!(v["source"].is_null());
         }
         assert_eq!(one_line("a\r\nb"), "a  b");
+        assert!(log.take_csv().is_none());
     }
 
     #[test]
-    fn writer_flushes_to_a_file() {
+    fn writer_flushes_json_and_csv_with_its_header() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .make()
-            .unwrap();
-        ex.run(async move {
-            let log = DeliveryLog::new(1 << 20);
-            let w = glommio::spawn_local(log.clone().run_writer(
-                path.clone(),
-                3,
-                42,
-                Duration::from_millis(5),
-            ));
+        executor().run(async move {
+            let log = DeliveryLog::new(1 << 20, true);
+            let w = glommio::spawn_local(log.clone().run_writer(cfg(&path)));
             log.record(&rec(7));
             glommio::timer::sleep(Duration::from_millis(20)).await;
-            log.record(&rec(8));
+            log.record(&LogRecord {
+                kind: RecordKind::Bounce,
+                code: Some(550),
+                enhanced: Some("5.1.1"),
+                text: "no such user",
+                category: Some(Category::BadMailbox),
+                ..rec(8)
+            });
             log.close();
             w.await.unwrap();
-            let text = std::fs::read_to_string(path.join("delivery-3-42.jsonl")).unwrap();
+            let json = files(&path, "delivery-3-");
+            assert_eq!(json.len(), 1, "{json:?}");
+            let text = std::fs::read_to_string(&json[0]).unwrap();
             assert_eq!(text.lines().count(), 2, "{text}");
-            assert_eq!(log.stats().bytes_written, text.len() as u64);
+            let csv = files(&path, "acct-3-");
+            assert_eq!(csv.len(), 1);
+            let csv_text = std::fs::read_to_string(&csv[0]).unwrap();
+            let rows: Vec<&str> = csv_text.split("\r\n").filter(|l| !l.is_empty()).collect();
+            assert_eq!(rows[0], sluice_outcomes::CSV_HEADER);
+            assert_eq!(rows.len(), 3, "{csv_text}");
+            assert!(rows[1].starts_with("t,"), "{}", rows[1]);
+            assert!(rows[2].starts_with("b,"), "{}", rows[2]);
+            assert!(rows[2].contains("bad-mailbox"), "{}", rows[2]);
+            assert!(
+                rows[2].contains("smtp;550 5.1.1 no such user"),
+                "{}",
+                rows[2]
+            );
+            assert_eq!(
+                log.stats().bytes_written,
+                (text.len() + csv_text.len()) as u64
+            );
+            assert_eq!(log.stats().lost, 0);
         });
+    }
+
+    #[test]
+    fn files_rotate_by_size_and_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        executor().run(async move {
+            let log = DeliveryLog::new(1 << 20, false);
+            let c = WriterConfig {
+                rotate_bytes: 1000,
+                ..cfg(&path)
+            };
+            let w = glommio::spawn_local(log.clone().run_writer(c));
+            for round in 0..4u64 {
+                for i in 0..5 {
+                    log.record(&rec(round * 10 + i));
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            log.close();
+            w.await.unwrap();
+            let json = files(&path, "delivery-3-");
+            assert!(json.len() >= 2, "rotated by size: {json:?}");
+            let total: usize = json
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+                .sum();
+            assert_eq!(total, 20, "every record once across files");
+            assert_eq!(log.stats().files, json.len() as u64);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        executor().run(async move {
+            let log = DeliveryLog::new(1 << 20, false);
+            let c = WriterConfig {
+                rotate_every: Duration::from_millis(30),
+                ..cfg(&path)
+            };
+            let w = glommio::spawn_local(log.clone().run_writer(c));
+            log.record(&rec(1));
+            glommio::timer::sleep(Duration::from_millis(60)).await;
+            log.record(&rec(2));
+            log.close();
+            w.await.unwrap();
+            assert_eq!(files(&path, "delivery-3-").len(), 2, "rotated by age");
+        });
+    }
+
+    /// A full disk (a 64 KiB tmpfs) loses records, counts them, and never
+    /// blocks the caller; needs root for the mount.
+    #[test]
+    fn a_full_disk_loses_records_counted_and_never_blocks() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here");
+            return;
+        }
+        let path = mnt.clone();
+        let stats = executor().run(async move {
+            let log = DeliveryLog::new(1 << 20, true);
+            let w = glommio::spawn_local(log.clone().run_writer(cfg(&path)));
+            // ~300 bytes per JSON line: 2000 records are ~600 KiB, far
+            // more than the 64 KiB filesystem holds.
+            for round in 0..20u64 {
+                for i in 0..100 {
+                    log.record(&rec(round * 100 + i));
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            log.close();
+            w.await.unwrap();
+            log.stats()
+        });
+        let written: usize = files(&mnt, "delivery-3-")
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+                    .count()
+            })
+            .sum();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        assert_eq!(stats.records, 2000, "{stats:?}");
+        assert!(stats.lost > 0, "{stats:?}");
+        assert!(stats.write_errors > 0, "{stats:?}");
+        // Every record is either in a file whole or counted as lost (a
+        // torn line may count as lost and leave a fragment).
+        assert!(
+            written as u64 + stats.lost >= 2000 && written as u64 <= 2000,
+            "{written} written, {stats:?}"
+        );
     }
 }

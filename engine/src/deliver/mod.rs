@@ -80,8 +80,6 @@ const PROMOTE_BUDGET: usize = 4096;
 const SWEEP_BUDGET: usize = 1024;
 /// How often ready queues are swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Delivery log buffer bound per shard.
-const LOG_BUFFER_BYTES: usize = 16 << 20;
 /// Longest the driver waits for connections to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect failures back off from this...
@@ -184,6 +182,8 @@ pub struct Shared {
     pub rng: Cell<u64>,
     /// Shaping rules and cross-shard limits, when the runtime gave a link.
     pub shaping: Option<Rc<Shaping>>,
+    /// Bounce classification, message facts and delivery metrics.
+    pub acct: Rc<crate::accounting::Accounting>,
     /// Current record locations, built when a queued reference went stale
     /// (the spool relocated the message), keyed by the spool's relocation
     /// count at build time.
@@ -267,7 +267,17 @@ pub fn start_with(
         glommio::spawn_local(shape::pump(Rc::clone(s), Rc::clone(&ctx.stopping))).detach();
     }
     let settings = ctx.config.delivery.clone();
-    let log = DeliveryLog::new(LOG_BUFFER_BYTES);
+    let log = DeliveryLog::new(ctx.config.log.buffer_bytes, ctx.config.log.csv);
+    let acct = Rc::new(crate::accounting::Accounting::new(
+        ctx.config.bounce_rules.clone(),
+    ));
+    crate::accounting::install_reception_hook(
+        &ctx.queues,
+        log.clone(),
+        ctx.spool.clone(),
+        Rc::clone(&acct),
+        ctx.index,
+    );
     let sites = ctx.queues.borrow().sites().len();
     let shared = Rc::new(Shared {
         pools: RefCell::new(vec![SitePool::default(); sites]),
@@ -279,6 +289,7 @@ pub fn start_with(
         settings,
         log,
         shaping,
+        acct,
         relocations: RefCell::new(None),
     });
     glommio::spawn_local(drive(shared))
@@ -286,12 +297,13 @@ pub fn start_with(
 
 async fn drive(shared: Rc<Shared>) -> DeliveryStats {
     let index = shared.ctx.index;
-    let writer = glommio::spawn_local(shared.log.clone().run_writer(
-        shared.settings.log_dir.clone(),
-        index,
-        now_unix_ms(),
-        shared.settings.log_flush,
-    ));
+    let writer = glommio::spawn_local(shared.log.clone().run_writer(crate::log::WriterConfig {
+        dir: shared.settings.log_dir.clone(),
+        shard: index,
+        flush_every: shared.settings.log_flush,
+        rotate_bytes: shared.ctx.config.log.rotate_bytes,
+        rotate_every: shared.ctx.config.log.rotate_every,
+    }));
     let mut expired = Vec::new();
     let mut batch = Vec::new();
     let mut last_sweep = 0u64;

@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 // external
+use sluice_outcomes::Category;
 use sluice_spool::Outcome as SpoolOutcome;
 
 // crate
 use super::Shared;
+use crate::accounting::read_facts;
 use crate::log::{one_line, LogRecord, RecordKind};
 use crate::queue::{DestId, Entry};
 
@@ -44,12 +46,43 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
     let site = queues.site_of(s.dest);
     let site_name = queues.sites().name(site);
     let text = said.map(|x| one_line(x.text));
+    let acct = &shared.acct;
+    let facts = acct.facts(s.entry.id, || {
+        read_facts(&shared.ctx.spool, s.entry.id, &shared.locate(&s.entry))
+    });
+    // Every failure carries its bounce category (an expiry is always
+    // `message-expired`, whatever the last reply said).
+    let category = match (kind, said) {
+        (RecordKind::Expiration, _) => Some(Category::MessageExpired),
+        (RecordKind::TransientFailure | RecordKind::Bounce | RecordKind::AdminBounce, Some(x)) => {
+            Some(acct.classify(x.code, x.enhanced, x.text))
+        }
+        _ => None,
+    };
+    {
+        let mut m = acct.metrics.borrow_mut();
+        match kind {
+            RecordKind::Delivery => m.latency.observe(now.saturating_sub(s.arrival_ms)),
+            RecordKind::Bounce | RecordKind::Expiration | RecordKind::AdminBounce => {
+                let key = (site_name.clone(), category.unwrap_or(Category::Other));
+                *m.bounced.entry(key).or_insert(0) += 1;
+            }
+            RecordKind::TransientFailure => {
+                let key = (site_name.clone(), category.unwrap_or(Category::Other));
+                *m.transient.entry(key).or_insert(0) += 1;
+            }
+            RecordKind::Reception => {}
+        }
+    }
     shared.log.record(&LogRecord {
         kind,
         id: s.entry.id,
+        sender: &facts.sender,
         recipient: s.recipient,
         queue: queues.domain(s.dest),
-        site: &site_name,
+        site: Some(&site_name),
+        source: None,
+        size: facts.size,
         code: said.map(|x| x.code),
         enhanced: said.and_then(|x| x.enhanced),
         text: text.as_deref().unwrap_or(""),
@@ -58,6 +91,9 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
         arrival_ms: s.arrival_ms,
         at_ms: now,
         shard: shared.ctx.index,
+        category,
+        tenant: facts.tenant.as_deref(),
+        campaign: facts.campaign.as_deref(),
     });
 }
 

@@ -148,6 +148,18 @@ pub struct Queues {
     driver_flag: bool,
     /// Per-domain max age (shaping rules), asked when a destination is made.
     max_age_of: Option<MaxAgeFn>,
+    /// Told about every enqueued message (the accounting log's
+    /// `Reception` records); must not touch the queues.
+    on_enqueue: Option<EnqueueHook>,
+}
+
+/// Observer of [`Queues::enqueue`].
+pub struct EnqueueHook(pub Box<dyn Fn(&Accepted)>);
+
+impl std::fmt::Debug for EnqueueHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnqueueHook")
+    }
 }
 
 /// A per-domain max age lookup.
@@ -176,13 +188,23 @@ impl Queues {
             driver: None,
             driver_flag: false,
             max_age_of: None,
+            on_enqueue: None,
         }
+    }
+
+    /// Calls `hook` with every message handed over by [`Queues::enqueue`]
+    /// (not with restored ones: they were received before).
+    pub fn set_enqueue_hook(&mut self, hook: EnqueueHook) {
+        self.on_enqueue = Some(hook);
     }
 
     /// Hands over a durable, acknowledged message: every recipient becomes
     /// ready now. Called by injection after the spool commit covering the
     /// message resolved, so nothing unacknowledged is ever delivered.
     pub fn enqueue(&mut self, msg: Accepted) {
+        if let Some(hook) = &self.on_enqueue {
+            (hook.0)(&msg);
+        }
         for group in &msg.domains {
             let dest = self.destination(&group.domain);
             let expiry = self.expiry_in(dest, msg.arrival_unix_ms, msg.expiry_unix_ms);

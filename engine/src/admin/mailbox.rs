@@ -1,0 +1,1 @@
+//! Per-shard admin mailboxes (filled in with the admin API).
