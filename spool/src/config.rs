@@ -57,6 +57,10 @@ pub struct SpoolConfig {
     /// Keep at least this many bytes free on the file system beyond a
     /// request before [`crate::Spool::has_room`] says yes.
     pub free_bytes_reserve: u64,
+    /// Segment files kept ready as spares: reclamation recycles segments
+    /// into this pool (rename, new header) instead of deleting them, and
+    /// deletes only beyond it. 0: never recycle.
+    pub spare_segments: usize,
 }
 
 impl Default for SpoolConfig {
@@ -71,6 +75,7 @@ impl Default for SpoolConfig {
             relocate_above_segments: 4,
             relocate_live_bytes_max: 8 << 20,
             free_bytes_reserve: 64 << 20,
+            spare_segments: 2,
         }
     }
 }

@@ -36,11 +36,17 @@ pub(crate) struct SegState<M> {
     /// (completions, deferrals, relocated copies). This segment may go only
     /// after all of them are durably gone, or recovery would resurrect them.
     pub(crate) refs: Vec<u64>,
+    /// Seals this segment's records (format version, tag, CRC seed).
+    pub(crate) key: format::SegKey,
+    /// Lives the file had before this one.
+    pub(crate) generation: u32,
 }
 
 impl<M: SegmentMap> SegState<M> {
-    pub(crate) fn new(map: Rc<M>) -> Self {
+    pub(crate) fn new(map: Rc<M>, key: format::SegKey, generation: u32) -> Self {
         SegState {
+            key,
+            generation,
             map,
             write_off: 0,
             synced_off: 0,
@@ -97,6 +103,15 @@ pub(crate) struct SyncJob<M> {
     pub(crate) records: u64,
 }
 
+/// A segment file ready to become the head.
+pub(crate) struct Spare<M> {
+    pub(crate) map: M,
+    /// Recycled: its header is written and durable (and the rename that
+    /// gave it its number); a new file gets its header when installed.
+    pub(crate) recycled: bool,
+    pub(crate) generation: u32,
+}
+
 /// Relocated copies waiting for their commit before the old ones die.
 pub(crate) struct Relocation {
     pub(crate) target_lsn: u64,
@@ -109,7 +124,10 @@ pub struct Core<S: Storage> {
     pub(crate) cfg: SpoolConfig,
     pub(crate) segs: BTreeMap<u64, SegState<S::Segment>>,
     pub(crate) head: u64,
-    pub(crate) spare: Option<(u64, S::Segment)>,
+    /// Segment files ready to become the head, by sequence number: new
+    /// ones pre-created in the background, or recycled ones.
+    pub(crate) spares: BTreeMap<u64, Spare<S::Segment>>,
+    /// A new segment is being created in the background.
     #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
     pub(crate) spare_pending: bool,
     pub(crate) next_seq: u64,
@@ -128,8 +146,11 @@ pub struct Core<S: Storage> {
     pub(crate) closed: bool,
     pub(crate) waiters: VecDeque<(u64, Waker)>,
     pub(crate) task_waker: Option<Waker>,
-    /// Unlinked segments whose removal is not yet durable.
+    /// Unlinked (or recycled: renamed) segments whose removal is not yet
+    /// durable.
     pub(crate) removing: Vec<u64>,
+    /// Segments being recycled in the background.
+    pub(crate) recycling: usize,
     pub(crate) stats: SpoolStats,
 }
 
@@ -140,7 +161,7 @@ impl<S: Storage> Core<S> {
             cfg,
             segs: BTreeMap::new(),
             head: 0,
-            spare: None,
+            spares: BTreeMap::new(),
             spare_pending: false,
             next_seq: 1,
             next_id: 1,
@@ -158,6 +179,7 @@ impl<S: Storage> Core<S> {
             waiters: VecDeque::new(),
             task_waker: None,
             removing: Vec::new(),
+            recycling: 0,
             stats: SpoolStats::default(),
         }
     }
@@ -180,9 +202,37 @@ impl<S: Storage> Core<S> {
 
     /// Installs a freshly created segment as `seq`, writing its header.
     pub(crate) fn install_segment(&mut self, seq: u64, map: S::Segment) {
-        self.segs.insert(seq, SegState::new(Rc::new(map)));
+        let key = format::SegKey::for_seq(seq);
+        self.segs.insert(seq, SegState::new(Rc::new(map), key, 0));
         self.dir_dirty = true;
         self.stamp_header(seq);
+    }
+
+    /// Installs a spare as segment `seq`. A recycled one already holds its
+    /// durable header: appends start right after it.
+    pub(crate) fn install_spare(&mut self, seq: u64, spare: Spare<S::Segment>) {
+        if !spare.recycled {
+            return self.install_segment(seq, spare.map);
+        }
+        let key = format::SegKey::for_seq(seq);
+        let mut st = SegState::new(Rc::new(spare.map), key, spare.generation);
+        let hdr = format::record_len(format::SEGMENT_HEADER_PAYLOAD_BYTES);
+        st.write_off = hdr;
+        st.synced_off = hdr;
+        st.behind_off = hdr;
+        self.segs.insert(seq, st);
+        self.stats.recycled_installs += 1;
+    }
+
+    /// A spare that can no longer become the head (a newer segment
+    /// overtook it): keep it as an empty segment; reclamation recycles it.
+    pub(crate) fn park_spare(&mut self, seq: u64, spare: Spare<S::Segment>) {
+        let key = format::SegKey::for_seq(seq);
+        let mut st = SegState::new(Rc::new(spare.map), key, spare.generation);
+        st.write_off = st.map.len();
+        st.synced_off = st.write_off;
+        st.behind_off = st.write_off;
+        self.segs.insert(seq, st);
     }
 
     /// Writes a segment header record (shard, sequence, id floor) at the
@@ -198,15 +248,17 @@ impl<S: Storage> Core<S> {
             .expect("caller installed the segment");
         let h = format::SegmentHeader {
             shard,
+            generation: st.generation,
             seq,
             id_floor,
             segment_bytes: st.map.len() as u64,
         };
         let plen = format::SEGMENT_HEADER_PAYLOAD_BYTES;
         let total = format::record_len(plen);
+        let key = st.key;
         let rec = st.fresh(total);
         format::encode_segment_header(&mut rec[format::payload_range(0, plen)], &h);
-        format::seal_record(rec, RecordKind::SegmentHeader, plen);
+        format::seal_record(rec, RecordKind::SegmentHeader, plen, &key);
         st.write_off += total;
         self.note_appended(total, Instant::now());
     }
@@ -285,24 +337,39 @@ impl<S: Storage> Core<S> {
                 return Ok(self.head);
             }
         }
-        let (seq, map) = match self.spare.take() {
+        // The lowest spare above the head (log order is sequence order).
+        let mut next = None;
+        while let Some((seq, spare)) = self.spares.pop_first() {
+            if seq > self.head && spare.map.len() == self.cfg.segment_bytes {
+                next = Some((seq, spare));
+                break;
+            }
+            self.park_spare(seq, spare);
+        }
+        let (seq, spare) = match next {
             Some(s) => s,
             None => {
                 let seq = self.next_seq;
                 let map = self.storage.create_segment(seq, self.cfg.segment_bytes)?;
                 self.next_seq += 1;
                 self.stats.inline_segment_creations += 1;
-                (seq, map)
+                let spare = Spare {
+                    map,
+                    recycled: false,
+                    generation: 0,
+                };
+                (seq, spare)
             }
         };
         // Seal the old head: recovery stops at the end marker.
         if let Some(old) = self.segs.get_mut(&self.head) {
+            let key = old.key;
             let rec = old.fresh(end);
-            format::seal_record(rec, RecordKind::SegmentEnd, 0);
+            format::seal_record(rec, RecordKind::SegmentEnd, 0, &key);
             old.write_off += end;
             self.note_appended(end, now);
         }
-        self.install_segment(seq, map);
+        self.install_spare(seq, spare);
         self.head = seq;
         self.stats.segments_created += 1;
         let head = &self.segs[&self.head];
@@ -331,11 +398,12 @@ impl<S: Storage> Core<S> {
             .get_mut(&seq)
             .expect("reserve returned a present segment");
         let offset = seg.write_off;
+        let key = seg.key;
         let rec = seg.fresh(total);
         format::encode_message(&mut rec[format::payload_range(0, plen)], id, m, env_len);
-        format::seal_record(rec, RecordKind::Message, plen);
+        format::seal_record(rec, RecordKind::Message, plen, &key);
         debug_assert!(matches!(
-            format::check_at(rec, 0),
+            format::check_at(rec, 0, &key),
             format::Check::Valid { .. }
         ));
         seg.write_off += total;
@@ -381,9 +449,10 @@ impl<S: Storage> Core<S> {
             .segs
             .get_mut(&seq)
             .expect("reserve returned a present segment");
+        let key = seg.key;
         let rec = seg.fresh(total);
         encode(&mut rec[format::payload_range(0, plen)]);
-        format::seal_record(rec, kind, plen);
+        format::seal_record(rec, kind, plen, &key);
         seg.write_off += total;
         if let Some(ms) = msg_seg.filter(|&ms| ms != seq) {
             seg.add_ref(ms);
@@ -610,11 +679,16 @@ impl<S: Storage> Core<S> {
         (to > from).then(|| (Rc::clone(&h.map), from..to))
     }
 
-    /// The segment to pre-create next, if none is ready or pending.
+    /// The segment to pre-create next, if no spare is ready or pending.
     // Used by the glommio driver only.
     #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
     pub(crate) fn spare_wanted(&mut self) -> Option<u64> {
-        if self.spare.is_some() || self.spare_pending || self.poisoned.is_some() || self.closed {
+        if !self.spares.is_empty()
+            || self.spare_pending
+            || self.recycling > 0
+            || self.poisoned.is_some()
+            || self.closed
+        {
             return None;
         }
         // Pre-create once the head is a quarter full (or at once when there
@@ -635,21 +709,21 @@ impl<S: Storage> Core<S> {
     pub(crate) fn spare_ready(&mut self, seq: u64, r: Result<S::Segment, SpoolError>) {
         self.spare_pending = false;
         match r {
-            // An inline creation overtook it: installing it now would put a
-            // lower sequence number after a higher one and break log order.
-            Ok(map) if seq < self.head => {
-                drop(map);
-                if let Err(e) = self.storage.remove_segment(seq) {
-                    log::warn!(
-                        "spool shard {}: removing stale spare {seq}: {e}",
-                        self.cfg.shard
-                    );
-                }
-                self.dir_dirty = true;
-            }
             Ok(map) => {
-                self.spare = Some((seq, map));
+                // Its directory entry becomes durable with the next sync;
+                // until it is installed recovery sees an empty segment.
                 self.dir_dirty = true;
+                let spare = Spare {
+                    map,
+                    recycled: false,
+                    generation: 0,
+                };
+                if seq < self.head {
+                    // An inline creation overtook it.
+                    self.park_spare(seq, spare);
+                } else {
+                    self.spares.insert(seq, spare);
+                }
             }
             Err(e) => log::warn!(
                 "spool shard {}: pre-creating segment {seq}: {e}",
@@ -669,10 +743,12 @@ impl<S: Storage> Core<S> {
             .get(&self.head)
             .map(|h| ((h.map.len() - h.write_off) as u64).saturating_sub(keep))
             .unwrap_or(0);
-        let spare_free = match &self.spare {
-            Some((_, s)) => (s.len() as u64).saturating_sub(keep + 64),
-            None => 0,
-        };
+        let spare_free = self
+            .spares
+            .values()
+            .map(|s| (s.map.len() as u64).saturating_sub(keep + 64))
+            .max()
+            .unwrap_or(0);
         if bytes <= head_free.max(spare_free) {
             return true;
         }

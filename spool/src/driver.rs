@@ -1,8 +1,9 @@
 //! The group-commit task on a glommio executor: sleeps until the commit
 //! window of the oldest unsynced append closes (or the unsynced bytes pass
 //! the threshold), runs one sync for everything appended so far, releases
-//! the waiters it covers, and between syncs pre-creates the next segment
-//! and reclaims old ones.
+//! the waiters it covers, and between syncs reclaims old segments
+//! (recycling them as spares) and pre-creates a new one when none is
+//! ready.
 
 // std
 use std::cell::Cell;
@@ -88,13 +89,16 @@ impl<S: Storage> Spool<S> {
                     if self.inner.borrow().closed && !self.inner.borrow().sync_in_flight {
                         break;
                     }
-                    self.start_spare();
                     if !reclaiming.get()
                         && self.reclaim_wanted()
                         && self.poisoned().is_none()
                         && !self.inner.borrow().closed
                     {
                         self.start_reclaim(Rc::clone(&reclaiming));
+                    }
+                    // A new file only when reclamation has none to recycle.
+                    if !reclaiming.get() {
+                        self.start_spare();
                     }
                     self.notified().await;
                 }
@@ -103,7 +107,10 @@ impl<S: Storage> Spool<S> {
         // Let a background segment creation finish: the blocking pool must
         // not outlive the executor with work in hand.
         for _ in 0..SHUTDOWN_WAIT_ROUNDS {
-            if !self.inner.borrow().spare_pending && !reclaiming.get() {
+            if !self.inner.borrow().spare_pending
+                && !reclaiming.get()
+                && self.inner.borrow().recycling == 0
+            {
                 break;
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -118,7 +125,10 @@ impl<S: Storage> Spool<S> {
         let spool = self.clone();
         glommio::spawn_local(async move {
             match spool.reclaim().await {
-                Ok(r) if r.segments_removed > 0 || r.messages_relocated > 0 => {}
+                Ok(r)
+                    if r.segments_removed > 0
+                        || r.segments_recycled > 0
+                        || r.messages_relocated > 0 => {}
                 // Nothing could be done (or it failed): do not retry at once.
                 Ok(_) => glommio::timer::sleep(RETRY_BACKGROUND).await,
                 Err(e) => {

@@ -9,11 +9,29 @@
 //! header   0..4   magic  "SLCR" (0x52434C53 read as u32 LE)
 //!          4      kind   1 segment header, 2 message, 3 completion,
 //!                        4 deferral, 5 segment end
-//!          5      format version (1)
-//!          6..8   reserved, zero
+//!          5      format version (2; version 1 is still read)
+//!          6..8   segment tag: the low 16 bits of the segment's sequence
+//!                 number (version 1: zero)
 //!          8..12  payload length in bytes (padding excluded)
-//!          12..16 CRC32C over header bytes 0..12 followed by the payload
+//!          12..16 CRC32C over header bytes 0..12 followed by the payload,
+//!                 seeded with CRC32C(segment sequence number as u64 LE)
+//!                 (version 1: unseeded)
 //! ```
+//!
+//! # Why the seed (format version 2)
+//! Segment files are recycled: a file whose records are all dead is renamed
+//! to a new sequence number and written again from the start, without
+//! zeroing, so beyond the new records lie the old ones. Sequence numbers
+//! are never reused, and every record's CRC is seeded with its segment's
+//! number, so a record left from an earlier life of the file fails its
+//! checksum in the new one and can never be read back as valid. The tag
+//! lets the scan tell such a stale record from a corrupt one without
+//! computing a CRC ([`Check::Stale`]). The segment header also carries the
+//! file's generation (how many lives it had before this one).
+//!
+//! A version 1 segment (written before recycling existed) is recognised by
+//! its header and read with the version 1 rules; it is never appended to,
+//! and when it is recycled its new life is version 2.
 //!
 //! This module is pure: byte slices in, byte slices out. It never panics on
 //! bytes read back from a file; a malformed record is a [`FormatError`].
@@ -27,7 +45,9 @@ use thiserror::Error;
 /// Magic at the start of every record header.
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"SLCR");
 /// Format version written into every header.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format: no segment tag, unseeded CRC. Read, never written.
+pub const FORMAT_VERSION_V1: u8 = 1;
 /// Size of the record header in bytes.
 pub const HEADER_BYTES: usize = 16;
 /// Every record starts at a multiple of this.
@@ -132,19 +152,49 @@ pub const fn record_len(payload_len: usize) -> usize {
     (HEADER_BYTES + payload_len + RECORD_ALIGN - 1) & !(RECORD_ALIGN - 1)
 }
 
+/// What makes a record belong to one life of one segment file: the format
+/// version, the tag in the header and the CRC seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegKey {
+    /// Format version of the segment.
+    pub version: u8,
+    /// Header bytes 6..8.
+    pub tag: u16,
+    /// Initial CRC32C value.
+    pub seed: u32,
+}
+
+impl SegKey {
+    /// The key of segment `seq` in the current format.
+    pub fn for_seq(seq: u64) -> SegKey {
+        SegKey {
+            version: FORMAT_VERSION,
+            tag: seq as u16,
+            seed: crc32c::crc32c(&seq.to_le_bytes()),
+        }
+    }
+
+    /// The key of every version 1 segment.
+    pub const V1: SegKey = SegKey {
+        version: FORMAT_VERSION_V1,
+        tag: 0,
+        seed: 0,
+    };
+}
+
 /// Writes the header for the payload already in `rec[HEADER_BYTES..]` and
 /// zeroes the padding. `rec` is exactly `record_len(payload_len)` bytes.
-pub fn seal_record(rec: &mut [u8], kind: RecordKind, payload_len: usize) {
+pub fn seal_record(rec: &mut [u8], kind: RecordKind, payload_len: usize, key: &SegKey) {
     assert_eq!(rec.len(), record_len(payload_len), "record buffer size");
     let len32 = u32::try_from(payload_len).expect("caller bounds payload by segment size");
     rec[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     rec[4] = kind as u8;
-    rec[5] = FORMAT_VERSION;
-    rec[6..8].fill(0);
+    rec[5] = key.version;
+    rec[6..8].copy_from_slice(&key.tag.to_le_bytes());
     rec[8..12].copy_from_slice(&len32.to_le_bytes());
     rec[HEADER_BYTES + payload_len..].fill(0);
     let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&rec[0..12]),
+        crc32c::crc32c_append(key.seed, &rec[0..12]),
         &rec[HEADER_BYTES..HEADER_BYTES + payload_len],
     );
     rec[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -172,10 +222,14 @@ pub enum Check {
     },
     /// Not a record header at all, or its length runs past the segment.
     Garbage,
+    /// A record header of another life of the file (another version or
+    /// segment tag): left over from before the file was recycled.
+    Stale,
 }
 
-/// Checks the record starting at `pos` in `seg`.
-pub fn check_at(seg: &[u8], pos: usize) -> Check {
+/// Checks the record starting at `pos` in `seg`, a segment whose records
+/// are sealed with `key`.
+pub fn check_at(seg: &[u8], pos: usize, key: &SegKey) -> Check {
     debug_assert!(pos % RECORD_ALIGN == 0);
     let Some(h) = seg.get(pos..pos + HEADER_BYTES) else {
         return Check::Garbage;
@@ -183,8 +237,11 @@ pub fn check_at(seg: &[u8], pos: usize) -> Check {
     if h.iter().all(|&b| b == 0) {
         return Check::Zero;
     }
-    if read_u32(h, 0) != RECORD_MAGIC || h[5] != FORMAT_VERSION || h[6] != 0 || h[7] != 0 {
+    if read_u32(h, 0) != RECORD_MAGIC {
         return Check::Garbage;
+    }
+    if h[5] != key.version || u16::from_le_bytes([h[6], h[7]]) != key.tag {
+        return Check::Stale;
     }
     let Some(kind) = RecordKind::from_u8(h[4]) else {
         return Check::Garbage;
@@ -195,7 +252,7 @@ pub fn check_at(seg: &[u8], pos: usize) -> Check {
         return Check::Garbage;
     }
     let payload = &seg[pos + HEADER_BYTES..pos + HEADER_BYTES + payload_len];
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..12]), payload);
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(key.seed, &h[0..12]), payload);
     if crc != read_u32(h, 12) {
         return Check::BadChecksum { total_len };
     }
@@ -203,6 +260,22 @@ pub fn check_at(seg: &[u8], pos: usize) -> Check {
         kind,
         payload_len,
         total_len,
+    }
+}
+
+/// The sequence number a segment header record at offset 0 claims, if the
+/// bytes there are a valid current-format header of *some* segment (its
+/// CRC checked with that segment's seed).
+pub fn claimed_header_seq(seg: &[u8]) -> Option<u64> {
+    let p = seg.get(HEADER_BYTES..HEADER_BYTES + SEGMENT_HEADER_PAYLOAD_BYTES)?;
+    let seq = read_u64(p, 8);
+    match check_at(seg, 0, &SegKey::for_seq(seq)) {
+        Check::Valid {
+            kind: RecordKind::SegmentHeader,
+            payload_len: SEGMENT_HEADER_PAYLOAD_BYTES,
+            ..
+        } => Some(seq),
+        _ => None,
     }
 }
 
@@ -491,6 +564,8 @@ pub fn parse_message(payload: &[u8]) -> Result<MessageParts<'_>, FormatError> {
 pub struct SegmentHeader {
     /// Shard that owns the segment.
     pub shard: u32,
+    /// Lives the file had before this one (0: a new file). Version 1: 0.
+    pub generation: u32,
     /// Segment sequence number (also in the file name).
     pub seq: u64,
     /// The next message id at the time the segment was created: ids are
@@ -504,7 +579,7 @@ pub struct SegmentHeader {
 pub fn encode_segment_header(dst: &mut [u8], h: &SegmentHeader) {
     assert_eq!(dst.len(), SEGMENT_HEADER_PAYLOAD_BYTES);
     dst[0..4].copy_from_slice(&h.shard.to_le_bytes());
-    dst[4..8].fill(0);
+    dst[4..8].copy_from_slice(&h.generation.to_le_bytes());
     dst[8..16].copy_from_slice(&h.seq.to_le_bytes());
     dst[16..24].copy_from_slice(&h.id_floor.to_le_bytes());
     dst[24..32].copy_from_slice(&h.segment_bytes.to_le_bytes());
@@ -519,6 +594,7 @@ pub fn parse_segment_header(p: &[u8]) -> Result<SegmentHeader, FormatError> {
     }
     Ok(SegmentHeader {
         shard: read_u32(p, 0),
+        generation: read_u32(p, 4),
         seq: read_u64(p, 8),
         id_floor: read_u64(p, 16),
         segment_bytes: read_u64(p, 24),
@@ -623,7 +699,7 @@ mod tests {
         let mut rec = vec![0xAA; record_len(plen)];
         let env = envelope_len(&m).unwrap();
         encode_message(&mut rec[HEADER_BYTES..HEADER_BYTES + plen], 42, &m, env);
-        seal_record(&mut rec, RecordKind::Message, plen);
+        seal_record(&mut rec, RecordKind::Message, plen, &SegKey::for_seq(7));
         (rec, plen)
     }
 
@@ -631,7 +707,7 @@ mod tests {
     fn message_round_trip() {
         let (rec, plen) = sample();
         assert_eq!(
-            check_at(&rec, 0),
+            check_at(&rec, 0, &SegKey::for_seq(7)),
             Check::Valid {
                 kind: RecordKind::Message,
                 payload_len: plen,
@@ -653,7 +729,7 @@ mod tests {
         for i in 0..rec.len() * 8 {
             let mut bad = rec.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            if let Check::Valid { .. } = check_at(&bad, 0) {
+            if let Check::Valid { .. } = check_at(&bad, 0, &SegKey::for_seq(7)) {
                 // Only flips inside the zero padding can keep a record valid.
                 assert!(i / 8 >= HEADER_BYTES + plen, "flip of bit {i} undetected");
             }
@@ -683,7 +759,9 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
             for pos in (0..bytes.len()).step_by(RECORD_ALIGN) {
-                let _ = check_at(&bytes, pos);
+                let _ = check_at(&bytes, pos, &SegKey::for_seq(1));
+                let _ = check_at(&bytes, pos, &SegKey::V1);
+                let _ = claimed_header_seq(&bytes[pos..]);
             }
             let _ = parse_message(&bytes);
             let _ = parse_completion(&bytes);
@@ -700,6 +778,59 @@ mod tests {
             rec[at] = val;
             let _ = parse_message(&rec[payload_range(0, plen)]);
         }
+    }
+
+    #[test]
+    fn a_record_of_another_life_never_validates() {
+        let (rec, plen) = sample();
+        let total = rec.len();
+        // The same bytes read as part of segment 8 (the file recycled from
+        // segment 7): stale, by tag; and with a colliding tag (7 + 2^16),
+        // the seeded CRC still refuses it.
+        assert_eq!(check_at(&rec, 0, &SegKey::for_seq(8)), Check::Stale);
+        assert_eq!(check_at(&rec, 0, &SegKey::V1), Check::Stale);
+        assert_eq!(
+            check_at(&rec, 0, &SegKey::for_seq(7 + (1 << 16))),
+            Check::BadChecksum { total_len: total }
+        );
+        assert!(matches!(
+            check_at(&rec, 0, &SegKey::for_seq(7)),
+            Check::Valid { payload_len, .. } if payload_len == plen
+        ));
+        // A version 1 record is read with the version 1 key only.
+        let mut v1 = rec.clone();
+        seal_record(&mut v1, RecordKind::Message, plen, &SegKey::V1);
+        assert_eq!(v1[5], FORMAT_VERSION_V1);
+        assert_eq!(&v1[6..8], &[0, 0]);
+        assert!(matches!(check_at(&v1, 0, &SegKey::V1), Check::Valid { .. }));
+        assert_eq!(check_at(&v1, 0, &SegKey::for_seq(7)), Check::Stale);
+    }
+
+    #[test]
+    fn a_header_names_its_own_segment() {
+        let plen = SEGMENT_HEADER_PAYLOAD_BYTES;
+        let mut rec = vec![0u8; record_len(plen)];
+        let h = SegmentHeader {
+            shard: 1,
+            generation: 3,
+            seq: 42,
+            id_floor: 9,
+            segment_bytes: 1 << 20,
+        };
+        encode_segment_header(&mut rec[payload_range(0, plen)], &h);
+        seal_record(
+            &mut rec,
+            RecordKind::SegmentHeader,
+            plen,
+            &SegKey::for_seq(42),
+        );
+        assert_eq!(claimed_header_seq(&rec), Some(42));
+        assert_eq!(
+            parse_segment_header(&rec[payload_range(0, plen)]).unwrap(),
+            h
+        );
+        rec[20] ^= 1;
+        assert_eq!(claimed_header_seq(&rec), None);
     }
 
     #[test]

@@ -12,16 +12,22 @@
 //! `O_EXCL|O_NOFOLLOW`, reserved with `fallocate`, default 64 MiB), and
 //! `<spool>/shard-<n>/quarantine/` for corrupt bytes. Directories are 0700;
 //! an existing one open to group/others or a symlink is refused with
-//! [`SpoolError::Permissions`] naming the path. Every create and delete of a
-//! segment is followed by a directory fsync before it is relied upon.
+//! [`SpoolError::Permissions`] naming the path. Every create, rename and
+//! delete of a segment is followed by a directory fsync before it is relied
+//! upon.
 //!
 //! # Record format
-//! See [`format`]: a 16-byte header (magic `SLCR`, kind, version, payload
-//! length, CRC32C of header and payload), the payload, zero padding to 8
-//! bytes. Kinds:
-//! - *segment header*: shard, sequence, segment size, and the next message
-//!   id at creation (so ids stay monotonic even when every older segment is
-//!   gone);
+//! See [`mod@format`]: a 16-byte header (magic `SLCR`, kind, version, segment
+//! tag, payload length, CRC32C of header and payload seeded with the
+//! segment's sequence number), the payload, zero padding to 8 bytes.
+//! Format version 2 (this one) added the tag and the seed so segment files
+//! can be recycled without zeroing: a record left from a file's earlier
+//! life never validates in its new one. Version 1 segments are still read
+//! (and recycled into version 2 once their messages are done). Kinds:
+//! - *segment header*: shard, generation (earlier lives of the file),
+//!   sequence, segment size, and the next message id at creation (so ids
+//!   stay monotonic even when every older segment is gone); it appears
+//!   again later in a segment that a restart continued (new id floor);
 //! - *message*: id, arrival, expiry, retry state, flags, then the envelope
 //!   (sender, envelope DSN bytes, tenant, campaign, queue, recipients with
 //!   their DSN bytes, a done-recipient bitmap) and last the body, so
@@ -50,10 +56,14 @@
 //! `sync_file_range(SYNC_FILE_RANGE_WRITE)` on glommio's blocking pool
 //! starts writeback early, so the next fdatasync finds less to do (it has
 //! no durability meaning; errors surface in the fdatasync).
-//! Segments are pre-created, reserved and pre-faulted (`MAP_POPULATE`, which
-//! is where the kernel zero-fills the reserved pages) on glommio's blocking
-//! pool before they are needed, so rotating is a pointer swap; if none is
-//! ready the append creates one inline (counted in [`SpoolStats`]).
+//! Rotating takes a *spare* segment, so it is a pointer swap. Spares are
+//! mostly recycled segments (see Reclamation): their blocks are already
+//! allocated and written, so no `fallocate`, no unwritten-extent conversion
+//! and no kernel zero-filling of fresh pages; the mapping is kept and
+//! pre-faulted (`MADV_POPULATE_READ`) on glommio's blocking pool. When none
+//! is ready a new file is pre-created, reserved and pre-faulted
+//! (`MAP_POPULATE`) there; only if that is not ready either does the append
+//! create one inline (counted in [`SpoolStats`]).
 //! `fallocate` failing with ENOSPC/EDQUOT is [`SpoolError::DiskFull`] (the
 //! engine's `452 4.3.1`); [`Spool::has_room`] checks reserved and free space
 //! first. Messages never use the last 1/16 of a segment: that reserve keeps
@@ -73,7 +83,10 @@
 //! by its length if the next header validates; otherwise the scan resyncs
 //! at the next aligned offset holding a valid record. Skipped bytes are
 //! copied to `quarantine/` and logged. Non-zero bytes after the last valid
-//! record of a segment are a torn tail: zeroed, synced and counted. The live
+//! record of a new segment are a torn tail: zeroed, synced and counted; in
+//! a recycled segment (generation > 0) the bytes after the last valid
+//! record are the earlier life's, so only a torn record of this life
+//! (header with this segment's tag, CRC failing) is. The live
 //! set is every message record without completions for all recipients; a
 //! later copy of the same id (relocation) supersedes the earlier. The spool
 //! then starts a fresh head segment (old segments are never appended to
@@ -89,15 +102,24 @@
 //! [`Spool::live_messages`] (id, record, pending recipients, retry state).
 //!
 //! # Reclamation
-//! A segment is deleted when no live message copy remains in it and every
+//! A segment is retired when no live message copy remains in it and every
 //! older segment that its completion/deferral/relocation records refer to
-//! is already durably deleted (otherwise a crash would resurrect a
-//! delivered message from the older segment). Long-deferred messages pinning
+//! is already durably retired (otherwise a crash would resurrect a
+//! delivered message from the older segment). Retiring recycles it while
+//! the pool holds fewer than `spare_segments` (2) spares, and unlinks it
+//! otherwise (on the blocking pool). Recycling, on the reclamation task:
+//! rename `seg-<old>` to `seg-<new>` (a fresh sequence number), write the
+//! new header (generation + 1) at offset 0, fdatasync it, fsync the
+//! directory; only then is the old segment gone and the file a spare.
+//! Recovery reads a file whose offset 0 holds a valid header of *another*
+//! sequence number (an interrupted recycling) as empty, and a spare left
+//! by the previous run becomes the head at open. A segment some `Body` still
+//! maps is unlinked instead (its bytes must not change under a reader). Long-deferred messages pinning
 //! the oldest segment are relocated in the background: re-appended to the
 //! head with their done-recipient bitmap and retry state, committed, and
 //! only then is the old copy released. Reclamation runs as its own task
-//! (spawned by the group-commit loop), so unlinking and the directory sync
-//! never hold up a commit.
+//! (spawned by the group-commit loop), so recycling, unlinking and the
+//! directory sync never hold up a commit.
 //!
 //! # Tests and benchmarks
 //! `cargo test -p sluice-spool` runs the model property test

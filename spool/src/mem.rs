@@ -56,6 +56,9 @@ struct File {
     entry_durable: bool,
     /// Unlinked (durably so once `entry_durable` is false and it is gone).
     removed: bool,
+    /// Renamed from this sequence number; the rename is pending until the
+    /// next directory sync (a crash keeps either name, never both).
+    renamed_from: Option<u64>,
 }
 
 #[derive(Default)]
@@ -169,6 +172,16 @@ impl MemStorage {
         self.disk.borrow().syncs
     }
 
+    /// The durable image of segment `seq` (what a power cut would leave,
+    /// before tearing), if it exists.
+    pub fn durable_image(&self, seq: u64) -> Option<Vec<u8>> {
+        let disk = self.disk.borrow();
+        disk.files
+            .get(&seq)
+            .filter(|f| !f.removed)
+            .map(|f| f.durable.clone())
+    }
+
     /// Names of quarantined pieces.
     pub fn quarantined(&self) -> Vec<String> {
         self.disk.borrow().quarantine.keys().cloned().collect()
@@ -208,6 +221,11 @@ impl MemStorage {
             if !present {
                 continue;
             }
+            // A pending rename: the old name or the new one.
+            let seq = match f.renamed_from {
+                Some(from) if rng.below(2) == 0 => from,
+                _ => seq,
+            };
             let mut image = f.durable.clone();
             let live = f.buf.copy(0..f.buf.len);
             if let Some(first) = (0..image.len()).find(|&i| image[i] != live[i]) {
@@ -225,6 +243,7 @@ impl MemStorage {
                     durable: image,
                     entry_durable: true,
                     removed: false,
+                    renamed_from: None,
                 },
             );
         }
@@ -295,6 +314,7 @@ impl Storage for MemStorage {
                 durable: vec![0; bytes],
                 entry_durable: false,
                 removed: false,
+                renamed_from: None,
             },
         );
         drop(disk);
@@ -317,6 +337,43 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    fn recycle_segment(
+        &self,
+        seg: MemSegment,
+        from: u64,
+        to: u64,
+    ) -> LocalFuture<Result<MemSegment, SpoolError>> {
+        let r = (|| {
+            let mut disk = self.disk.borrow_mut();
+            if disk.files.get(&to).is_some_and(|f| !f.removed) {
+                return Err(SpoolError::Io {
+                    op: "renaming",
+                    path: self.describe(to).into(),
+                    source: io::Error::from_raw_os_error(libc::EEXIST),
+                });
+            }
+            let Some(mut f) = disk.files.remove(&from) else {
+                return Err(SpoolError::Io {
+                    op: "renaming",
+                    path: self.describe(from).into(),
+                    source: io::Error::from_raw_os_error(libc::ENOENT),
+                });
+            };
+            assert!(Rc::ptr_eq(&f.buf, &seg.buf), "the segment's own file");
+            // Renamed twice before a directory sync: the oldest durable name.
+            if f.entry_durable && f.renamed_from.is_none() {
+                f.renamed_from = Some(from);
+            }
+            disk.files.insert(to, f);
+            Ok(MemSegment {
+                buf: seg.buf,
+                disk: Rc::clone(&self.disk),
+                seq: to,
+            })
+        })();
+        Box::pin(async move { r })
+    }
+
     fn sync_dir(&self) -> LocalFuture<io::Result<()>> {
         let r = self.sync_dir_blocking();
         Box::pin(async move { r })
@@ -330,6 +387,7 @@ impl Storage for MemStorage {
         disk.files.retain(|_, f| !f.removed);
         for f in disk.files.values_mut() {
             f.entry_durable = true;
+            f.renamed_from = None;
         }
         Ok(())
     }

@@ -30,15 +30,52 @@ impl<S: Storage> Core<S> {
             .collect()
     }
 
-    /// Unlinks `seqs`; they count as gone once the directory is synced.
-    pub(crate) fn unlink(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
-        for &q in seqs {
-            self.storage.remove_segment(q)?;
-            self.segs.remove(&q);
-            self.removing.push(q);
-            self.stats.segments_removed += 1;
+    /// Takes deletable segment `q` out of the log: it counts as gone once
+    /// the directory is synced after its unlink or rename. Returns its file
+    /// when it can be recycled (the pool wants one, it has the configured
+    /// size and nobody holds a slice of it); `None`: unlink it.
+    pub(crate) fn retire(&mut self, q: u64) -> Option<(S::Segment, u32)> {
+        let st = self
+            .segs
+            .remove(&q)
+            .expect("deletable segments are present");
+        self.removing.push(q);
+        let want = self.spares.len() + self.recycling < self.cfg.spare_segments;
+        if !want || st.map.len() != self.cfg.segment_bytes {
+            return None;
         }
-        Ok(())
+        // A `Body` handed out earlier still maps these bytes: rewriting
+        // them would change what it reads. Such a segment is unlinked
+        // (its mapping lives on until the last `Body` goes).
+        let map = Rc::try_unwrap(st.map).ok()?;
+        self.recycling += 1;
+        Some((map, st.generation))
+    }
+
+    /// Writes the header of recycled segment `seq` (new life: generation
+    /// `generation`) at offset 0 of its mapping. The caller then makes it
+    /// durable, then the rename, and only then offers it as a spare.
+    pub(crate) fn write_recycled_header(&self, seq: u64, map: &S::Segment, generation: u32) {
+        let plen = format::SEGMENT_HEADER_PAYLOAD_BYTES;
+        let total = format::record_len(plen);
+        let h = format::SegmentHeader {
+            shard: self.cfg.shard,
+            generation,
+            seq,
+            id_floor: self.next_id,
+            segment_bytes: map.len() as u64,
+        };
+        assert!(map.len() >= total, "segments hold at least a header");
+        // SAFETY: the spool owns the only handle on this mapping (taken with
+        // `Rc::try_unwrap` in `retire`), so no slice of it is alive.
+        let rec = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), total) };
+        format::encode_segment_header(&mut rec[format::payload_range(0, plen)], &h);
+        format::seal_record(
+            rec,
+            RecordKind::SegmentHeader,
+            plen,
+            &format::SegKey::for_seq(seq),
+        );
     }
 
     /// The oldest non-head segment worth relocating out of, if any.
@@ -70,12 +107,14 @@ impl<S: Storage> Core<S> {
             let seq = self.reserve(total, true, now)?;
             assert_ne!(seq, from, "the head is never relocated");
             let src = Rc::clone(&self.segs[&from].map);
+            let src_key = self.segs[&from].key;
             let live = &self.index[&id];
             let seg = self
                 .segs
                 .get_mut(&seq)
                 .expect("reserve returned a present segment");
             let offset = seg.write_off;
+            let key = seg.key;
             let dst = seg.fresh(total);
             // SAFETY: `old` lies below the old segment's write_off (published,
             // immutable) and `dst` is fresh space in another mapping.
@@ -85,7 +124,8 @@ impl<S: Storage> Core<S> {
             // The old record was verified when written (or recovered); if
             // it no longer verifies, something changed the file under us.
             // Leave that message where it is (its segment stays pinned).
-            let format::Check::Valid { payload_len, .. } = format::check_at(dst, 0) else {
+            let format::Check::Valid { payload_len, .. } = format::check_at(dst, 0, &src_key)
+            else {
                 log::error!(
                     "spool {}: live message {id} at offset {} no longer verifies; not relocated",
                     self.storage.describe(from),
@@ -104,7 +144,7 @@ impl<S: Storage> Core<S> {
             payload[36..40].copy_from_slice(&(fixed.flags | format::FLAG_RELOCATED).to_le_bytes());
             live.done
                 .write_mask(&mut payload[format::done_mask_range(&fixed)]);
-            format::seal_record(dst, RecordKind::Message, payload_len);
+            format::seal_record(dst, RecordKind::Message, payload_len, &key);
             seg.write_off += total;
             seg.live += 1;
             seg.live_bytes += total as u64;

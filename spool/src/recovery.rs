@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Durability, SpoolConfig};
 use crate::core::{Core, SegState};
 use crate::error::SpoolError;
-use crate::format::{self, Check, RecordKind, HEADER_BYTES, RECORD_ALIGN, RECORD_MAGIC};
+use crate::format::{self, Check, RecordKind, SegKey, HEADER_BYTES, RECORD_ALIGN, RECORD_MAGIC};
 use crate::index::{DoneSet, Live, RecordRef};
 use crate::storage::{SegmentMap, Storage};
 
@@ -53,8 +53,12 @@ pub enum HeadAtOpen {
     /// continued. Appends get [`SpoolError::DiskFull`] until space returns.
     #[default]
     None,
-    /// A new segment with this sequence number (the normal case).
+    /// A new segment with this sequence number (the normal case without a
+    /// spare).
     New(u64),
+    /// The spare segment the previous run had prepared (this sequence
+    /// number): no new file needed.
+    Spare(u64),
     /// The file system was full: the last recovered segment (this sequence
     /// number), which was not sealed, takes the appends.
     Continued(u64),
@@ -69,13 +73,13 @@ impl RecoveryReport {
 
 /// Finds the first aligned offset at or after `from` where a valid record
 /// starts.
-fn resync(buf: &[u8], from: usize) -> Option<usize> {
+fn resync(buf: &[u8], from: usize, key: &SegKey) -> Option<usize> {
     let magic = RECORD_MAGIC.to_le_bytes();
     let mut q = from;
     while q + HEADER_BYTES <= buf.len() {
         debug_assert!(q % RECORD_ALIGN == 0);
         if buf[q..q + 4] == magic {
-            if let Check::Valid { .. } = format::check_at(buf, q) {
+            if let Check::Valid { .. } = format::check_at(buf, q, key) {
                 return Some(q);
             }
         }
@@ -100,6 +104,49 @@ fn nonzero_end(buf: &[u8], from: usize) -> usize {
         .iter()
         .rposition(|&b| b != 0)
         .map_or(from, |i| from + i + 1)
+}
+
+/// The end of a torn record of this segment's life at `pos`: its header
+/// (magic, version, tag) was written and its length fits, but its CRC
+/// fails. `pos` when the bytes there are not such a header.
+fn torn_record_end(buf: &[u8], pos: usize, key: &SegKey) -> usize {
+    match format::check_at(buf, pos, key) {
+        Check::BadChecksum { total_len } => pos + total_len,
+        _ => pos,
+    }
+}
+
+/// What offset 0 of a segment file says about it.
+enum Opening {
+    /// A header of this segment: scan with this key; generation.
+    Header(SegKey, u32),
+    /// A valid header of *another* segment: the file was being recycled
+    /// (renamed and given a new header) when the process stopped; nothing
+    /// in it belongs to this segment number. The sequence it claims.
+    Recycling(u64),
+    /// No valid header (never written, torn, or corrupt): scan anyway.
+    Unknown,
+}
+
+fn opening(buf: &[u8], seq: u64) -> Opening {
+    let header = |key: SegKey| match format::check_at(buf, 0, &key) {
+        Check::Valid {
+            kind: RecordKind::SegmentHeader,
+            payload_len,
+            ..
+        } => format::parse_segment_header(&buf[format::payload_range(0, payload_len)]).ok(),
+        _ => None,
+    };
+    if let Some(h) = header(SegKey::for_seq(seq)) {
+        return Opening::Header(SegKey::for_seq(seq), h.generation);
+    }
+    if header(SegKey::V1).is_some() {
+        return Opening::Header(SegKey::V1, 0);
+    }
+    match format::claimed_header_seq(buf) {
+        Some(other) if other != seq => Opening::Recycling(other),
+        _ => Opening::Unknown,
+    }
 }
 
 impl<S: Storage> Core<S> {
@@ -170,6 +217,20 @@ impl<S: Storage> Core<S> {
     /// a head: recovery succeeds, appends get [`SpoolError::DiskFull`]
     /// (`452 4.3.1`) until a segment can be reserved again.
     fn open_head(&mut self, last_open: Option<(u64, usize)>) -> Result<HeadAtOpen, SpoolError> {
+        // A spare left by the previous run (a header and nothing else) is
+        // the cheapest head: no new file, no reservation.
+        let hdr = format::record_len(format::SEGMENT_HEADER_PAYLOAD_BYTES);
+        if let Some((last, end)) = last_open {
+            let st = &self.segs[&last];
+            if end == hdr
+                && st.live == 0
+                && st.refs.is_empty()
+                && st.map.len() == self.cfg.segment_bytes
+            {
+                self.continue_at(last, end);
+                return Ok(HeadAtOpen::Spare(last));
+            }
+        }
         let seq = self.next_seq;
         let err = match self.storage.create_segment(seq, self.cfg.segment_bytes) {
             Ok(map) => {
@@ -190,11 +251,7 @@ impl<S: Storage> Core<S> {
                     self.cfg.shard,
                     self.storage.describe(last)
                 );
-                st.write_off = end;
-                st.synced_off = end;
-                st.behind_off = end;
-                self.head = last;
-                self.stamp_header(last);
+                self.continue_at(last, end);
                 return Ok(HeadAtOpen::Continued(last));
             }
         }
@@ -208,8 +265,19 @@ impl<S: Storage> Core<S> {
         Ok(HeadAtOpen::None)
     }
 
+    /// Makes recovered segment `seq` the head, appending from `end` (the end
+    /// of its valid data) after a header record that re-stamps the id floor.
+    fn continue_at(&mut self, seq: u64, end: usize) {
+        let st = self.segs.get_mut(&seq).expect("recovered segment");
+        st.write_off = end;
+        st.synced_off = end;
+        st.behind_off = end;
+        self.head = seq;
+        self.stamp_header(seq);
+    }
+
     /// Recovers one segment; returns where its data ends unless it is
-    /// sealed (an end marker was found).
+    /// sealed (an end marker was found) or cannot be continued.
     fn recover_segment(
         &mut self,
         seq: u64,
@@ -222,13 +290,31 @@ impl<S: Storage> Core<S> {
         // below happen after the scan, through the pointer, once `buf` is
         // no longer used.
         let buf = unsafe { std::slice::from_raw_parts(map.as_ptr() as *const u8, len) };
-        let mut st = SegState::new(Rc::clone(&map));
+        let (key, generation) = match opening(buf, seq) {
+            Opening::Header(key, generation) => (key, generation),
+            Opening::Recycling(other) => {
+                log::info!(
+                    "spool {}: holds the header of segment {other}: a recycling \
+                     was interrupted; empty",
+                    self.storage.describe(seq)
+                );
+                self.next_seq = self.next_seq.max(other + 1);
+                report.segments += 1;
+                let mut st = SegState::new(Rc::clone(&map), SegKey::for_seq(seq), 0);
+                st.write_off = len;
+                st.synced_off = len;
+                self.segs.insert(seq, st);
+                return Ok(None);
+            }
+            Opening::Unknown => (SegKey::for_seq(seq), 0),
+        };
+        let mut st = SegState::new(Rc::clone(&map), key, generation);
         let mut pos = 0usize;
         let mut repair: Option<(usize, usize)> = None;
         let mut sealed = false;
         report.segments += 1;
         while pos < len {
-            match format::check_at(buf, pos) {
+            match format::check_at(buf, pos, &key) {
                 Check::Valid {
                     kind,
                     payload_len,
@@ -256,7 +342,7 @@ impl<S: Storage> Core<S> {
                 Check::BadChecksum { total_len }
                     if pos + total_len < len
                         && matches!(
-                            format::check_at(buf, pos + total_len),
+                            format::check_at(buf, pos + total_len, &key),
                             Check::Valid { .. }
                         ) =>
                 {
@@ -265,15 +351,23 @@ impl<S: Storage> Core<S> {
                     pos += total_len;
                 }
                 Check::Zero if all_zero(&buf[pos..]) => break,
-                Check::Zero | Check::BadChecksum { .. } | Check::Garbage => {
-                    match resync(buf, pos + RECORD_ALIGN) {
+                Check::Zero | Check::BadChecksum { .. } | Check::Garbage | Check::Stale => {
+                    match resync(buf, pos + RECORD_ALIGN, &key) {
                         Some(q) => {
                             self.quarantine(seq, pos, &buf[pos..q], report)?;
                             pos = q;
                         }
                         None => {
-                            // A torn tail (or just unwritten space).
-                            let end = nonzero_end(buf, pos);
+                            // A torn tail (or just unwritten space). In a
+                            // new file everything non-zero from here is
+                            // torn; in a recycled one the bytes after this
+                            // life's last record are an earlier life's, so
+                            // only a torn record of this life counts.
+                            let end = if generation == 0 {
+                                nonzero_end(buf, pos)
+                            } else {
+                                torn_record_end(buf, pos, &key)
+                            };
                             if end > pos {
                                 report.truncated_bytes += (end - pos) as u64;
                                 log::warn!(
@@ -309,7 +403,8 @@ impl<S: Storage> Core<S> {
         st.write_off = len;
         st.synced_off = len;
         self.segs.insert(seq, st);
-        Ok((!sealed).then_some(pos))
+        // Only a current-format segment may be continued.
+        Ok((!sealed && key != SegKey::V1).then_some(pos))
     }
 
     fn quarantine(
@@ -456,10 +551,12 @@ mod tests {
     fn resync_finds_the_next_record() {
         let mut buf = vec![0u8; 256];
         let total = format::record_len(0);
-        format::seal_record(&mut buf[96..96 + total], RecordKind::SegmentEnd, 0);
+        let key = SegKey::for_seq(3);
+        format::seal_record(&mut buf[96..96 + total], RecordKind::SegmentEnd, 0, &key);
         buf[8] = 0x55;
-        assert_eq!(resync(&buf, 0), Some(96));
-        assert_eq!(resync(&buf, 104), None);
+        assert_eq!(resync(&buf, 0, &key), Some(96));
+        assert_eq!(resync(&buf, 0, &SegKey::for_seq(4)), None);
+        assert_eq!(resync(&buf, 104, &key), None);
         assert_eq!(nonzero_end(&buf, 0), 96 + 16);
         assert_eq!(nonzero_end(&buf, 200), 200);
     }

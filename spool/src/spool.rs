@@ -12,7 +12,7 @@ use std::time::Instant;
 
 // crate
 use crate::config::SpoolConfig;
-use crate::core::{Core, SyncDue};
+use crate::core::{Core, Spare, SyncDue};
 use crate::error::SpoolError;
 use crate::format::{self, MessageParts, NewMessage, Outcome, RecordKind};
 use crate::index::RecordRef;
@@ -40,6 +40,8 @@ pub struct LiveMessage {
 pub struct ReclaimReport {
     /// Segments deleted.
     pub segments_removed: u64,
+    /// Segments recycled into the spare pool.
+    pub segments_recycled: u64,
     /// Messages copied to the head.
     pub messages_relocated: u64,
 }
@@ -303,11 +305,12 @@ impl<S: Storage> Spool<S> {
         })))
     }
 
-    /// Deletes segments nobody needs and relocates the few live messages
+    /// Retires segments nobody needs (recycling them into the spare pool,
+    /// or deleting them beyond it) and relocates the few live messages
     /// pinning the oldest one. Background work: never on the append path.
     pub async fn reclaim(&self) -> Result<ReclaimReport, SpoolError> {
         let mut report = ReclaimReport::default();
-        // Bounded: each pass either removes segments or relocates the
+        // Bounded: each pass either retires segments or relocates the
         // oldest one; there are finitely many segments.
         for _ in 0..64 {
             let candidate = self.inner.borrow().relocation_candidate();
@@ -324,20 +327,99 @@ impl<S: Storage> Spool<S> {
                 }
                 continue;
             }
-            self.inner.borrow_mut().unlink(&gone)?;
-            report.segments_removed += gone.len() as u64;
-            let dir = self.inner.borrow().storage.sync_dir();
-            if let Err(e) = dir.await {
-                let reason =
-                    format!("fsync of the spool directory after removing segments failed: {e}");
-                let mut core = self.inner.borrow_mut();
-                core.poisoned = Some(reason.clone());
-                core.wake_waiters();
-                return Err(SpoolError::Poisoned { reason });
-            }
-            self.inner.borrow_mut().removing.clear();
+            let (removed, recycled) = self.retire(&gone).await?;
+            report.segments_removed += removed;
+            report.segments_recycled += recycled;
         }
         Ok(report)
+    }
+
+    /// Retires deletable segments `gone`: each is recycled (renamed to a
+    /// new sequence number, new header written and synced) or unlinked,
+    /// then one directory sync makes all of it durable; only then do they
+    /// count as gone, and recycled ones join the spares.
+    async fn retire(&self, gone: &[u64]) -> Result<(u64, u64), SpoolError> {
+        let mut removals = Vec::new();
+        let mut recycles = Vec::new();
+        {
+            let mut core = self.inner.borrow_mut();
+            for &q in gone {
+                match core.retire(q) {
+                    Some((map, generation)) => {
+                        let to = core.next_seq;
+                        core.next_seq += 1;
+                        let fut = core.storage.recycle_segment(map, q, to);
+                        recycles.push((q, to, generation.saturating_add(1), fut));
+                    }
+                    None => removals.push((q, core.storage.remove_segment_background(q))),
+                }
+            }
+        }
+        let mut failure: Option<String> = None;
+        let mut ready = Vec::new();
+        for (q, fut) in removals {
+            match fut.await {
+                Ok(()) => self.inner.borrow_mut().stats.segments_removed += 1,
+                Err(e) => {
+                    failure.get_or_insert(format!("removing segment {q}: {e}"));
+                }
+            }
+        }
+        for (q, to, generation, fut) in recycles {
+            let seg = match fut.await {
+                Ok(seg) => seg,
+                Err(e) => {
+                    // The file is in an unknown state under one of its two
+                    // names; with a valid old header it reads as empty.
+                    failure.get_or_insert(format!("recycling segment {q} as {to}: {e}"));
+                    self.inner.borrow_mut().recycling -= 1;
+                    continue;
+                }
+            };
+            self.inner
+                .borrow()
+                .write_recycled_header(to, &seg, generation);
+            let hdr = format::record_len(format::SEGMENT_HEADER_PAYLOAD_BYTES);
+            if let Err(e) = seg.sync_data(0..hdr).await {
+                failure.get_or_insert(format!("syncing recycled segment {to}: {e}"));
+                self.inner.borrow_mut().recycling -= 1;
+                continue;
+            }
+            ready.push((to, seg, generation));
+        }
+        let dir = self.inner.borrow().storage.sync_dir();
+        if let Err(e) = dir.await {
+            failure.get_or_insert(format!(
+                "fsync of the spool directory after retiring segments failed: {e}"
+            ));
+        }
+        if let Some(reason) = failure {
+            // Whether the retired segments are durably gone is unknown, so
+            // segments referring to them must stay: stop, and say why.
+            let mut core = self.inner.borrow_mut();
+            core.recycling -= ready.len();
+            core.poisoned = Some(reason.clone());
+            core.wake_waiters();
+            return Err(SpoolError::Poisoned { reason });
+        }
+        let mut core = self.inner.borrow_mut();
+        core.removing.retain(|r| !gone.contains(r));
+        let recycled = ready.len() as u64;
+        for (to, map, generation) in ready {
+            core.recycling -= 1;
+            core.stats.segments_recycled += 1;
+            let spare = Spare {
+                map,
+                recycled: true,
+                generation,
+            };
+            if to < core.head {
+                core.park_spare(to, spare);
+            } else {
+                core.spares.insert(to, spare);
+            }
+        }
+        Ok((gone.len() as u64 - recycled, recycled))
     }
 
     async fn sync_until(&self, lsn: u64) -> Result<(), SpoolError> {

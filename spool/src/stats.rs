@@ -34,12 +34,18 @@ pub struct SpoolStats {
     pub sync_batch_records_log2: [u64; LOG2_BUCKETS],
     /// Sync latency in microseconds, log2 buckets.
     pub sync_latency_us_log2: [u64; LOG2_BUCKETS],
-    /// Segments created (not counting the one made at open).
+    /// Rotations to a new head segment, new or recycled (not counting the
+    /// head made at open).
     pub segments_created: u64,
     /// Segments created on the append path because no spare was ready.
     pub inline_segment_creations: u64,
     /// Segments deleted by reclamation.
     pub segments_removed: u64,
+    /// Segments recycled by reclamation (renamed, new header; kept as
+    /// spares instead of deleted).
+    pub segments_recycled: u64,
+    /// Rotations into a recycled segment (no new file, no zero-fill).
+    pub recycled_installs: u64,
     /// Messages copied to the head by relocation.
     pub relocated_messages: u64,
 }

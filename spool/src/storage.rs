@@ -67,6 +67,22 @@ pub trait Storage: 'static {
     ) -> LocalFuture<Result<Self::Segment, SpoolError>>;
     /// Unlinks a segment (durable only after the next directory sync).
     fn remove_segment(&self, seq: u64) -> Result<(), SpoolError>;
+    /// The same off the shard's thread where the storage can do that
+    /// (unlinking a large file frees its blocks and page cache: not free).
+    fn remove_segment_background(&self, seq: u64) -> LocalFuture<Result<(), SpoolError>> {
+        let r = self.remove_segment(seq);
+        Box::pin(async move { r })
+    }
+    /// Renames segment `from` (whose mapping is `seg`) to `to` for a new
+    /// life, keeping its reserved blocks and mapping, and pre-faults the
+    /// mapping, off the shard's thread where the storage can. The rename
+    /// is durable only after the next directory sync.
+    fn recycle_segment(
+        &self,
+        seg: Self::Segment,
+        from: u64,
+        to: u64,
+    ) -> LocalFuture<Result<Self::Segment, SpoolError>>;
     /// Makes creations and removals durable.
     fn sync_dir(&self) -> LocalFuture<io::Result<()>>;
     /// Blocking form, used at open only.

@@ -163,7 +163,9 @@ fn disk_full_is_typed_and_appends_resume() {
     }
     block_on(spool.sync_now()).unwrap();
     let r = block_on(spool.reclaim()).unwrap();
-    assert_eq!(r.segments_removed, 2, "{r:?}");
+    // Recycled into the spare pool (their blocks stay reserved for the
+    // spool) or deleted: either way they are free for new messages.
+    assert_eq!(r.segments_removed + r.segments_recycled, 2, "{r:?}");
     assert!(spool.has_room(body.len() as u64));
     // Two segments' worth fit again.
     for _ in 0..10 {
@@ -246,7 +248,7 @@ fn restart_on_a_full_disk_continues_the_last_segment() {
     }
     block_on(spool.sync_now()).unwrap();
     let r = block_on(spool.reclaim()).unwrap();
-    assert!(r.segments_removed >= 1, "{r:?}");
+    assert!(r.segments_removed + r.segments_recycled >= 1, "{r:?}");
     assert!(spool.has_room(body.len() as u64));
     let (late, _) = spool.append(&msg(&body)).unwrap();
     block_on(spool.sync_now()).unwrap();
@@ -299,4 +301,161 @@ fn restart_on_a_full_disk_without_room_anywhere_opens_headless() {
     drop(spool);
     let (spool, _) = Spool::open(storage, cfg()).unwrap();
     assert!(spool.live_messages().iter().any(|m| m.id == id));
+}
+
+#[test]
+fn a_recycled_segment_recovers_only_its_new_records() {
+    use sluice_spool::format::{check_at, Check, SegKey, RECORD_ALIGN, RECORD_MAGIC};
+
+    let storage = MemStorage::new();
+    let (spool, _) = Spool::open(storage.clone(), cfg()).unwrap();
+    // A first life: big messages, all delivered.
+    let old_body = vec![b'o'; 3000];
+    let mut old_ids = Vec::new();
+    for _ in 0..60 {
+        let (id, _) = spool.append(&msg(&old_body)).unwrap();
+        old_ids.push(id);
+    }
+    block_on(spool.sync_now()).unwrap();
+    for id in &old_ids {
+        spool
+            .complete_many(*id, &[(0, Outcome::Delivered), (1, Outcome::Failed)])
+            .unwrap();
+    }
+    block_on(spool.sync_now()).unwrap();
+    let r = block_on(spool.reclaim()).unwrap();
+    assert_eq!(r.segments_recycled, 2, "{r:?}");
+    // A second life: small messages, until the head is a recycled file.
+    let mut new_ids = Vec::new();
+    while spool.stats().recycled_installs == 0 {
+        let (id, _) = spool.append(&msg(b"Subject: new\r\n\r\nnew\r\n")).unwrap();
+        new_ids.push(id);
+        assert!(new_ids.len() < 10_000);
+    }
+    for _ in 0..20 {
+        let (id, _) = spool.append(&msg(b"Subject: new\r\n\r\nnew\r\n")).unwrap();
+        new_ids.push(id);
+    }
+    block_on(spool.sync_now()).unwrap();
+    let head = *spool.segments().last().unwrap();
+    // The head file really holds records of its earlier life past the new
+    // ones: stale (another tag), never valid under the head's key.
+    let image = storage.durable_image(head).unwrap();
+    let key = SegKey::for_seq(head);
+    let stale = (0..image.len() - 16)
+        .step_by(RECORD_ALIGN)
+        .filter(|&p| image[p..p + 4] == RECORD_MAGIC.to_le_bytes())
+        .filter(|&p| check_at(&image, p, &key) == Check::Stale)
+        .count();
+    assert!(stale > 5, "only {stale} stale records in the recycled head");
+    // An unsynced tail, torn at random by the crash.
+    for _ in 0..5 {
+        spool.append(&msg(&old_body)).unwrap();
+    }
+    for seed in 1..60 {
+        let (again, report) = Spool::open(storage.crash(seed), cfg()).unwrap();
+        assert_eq!(report.quarantined_records, 0, "seed {seed}: {report:?}");
+        let live: Vec<u64> = again.live_messages().iter().map(|m| m.id).collect();
+        for id in &new_ids {
+            assert!(live.contains(id), "seed {seed}: committed {id} lost");
+        }
+        for id in &old_ids {
+            assert!(!live.contains(id), "seed {seed}: stale {id} came back");
+        }
+        for m in again.live_messages() {
+            let body = again.body(&m.rec).unwrap();
+            assert!(&*body == b"Subject: new\r\n\r\nnew\r\n" || *body == old_body[..]);
+        }
+        // Recovered twice: the same, and nothing new to truncate.
+        drop(again);
+        let crashed = storage.crash(seed);
+        let (a, _) = Spool::open(crashed.clone(), cfg()).unwrap();
+        let n = a.live_count();
+        drop(a);
+        let (b, report) = Spool::open(crashed, cfg()).unwrap();
+        assert_eq!(b.live_count(), n);
+        assert_eq!(report.truncated_bytes, 0, "seed {seed}: {report:?}");
+    }
+}
+
+/// A spool written by format version 1 (unseeded CRC, no segment tag) is
+/// still read; its segment is never appended to, and once its messages are
+/// done the file is recycled into a version 2 life.
+#[test]
+fn a_version_1_segment_is_still_read() {
+    use sluice_spool::format::{
+        self, encode_segment_header, payload_range, record_len, seal_record, RecordKind, SegKey,
+        SegmentHeader, SEGMENT_HEADER_PAYLOAD_BYTES,
+    };
+    use sluice_spool::storage::Storage;
+
+    let storage = MemStorage::new();
+    let seg_bytes = 64 << 10;
+    let mut image = vec![0u8; seg_bytes];
+    let hp = SEGMENT_HEADER_PAYLOAD_BYTES;
+    let h = SegmentHeader {
+        shard: 0,
+        generation: 0,
+        seq: 5,
+        id_floor: 100,
+        segment_bytes: seg_bytes as u64,
+    };
+    encode_segment_header(&mut image[payload_range(0, hp)], &h);
+    let mut pos = record_len(hp);
+    seal_record(
+        &mut image[..pos],
+        RecordKind::SegmentHeader,
+        hp,
+        &SegKey::V1,
+    );
+    let body = b"Subject: v1\r\n\r\nwritten by format 1\r\n";
+    for id in [100u64, 101] {
+        let m = msg(body);
+        let env = format::envelope_len(&m).unwrap();
+        let plen = format::message_payload_len(&m).unwrap();
+        let total = record_len(plen);
+        let rec = &mut image[pos..pos + total];
+        format::encode_message(&mut rec[payload_range(0, plen)], id, &m, env);
+        seal_record(rec, RecordKind::Message, plen, &SegKey::V1);
+        pos += total;
+    }
+    // Message 101 is complete for both recipients.
+    let plen = 12 + 2 * format::COMPLETION_ENTRY_BYTES;
+    let rec = &mut image[pos..pos + record_len(plen)];
+    format::encode_completion(
+        &mut rec[payload_range(0, plen)],
+        101,
+        &[(0, Outcome::Delivered), (1, Outcome::Delivered)],
+    );
+    seal_record(rec, RecordKind::Completion, plen, &SegKey::V1);
+    drop(storage.create_segment(5, seg_bytes).unwrap());
+    storage.corrupt(5, 0, &image);
+    storage.sync_dir_blocking().unwrap();
+
+    let (spool, report) = Spool::open(storage.clone(), cfg()).unwrap();
+    assert_eq!(report.quarantined_records, 0, "{report:?}");
+    assert_eq!(report.head, sluice_spool::HeadAtOpen::New(6));
+    let live = spool.live_messages();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].id, 100);
+    assert_eq!(&*spool.body(&live[0].rec).unwrap(), &body[..]);
+    // New ids are above the old ones; new records are version 2.
+    let (id, _) = spool.append(&msg(b"new")).unwrap();
+    assert!(id > 101);
+    block_on(spool.sync_now()).unwrap();
+    assert_eq!(storage.durable_image(6).unwrap()[5], format::FORMAT_VERSION);
+    // Done with the old message: the version 1 file is recycled.
+    spool
+        .complete_many(100, &[(0, Outcome::Delivered), (1, Outcome::Delivered)])
+        .unwrap();
+    block_on(spool.sync_now()).unwrap();
+    let r = block_on(spool.reclaim()).unwrap();
+    assert_eq!(r.segments_recycled, 1, "{r:?}");
+    drop(spool);
+    for seed in 1..20 {
+        let (again, report) = Spool::open(storage.crash(seed), cfg()).unwrap();
+        assert_eq!(report.quarantined_records, 0);
+        let live: Vec<u64> = again.live_messages().iter().map(|m| m.id).collect();
+        assert_eq!(live, vec![id], "seed {seed}");
+    }
 }
