@@ -116,6 +116,9 @@ pub struct Accounting {
     pub metrics: RefCell<DeliveryMetrics>,
     /// Bounce rules reloads so far.
     pub reloads: Cell<u64>,
+    /// The last failure per destination domain: when (ms) and the reply
+    /// (`sluice top`). Bounded by the number of destinations.
+    pub last_error: RefCell<HashMap<String, (u64, String)>>,
 }
 
 impl Accounting {
@@ -127,6 +130,7 @@ impl Accounting {
             last: RefCell::new(None),
             metrics: RefCell::new(DeliveryMetrics::default()),
             reloads: Cell::new(0),
+            last_error: RefCell::new(HashMap::new()),
         }
     }
 
@@ -153,6 +157,19 @@ impl Accounting {
         line.push_str(text);
         let classifier = Rc::clone(&self.classifier.borrow());
         classifier.classify_line(code, enhanced, &line).category
+    }
+
+    /// Remembers the last failure of `domain` (only the first 200
+    /// characters of the reply).
+    pub fn note_error(&self, domain: &str, at_ms: u64, code: u16, text: &str) {
+        let mut map = self.last_error.borrow_mut();
+        let line: String = format!("{code} {text}").chars().take(200).collect();
+        match map.get_mut(domain) {
+            Some(e) => *e = (at_ms, line),
+            None => {
+                map.insert(domain.to_string(), (at_ms, line));
+            }
+        }
     }
 
     /// The facts of message `id`, read from `read` unless the last call

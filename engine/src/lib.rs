@@ -16,6 +16,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod bounce;
 pub mod config;
 pub mod deliver;
 pub mod inject;

@@ -12,6 +12,7 @@ use sluice_spool::Outcome as SpoolOutcome;
 // crate
 use super::Shared;
 use crate::accounting::read_facts;
+use crate::bounce::Why;
 use crate::log::{one_line, LogRecord, RecordKind};
 use crate::queue::{DestId, Entry};
 
@@ -71,8 +72,17 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
                 let key = (site_name.clone(), category.unwrap_or(Category::Other));
                 *m.transient.entry(key).or_insert(0) += 1;
             }
+
             RecordKind::Reception => {}
         }
+    }
+    if let (RecordKind::TransientFailure | RecordKind::Bounce, Some(x)) = (kind, said) {
+        acct.note_error(
+            queues.domain(s.dest),
+            now,
+            x.code,
+            text.as_deref().unwrap_or(""),
+        );
     }
     shared.log.record(&LogRecord {
         kind,
@@ -138,6 +148,8 @@ pub fn bounced(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
 }
 
 fn bounce(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
+    // The DSN is appended before the completion record (see `bounce`).
+    crate::bounce::queue(shared, &s.entry, said, Why::Failed, now);
     complete(shared, s, SpoolOutcome::Failed);
     shared.count(|c| c.bounced += 1);
     log(shared, RecordKind::Bounce, s, Some(said), now);
@@ -230,6 +242,15 @@ pub fn expire(shared: &Shared, dest: DestId, entry: Entry, now: u64) {
         recipient: &recipient,
         arrival_ms,
     };
+    let waited = Duration::from_millis(now.saturating_sub(arrival_ms));
+    let text = format!("expired after {}s in the queue", waited.as_secs());
+    let said = Said {
+        code: 554,
+        enhanced: Some("4.4.7"),
+        text: &text,
+        peer: None,
+    };
+    crate::bounce::queue(shared, &entry, &said, Why::Expired, now);
     if let Err(e) = shared
         .ctx
         .spool
@@ -243,13 +264,39 @@ pub fn expire(shared: &Shared, dest: DestId, entry: Entry, now: u64) {
         shared.count(|c| c.spool_errors += 1);
     }
     shared.count(|c| c.expired += 1);
-    let waited = Duration::from_millis(now.saturating_sub(arrival_ms));
-    let text = format!("expired after {}s in the queue", waited.as_secs());
+    log(shared, RecordKind::Expiration, &s, Some(&said), now);
+}
+
+/// An operator bounced a queued (not in-flight) recipient: a DSN to the
+/// sender, the spool completion, one `AdminBounce` record. (The queues
+/// already removed it.)
+pub fn admin_bounce(shared: &Shared, dest: DestId, entry: Entry, reason: &str, now: u64) {
+    let (recipient, arrival_ms) = recipient_of(shared, &entry);
+    let s = Subject {
+        dest,
+        entry,
+        recipient: &recipient,
+        arrival_ms,
+    };
     let said = Said {
         code: 554,
-        enhanced: Some("4.4.7"),
-        text: &text,
+        enhanced: Some("5.0.0"),
+        text: reason,
         peer: None,
     };
-    log(shared, RecordKind::Expiration, &s, Some(&said), now);
+    crate::bounce::queue(shared, &entry, &said, Why::Admin, now);
+    if let Err(e) = shared
+        .ctx
+        .spool
+        .complete(entry.id, entry.index, SpoolOutcome::Failed)
+    {
+        log::error!(
+            "shard {}: recording the admin bounce of message {}: {e}",
+            shared.ctx.index,
+            entry.id
+        );
+        shared.count(|c| c.spool_errors += 1);
+    }
+    shared.count(|c| c.bounced += 1);
+    log(shared, RecordKind::AdminBounce, &s, Some(&said), now);
 }
