@@ -226,6 +226,40 @@ impl Drop for Process {
     }
 }
 
+/// Where the suite writes its results: `$SLUICE_REPORT_DIR`, else
+/// `target/reliability/` in the workspace.
+pub fn report_dir() -> PathBuf {
+    std::env::var_os("SLUICE_REPORT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("reliability"))
+}
+
+/// Records one test's results (counts, times, limits held) as
+/// `<report_dir>/<name>.json`, stamped with the time it was written.
+/// `scripts/reliability-report.sh` gathers these files into one report.
+/// Failing to write is reported on stderr, never fails the test.
+pub fn write_report(name: &str, mut results: serde_json::Value) {
+    let dir = report_dir();
+    if let Some(map) = results.as_object_mut() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        map.insert("test".into(), serde_json::Value::from(name));
+        map.insert("written_unix".into(), serde_json::Value::from(now));
+    }
+    let path = dir.join(format!("{name}.json"));
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&results).unwrap_or_default(),
+        )
+    });
+    match written {
+        Ok(()) => eprintln!("report: {}", path.display()),
+        Err(e) => eprintln!("report: could not write {}: {e}", path.display()),
+    }
+}
+
 /// Reads a JSON file, retrying briefly while it is being replaced.
 pub fn read_json(path: &Path) -> Result<serde_json::Value, SupportError> {
     let mut last = None;
