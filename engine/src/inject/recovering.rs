@@ -60,6 +60,8 @@ impl Responder {
                 let stop = Arc::clone(&stop);
                 let refused = Arc::clone(&refused);
                 move || {
+                    // Off the shard's CPU: this thread was started from it.
+                    crate::runtime::helpers::place_current_thread();
                     serve(&listeners, &stop, &refused, reply);
                     listeners
                 }

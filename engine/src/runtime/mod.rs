@@ -37,6 +37,7 @@
 //! injector that splits its batch by domain connects to
 //! `shard_port_base + home_shard(domain)` (`sluice route DOMAIN`).
 
+pub mod helpers;
 mod listen;
 mod rules;
 mod shard;
@@ -178,6 +179,8 @@ pub struct Layout {
     pub durability: Durability,
     /// The active shaping rules, described ([`ActiveRules::describe`]).
     pub shaping: String,
+    /// Where helper threads run ([`helpers::Placement::describe`]).
+    pub helpers: String,
 }
 
 impl Layout {
@@ -192,6 +195,7 @@ impl Layout {
             self.cores
         );
         let _ = writeln!(s, "  hostname:  {}", config.hostname);
+        let _ = writeln!(s, "  {}", self.helpers);
         let _ = writeln!(
             s,
             "  inject:    {} (shared by every shard, SO_REUSEPORT)",
@@ -313,6 +317,7 @@ impl Engine {
         }
         let count = u32::try_from(cores.len()).map_err(|_| RuntimeError::NoCores)?;
         let active = ActiveRules::load(&config, count)?;
+        let helpers = helpers::record(&cores);
         create_spool_dir(&config.spool_dir)?;
         let sets = bind_all(config.listen, config.shard_port_base, count)?;
         let listen = sets[0].shared.local_addr().map_err(|source| ListenError {
@@ -326,6 +331,7 @@ impl Engine {
             spool_dir: config.spool_dir.clone(),
             durability: config.durability,
             shaping: active.describe(),
+            helpers: helpers.describe(),
         };
         // One link per shard: `mesh(count, ..)` yields `count` of them.
         let links = sluice_shaping::transport::mesh(count, SHAPING_CHANNEL_CAPACITY);
