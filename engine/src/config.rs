@@ -112,6 +112,10 @@ pub struct RawConfig {
     /// Static routes, tried in order; the first whose pattern matches wins.
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    /// DKIM signing keys (`sluice-dkim`'s schema: `[dkim.domains."d"]`,
+    /// `[dkim.map]`, `default_domain`); see `default.toml`.
+    #[serde(default)]
+    pub dkim: sluice_dkim::RawDkimConfig,
     /// Accounting log files: CSV, rotation, buffer (`[log]`).
     #[serde(default)]
     pub log: crate::log::RawLog,
@@ -381,6 +385,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Delivery settings.
     pub delivery: crate::deliver::DeliverySettings,
+    /// DKIM keys, loaded (and their 0600 mode checked) during validation.
+    pub dkim: crate::sign::DkimKeys,
     /// Accounting log settings.
     pub log: crate::log::LogSettings,
     /// The bounce rules file, resolved (`None`: the shipped rules).
@@ -611,6 +617,9 @@ impl Config {
             }
             routes.push(Route { pattern, hosts });
         }
+        // Key files are read here, once, so `check-config` and `run` refuse
+        // a missing, unreadable or group-readable key under its key path.
+        let dkim = crate::sign::load_keys(raw.dkim, base, &mut bad);
         let log = crate::log::LogSettings::from_raw(&raw.log, &mut bad);
         let admin = crate::admin::AdminSettings::from_raw(&raw.admin, &mut bad);
         let bounce_rules_file = raw.delivery.bounce_rules.clone().map(resolve);
@@ -643,6 +652,7 @@ impl Config {
             shaping_file,
             routes,
             delivery,
+            dkim,
             log,
             bounce_rules_file,
             bounce_rules,

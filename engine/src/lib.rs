@@ -11,7 +11,8 @@
 //! shutdown), [`inject`] (injection sessions: spool append, group commit,
 //! deferred `250`), [`queue`] (per-destination ready and scheduled queues),
 //! [`deliver`] (connection pools, the client session driver, outcomes,
-//! shaping), [`log`] (the per-shard delivery log).
+//! shaping), [`log`] (the per-shard delivery log), [`sign`] (DKIM keys
+//! loaded at start, one signature per message at injection).
 #![warn(missing_docs)]
 
 pub mod accounting;
@@ -23,3 +24,4 @@ pub mod inject;
 pub mod log;
 pub mod queue;
 pub mod runtime;
+pub mod sign;

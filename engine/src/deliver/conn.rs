@@ -5,7 +5,7 @@
 // std
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -26,6 +26,7 @@ use sluice_spool::Body;
 
 // crate
 use super::outcome::{self, Said, Subject};
+use super::source::Chosen;
 use super::{connect_failed, connect_succeeded, connection_ended, now_unix_ms, Shared};
 use crate::inject::envelope::{parse_envelope_dsn, parse_recipient_dsn};
 use crate::queue::{DestId, Entry, SiteId};
@@ -61,10 +62,12 @@ struct Txn {
 /// the driver; it is released here.
 pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
     match connect(&shared, site).await {
-        Ok((stream, peer)) => {
+        Ok((stream, peer, source)) => {
             connect_succeeded(&shared, site);
             shared.count(|c| c.connections += 1);
-            let mut conn = Conn::new(Rc::clone(&shared), site, peer);
+            // A source's EHLO name replaces the configured host name.
+            let ehlo = source.map(|s| s.ehlo);
+            let mut conn = Conn::new(Rc::clone(&shared), site, peer, ehlo);
             conn.run(stream).await;
         }
         Err(reason) => {
@@ -85,20 +88,120 @@ pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
     connection_ended(&shared, site);
 }
 
-async fn connect(shared: &Shared, site: SiteId) -> Result<(TcpStream, SocketAddr), String> {
+/// Connects to the site's hosts in order (the next one when one refuses
+/// or times out; RFC 5321 §5.1), from the site's source when it has one.
+async fn connect(
+    shared: &Shared,
+    site: SiteId,
+) -> Result<(TcpStream, SocketAddr, Option<Chosen>), String> {
     let hosts: Vec<SocketAddr> = shared.ctx.queues.borrow().hosts(site).to_vec();
+    let source = site_source(shared, site)?;
     let mut last = String::from("the route has no hosts");
     for addr in hosts {
-        match TcpStream::connect_timeout(addr, shared.settings.connect_timeout).await {
+        let connected = match &source {
+            None => TcpStream::connect_timeout(addr, shared.settings.connect_timeout)
+                .await
+                .map_err(|e| e.to_string()),
+            Some(src) if src.bind.is_ipv4() != addr.is_ipv4() => {
+                last = format!(
+                    "source {} ({}) cannot reach {addr}: other address family",
+                    src.name, src.bind
+                );
+                continue;
+            }
+            Some(src) => connect_from(src.bind, addr, shared.settings.connect_timeout).await,
+        };
+        match connected {
             Ok(s) => {
                 // Small pipelined writes must not wait for Nagle.
                 let _ = s.set_nodelay(true);
-                return Ok((s, addr));
+                return Ok((s, addr, source));
             }
             Err(e) => last = format!("connect to {addr}: {e}"),
         }
     }
     Err(last)
+}
+
+/// The source a new connection of `site` binds (see [`super::source`]).
+fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> {
+    let Some(rules) = &shared.sources else {
+        return Ok(None);
+    };
+    if rules.sources.is_empty() {
+        return Ok(None);
+    }
+    let (named, rule_pool) = {
+        let q = shared.ctx.queues.borrow();
+        let named = q.sites().pool(site).map(str::to_owned);
+        let rule_pool = match q.site_front(site) {
+            Some(front) => {
+                let names: Vec<&str> = q.sites().names(site).iter().map(String::as_str).collect();
+                rules.effective(q.domain(front), &names, None).pool.clone()
+            }
+            None => None,
+        };
+        (named, rule_pool)
+    };
+    super::source::choose(
+        rules,
+        named.as_deref(),
+        rule_pool.as_deref(),
+        shared.random(),
+    )
+    .map_err(|e| format!("source selection: {e}"))
+}
+
+/// Connects from `bind` without blocking the shard: a non-blocking socket
+/// is bound (with `IP_BIND_ADDRESS_NO_PORT`, so the port is chosen per
+/// destination at connect time) and its connect started; glommio then
+/// owns it, and a zero-byte write waits for the connection through
+/// io_uring (it parks on POLLOUT until the handshake completes, and
+/// fails with the connect error, e.g. ECONNREFUSED).
+async fn connect_from(
+    bind: IpAddr,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))
+        .map_err(|e| format!("socket: {e}"))?;
+    if bind.is_ipv4() {
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    socket
+        .bind(&SocketAddr::new(bind, 0).into())
+        .map_err(|e| format!("bind {bind}: {e}"))?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(format!("from {bind}: {e}")),
+    }
+    // SAFETY: the fd comes from the socket above, whose ownership moves
+    // into glommio here; nothing else closes it.
+    let mut stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    let done = glommio::timer::timeout(limit, async { Ok(stream.write(&[]).await) }).await;
+    match done {
+        Ok(Ok(_)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("from {bind}: {e}")),
+        Err(_) => Err(format!("from {bind}: connection timed out")),
+    }
 }
 
 async fn defer_ready(shared: &Shared, site: SiteId, reason: &str, now: u64) {
@@ -147,8 +250,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(shared: Rc<Shared>, site: SiteId, peer: SocketAddr) -> Conn {
-        let mut cfg = ClientConfig::new(shared.ctx.config.hostname.clone());
+    fn new(shared: Rc<Shared>, site: SiteId, peer: SocketAddr, ehlo: Option<String>) -> Conn {
+        let mut cfg = ClientConfig::new(ehlo.unwrap_or_else(|| shared.ctx.config.hostname.clone()));
         // Outbound STARTTLS is not wired yet (no client TLS config): the
         // policy says so instead of pretending.
         cfg.tls = TlsPolicy::Disabled;

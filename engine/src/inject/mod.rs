@@ -80,6 +80,9 @@ pub struct Injector {
     pub expiry_after: Duration,
     /// Recipients queued on the shard above which MAIL gets `452 4.3.1`.
     pub queued_recipients_max: usize,
+    /// DKIM signer (keys configured), called once per message before the
+    /// spool append (`crate::sign`).
+    pub signer: Option<crate::sign::ShardSigner>,
     open: Cell<u32>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     commits_in_flight: Cell<u32>,
@@ -168,6 +171,7 @@ impl Injector {
         Rc::new(Injector {
             shard,
             smtp: Rc::new(session_config(&config)),
+            signer: crate::sign::ShardSigner::new(&config.dkim),
             config,
             spool,
             queues,
