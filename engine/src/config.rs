@@ -122,6 +122,11 @@ pub struct RawConfig {
     /// The HTTP listener for `/metrics` and the admin API (`[admin]`).
     #[serde(default)]
     pub admin: crate::admin::RawAdmin,
+    /// MX resolution of unrouted domains: name servers (default: those of
+    /// /etc/resolv.conf), timeouts, cache, which address classes MX hosts
+    /// may have, the mail exchangers' port (see `sluice_dns::config`).
+    #[serde(default)]
+    pub dns: sluice_dns::RawDnsConfig,
 }
 
 fn default_cores() -> RawCores {
@@ -383,6 +388,10 @@ pub struct Config {
     pub shaping_file: Option<PathBuf>,
     /// Static routes in order.
     pub routes: Vec<Route>,
+    /// The stub resolver each shard builds for MX delivery.
+    pub dns: sluice_dns::ResolverConfig,
+    /// TCP port of mail exchangers found through DNS (25).
+    pub mx_port: u16,
     /// Delivery settings.
     pub delivery: crate::deliver::DeliverySettings,
     /// DKIM keys, loaded (and their 0600 mode checked) during validation.
@@ -628,6 +637,25 @@ impl Config {
                 bad("delivery.bounce_rules", e);
                 sluice_outcomes::Classifier::default_rules()
             });
+        let dns = match raw.dns.validate_lenient("dns") {
+            Ok((dns, warning)) => {
+                if let Some(w) = warning {
+                    log::warn!(
+                        "{}: {} (MX delivery fails temporarily until name servers are set)",
+                        w.key,
+                        w.reason
+                    );
+                }
+                dns
+            }
+            Err(list) => {
+                for p in list {
+                    bad(&p.key, p.reason);
+                }
+                sluice_dns::ResolverConfig::from_resolv_conf(&Default::default())
+            }
+        };
+        let mx_port = raw.dns.smtp_port();
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -651,6 +679,8 @@ impl Config {
             durability,
             shaping_file,
             routes,
+            dns,
+            mx_port,
             delivery,
             dkim,
             log,

@@ -75,6 +75,7 @@ fn a_million_deferred_recipients_fit_the_budget() {
             arrival_unix_ms: 1_000,
             expiry_unix_ms: 0,
             sender: String::new(),
+            pool: None,
             domains: vec![DomainRecipients {
                 domain,
                 recipients: vec![AcceptedRecipient {

@@ -82,6 +82,10 @@ pub struct Args {
     /// message to FILE, one per line, after its 250 was sent.
     #[arg(long, value_name = "FILE")]
     pub record_ids: Option<PathBuf>,
+    /// Append the peer address (IP only) of every accepted connection to
+    /// FILE, one per line (tests check which source address a sender used).
+    #[arg(long, value_name = "FILE")]
+    pub record_peers: Option<PathBuf>,
     /// Write every accepted message in full into DIR (test mode; blocking writes).
     #[arg(long, value_name = "DIR")]
     pub capture: Option<PathBuf>,
@@ -221,6 +225,7 @@ impl Args {
             idle_timeout: self.idle_timeout,
             report_interval: REPORT_INTERVAL,
             record_ids: self.record_ids,
+            record_peers: self.record_peers,
             capture: self.capture.map(|dir| Capture {
                 dir,
                 messages_max: self.capture_max,

@@ -63,6 +63,8 @@ pub struct SinkConfig {
     pub report_interval: Duration,
     /// Append accepted message ids here.
     pub record_ids: Option<PathBuf>,
+    /// Append the peer address of every accepted connection here.
+    pub record_peers: Option<PathBuf>,
     /// Write accepted messages here.
     pub capture: Option<Capture>,
     /// glommio io_memory per executor.
@@ -91,6 +93,7 @@ impl SinkConfig {
             idle_timeout: Duration::from_secs(300),
             report_interval: REPORT_INTERVAL,
             record_ids: None,
+            record_peers: None,
             capture: None,
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             backlog: 1024,

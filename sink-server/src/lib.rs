@@ -87,7 +87,8 @@
 //! # Test modes
 //! `--record-ids FILE` appends every accepted message's `X-Sluice-Id` (else
 //! `Message-ID`) after its `250` was written; `--capture DIR` writes each
-//! accepted message in full, up to `--capture-max`. Both use blocking file
+//! accepted message in full, up to `--capture-max`; `--record-peers FILE`
+//! appends the peer IP of every accepted connection. All use blocking file
 //! writes and are off by default.
 #![warn(missing_docs)]
 

@@ -41,6 +41,8 @@ pub struct Shard {
     pub rng: RefCell<SmallRng>,
     /// `--record-ids` buffer.
     pub ids: RefCell<IdLog>,
+    /// `--record-peers` buffer (same writer, one peer address per line).
+    pub peers: RefCell<IdLog>,
     /// Connections open on this shard.
     pub open: Cell<usize>,
     /// Sequence number for capture file names.
@@ -62,6 +64,7 @@ pub async fn run(
     // moves into glommio here; nothing else closes it.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let ids = IdLog::open(cfg.record_ids.clone());
+    let peers = IdLog::open(cfg.record_peers.clone());
     let shard = Rc::new(Shard {
         index,
         rng: RefCell::new(SmallRng::seed_from_u64(cfg.seed.wrapping_add(index as u64))),
@@ -70,6 +73,7 @@ pub async fn run(
         shared,
         stats: RefCell::new(ShardStats::default()),
         ids: RefCell::new(ids),
+        peers: RefCell::new(peers),
         open: Cell::new(0),
         capture_seq: Cell::new(0),
     });
@@ -79,6 +83,9 @@ pub async fn run(
         let stop = shard.shared.stop.load(Ordering::Relaxed);
         if let Err(e) = shard.ids.borrow_mut().flush() {
             eprintln!("sluice-sink: shard {index}: --record-ids write failed: {e}");
+        }
+        if let Err(e) = shard.peers.borrow_mut().flush() {
+            eprintln!("sluice-sink: shard {index}: --record-peers write failed: {e}");
         }
         let report = shard.stats.borrow_mut().take_report(index, stop);
         if stop {
@@ -101,6 +108,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if let Ok(peer) = stream.peer_addr() {
+                    let _ = shard
+                        .peers
+                        .borrow_mut()
+                        .push(peer.ip().to_string().as_bytes());
+                }
                 if shard.open.get() >= shard.cfg.connections_per_shard_max {
                     glommio::spawn_local(refuse(shard.clone(), stream)).detach();
                 } else {

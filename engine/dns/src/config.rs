@@ -21,6 +21,7 @@
 //! allow_private = false
 //! allow_link_local = false
 //! provider_suffixes = ["google.com", "outlook.com"]
+//! smtp_port = 25             # port of the mail exchangers (tests change it)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -75,6 +76,9 @@ pub struct RawDnsConfig {
     pub allow_link_local: Option<bool>,
     /// Suffixes that roll MX host sets into one site.
     pub provider_suffixes: Option<Vec<String>>,
+    /// TCP port of the mail exchangers found through DNS (default 25;
+    /// tests point it at sinks on a high port).
+    pub smtp_port: Option<u16>,
 }
 
 /// One invalid value: the full key and the reason.
@@ -91,6 +95,38 @@ impl RawDnsConfig {
     /// path (`"dns"`). Reads the resolv.conf file unless `nameservers` is
     /// given. Every problem is reported, not only the first.
     pub fn validate(&self, prefix: &str) -> Result<ResolverConfig, Vec<ConfigProblem>> {
+        let (config, problems) = self.validate_all(prefix);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Like [`RawDnsConfig::validate`], but a missing or empty resolv.conf
+    /// (when `nameservers` is not set) is not fatal: the configuration
+    /// comes back without servers, so every MX lookup fails temporarily,
+    /// together with that problem as a warning to print. An MTA whose
+    /// mail all goes through static routes needs no resolver.
+    pub fn validate_lenient(
+        &self,
+        prefix: &str,
+    ) -> Result<(ResolverConfig, Option<ConfigProblem>), Vec<ConfigProblem>> {
+        let (config, mut problems) = self.validate_all(prefix);
+        let resolv_key = format!("{prefix}.resolv_conf");
+        match problems.as_slice() {
+            [] => Ok((config, None)),
+            [only] if only.key == resolv_key => Ok((config, problems.pop())),
+            _ => Err(problems),
+        }
+    }
+
+    /// The SMTP port of the mail exchangers (25 unless set).
+    pub fn smtp_port(&self) -> u16 {
+        self.smtp_port.unwrap_or(25)
+    }
+
+    fn validate_all(&self, prefix: &str) -> (ResolverConfig, Vec<ConfigProblem>) {
         let mut problems = Vec::new();
         let mut bad = |key: &str, reason: String| {
             problems.push(ConfigProblem {
@@ -226,11 +262,10 @@ impl RawDnsConfig {
             provider_suffixes: suffixes,
         };
         config.rotate = self.rotate.unwrap_or(config.rotate);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
+        if self.smtp_port == Some(0) {
+            bad("smtp_port", "0 is not a port; omit it for 25".into());
         }
+        (config, problems)
     }
 }
 
@@ -365,6 +400,22 @@ mod tests {
         .validate("dns")
         .unwrap_err();
         assert_eq!(problems[0].key, "dns.resolv_conf");
+        let (lenient, warning) = RawDnsConfig {
+            resolv_conf: Some(dir.path().join("missing.conf")),
+            ..RawDnsConfig::default()
+        }
+        .validate_lenient("dns")
+        .unwrap();
+        assert!(lenient.nameservers.is_empty());
+        assert_eq!(warning.unwrap().key, "dns.resolv_conf");
+        let other = RawDnsConfig {
+            resolv_conf: Some(dir.path().join("missing.conf")),
+            timeout: Some("soon".into()),
+            ..RawDnsConfig::default()
+        }
+        .validate_lenient("dns")
+        .unwrap_err();
+        assert_eq!(other.len(), 2, "{other:?}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! - **The driver** ([`start`]): one per shard. It moves due recipients from
 //!   the scheduled heap to their ready queues (one timer for the whole
 //!   shard: it sleeps until the earliest deadline, at most
-//!   [`DRIVER_TICK`]), completes expired recipients, answers the unrouted
-//!   site with a temporary failure, and opens connections: a site gets one
+//!   [`DRIVER_TICK`]), completes expired recipients, starts MX resolutions
+//!   for unrouted destinations ([`mx`]: resolved ones join the site of
+//!   their MX host set, failures bounce or defer), and opens connections:
+//!   a site gets one
 //!   connection per `transactions_in_flight_max` recipients waiting, up to
 //!   `connections_per_site_max`. It is woken by the queues whenever a site
 //!   gets work and whenever a connection retires, so a retired connection is
@@ -37,13 +39,18 @@
 //! token from `sluice-shaping`, outcomes feed its backoff rules, and a pump
 //! task exchanges lease messages with the other shards.
 //!
-//! Not here yet: MX resolution (`sluice-dns` exists, not wired), STARTTLS on
-//! outbound connections, DKIM signing (`sluice-dkim` exists, not wired).
+//! # Sources
+//! A site whose messages name a source pool (`X-virtualMTA`), or whose
+//! shaping rule names one (`pool = …`), binds each new connection to a
+//! source of that pool picked by weight, and says EHLO with the source's
+//! name ([`source`]).
 
 pub mod conn;
+pub mod mx;
 pub mod outcome;
 pub mod settings;
 pub mod shape;
+pub mod source;
 #[cfg(test)]
 mod tests;
 
@@ -66,7 +73,7 @@ use sluice_spool::{RecordRef, Spool};
 use crate::config::Config;
 use crate::log::DeliveryLog;
 use crate::queue::Queues;
-use crate::queue::{DestId, Entry, QueueConfig, SiteId, UNROUTED};
+use crate::queue::{Entry, QueueConfig, SiteId};
 
 pub use self::settings::DeliverySettings;
 pub use self::shape::{Shaping, ShapingLink};
@@ -182,6 +189,10 @@ pub struct Shared {
     pub rng: Cell<u64>,
     /// Shaping rules and cross-shard limits, when the runtime gave a link.
     pub shaping: Option<Rc<Shaping>>,
+    /// MX resolution of unrouted domains.
+    pub mx: mx::Mx,
+    /// The shaping rules' sources and pools (none without a link).
+    pub sources: Option<sluice_shaping::config::Rules>,
     /// Bounce classification, message facts and delivery metrics.
     pub acct: Rc<crate::accounting::Accounting>,
     /// Current record locations, built when a queued reference went stale
@@ -258,6 +269,7 @@ pub fn start_with(
             ctx.index
         );
     }
+    let sources = shaping.as_ref().map(|link| link.rules.clone());
     let shaping = shaping.map(|link| Rc::new(Shaping::new(ctx.index, link)));
     if let Some(s) = &shaping {
         let rules = Rc::clone(s);
@@ -278,6 +290,7 @@ pub fn start_with(
         Rc::clone(&acct),
         ctx.index,
     );
+    let mx = mx::Mx::new(ctx.config.dns.clone(), ctx.config.mx_port);
     let sites = ctx.queues.borrow().sites().len();
     let shared = Rc::new(Shared {
         pools: RefCell::new(vec![SitePool::default(); sites]),
@@ -289,6 +302,8 @@ pub fn start_with(
         settings,
         log,
         shaping,
+        mx,
+        sources,
         acct,
         relocations: RefCell::new(None),
     });
@@ -305,7 +320,6 @@ async fn drive(shared: Rc<Shared>) -> DeliveryStats {
         rotate_every: shared.ctx.config.log.rotate_every,
     }));
     let mut expired = Vec::new();
-    let mut batch = Vec::new();
     let mut last_sweep = 0u64;
     while !shared.ctx.stopping() {
         let now = now_unix_ms();
@@ -332,7 +346,7 @@ async fn drive(shared: Rc<Shared>) -> DeliveryStats {
         for (dest, entry) in expired.drain(..) {
             outcome::expire(&shared, dest, entry, now);
         }
-        fail_unrouted(&shared, now, &mut batch).await;
+        mx::resolve_unrouted(&shared);
         open_connections(&shared, now);
         let next_due = shared.ctx.queues.borrow().next_due();
         let sleep = match next_due {
@@ -359,40 +373,15 @@ async fn drive(shared: Rc<Shared>) -> DeliveryStats {
     shared.stats.get()
 }
 
-/// Recipients of domains no route matches: a clear temporary failure,
-/// logged and retried (MX delivery is issue 6).
-async fn fail_unrouted(shared: &Rc<Shared>, now: u64, batch: &mut Vec<Entry>) {
-    // Bounded by the number of ready unrouted recipients.
-    loop {
-        let dest: Option<DestId> =
-            shared
-                .ctx
-                .queues
-                .borrow_mut()
-                .take(UNROUTED, now, usize::MAX, batch);
-        let Some(dest) = dest else { break };
-        for entry in batch.drain(..) {
-            outcome::defer(
-                shared,
-                dest,
-                entry,
-                &outcome::Said {
-                    code: 451,
-                    enhanced: Some("4.4.0"),
-                    text: "no route (MX delivery arrives with issue 6)",
-                    peer: None,
-                },
-                now,
-            );
-        }
-        glommio::yield_if_needed().await;
-    }
-}
-
 /// Opens connections where queues are deeper than the open connections
 /// serve, within the pool's bound and after any connect backoff.
 fn open_connections(shared: &Rc<Shared>, now: u64) {
-    let sites = shared.pools.borrow().len();
+    // MX resolution adds sites as it goes.
+    let sites = shared.ctx.queues.borrow().sites().len();
+    shared
+        .pools
+        .borrow_mut()
+        .resize(sites.max(1), SitePool::default());
     let per_conn = shared.settings.transactions_in_flight_max.max(1) as usize;
     for site in 1..sites as SiteId {
         let (ready, in_flight) = {

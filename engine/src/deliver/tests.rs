@@ -171,6 +171,7 @@ fn inject(s: &Setup, n: usize, domain: &str) {
             arrival_unix_ms: now,
             expiry_unix_ms: now + 3_600_000,
             sender: "from@origin.test".into(),
+            pool: None,
             domains: vec![DomainRecipients {
                 domain: domain.into(),
                 recipients: vec![AcceptedRecipient {

@@ -353,13 +353,18 @@ impl Conn {
         );
         let arrival = now_unix_ms();
         let expiry = arrival.saturating_add(inj.expiry_after.as_millis() as u64);
+        // X-virtualMTA: removed before signing and spooling, its value
+        // kept in the record (inject/vmta.rs); only header bytes move.
+        let room = inj.signer.as_ref().map_or(0, |s| s.room());
+        let (pool, room) = super::vmta::strip(&mut self.body, room);
+        self.env.set_pool(pool.as_deref());
         let list = self.env.spool_recipients();
         // DKIM: once per message, over the bytes exactly as stored and
         // sent; the record starts at the signature (or after the headroom).
-        let start = inj.signer.as_ref().map_or(0, |s| {
-            let room = s.room();
-            s.sign(&mut self.body, room).start()
-        });
+        let start = inj
+            .signer
+            .as_ref()
+            .map_or(room, |s| s.sign(&mut self.body, room).start());
         let msg = self
             .env
             .new_message(&list, &self.body[start..], arrival, expiry);

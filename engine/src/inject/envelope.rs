@@ -39,6 +39,9 @@ pub struct Envelope {
     dsn: Vec<u8>,
     smtputf8: bool,
     recipients: Vec<Rcpt>,
+    /// The source pool named by `X-virtualMTA` (stored in the record's
+    /// queue field; empty when none).
+    pool: Vec<u8>,
 }
 
 impl Envelope {
@@ -76,6 +79,16 @@ impl Envelope {
         self.dsn.clear();
         self.smtputf8 = false;
         self.recipients.clear();
+        self.pool.clear();
+    }
+
+    /// Sets the source pool the message asked for (`X-virtualMTA`);
+    /// names that are not 1 to 64 visible ASCII characters are ignored.
+    pub fn set_pool(&mut self, pool: Option<&[u8]>) {
+        self.pool.clear();
+        if let Some(p) = pool.filter(|p| crate::deliver::source::valid_name(p)) {
+            self.pool.extend_from_slice(p);
+        }
     }
 
     /// Whether a transaction is open (MAIL accepted, not yet ended).
@@ -126,7 +139,7 @@ impl Envelope {
             dsn: &self.dsn,
             tenant: b"",
             campaign: b"",
-            queue: b"",
+            queue: &self.pool,
             recipients,
             arrival_unix_ms,
             expiry_unix_ms,
@@ -167,6 +180,7 @@ impl Envelope {
             arrival_unix_ms,
             expiry_unix_ms,
             sender: self.sender.clone(),
+            pool: (!self.pool.is_empty()).then(|| String::from_utf8_lossy(&self.pool).into_owned()),
             domains,
         }
     }

@@ -25,6 +25,7 @@
 mod conn;
 pub mod envelope;
 pub mod recovering;
+pub mod vmta;
 
 // std
 use std::cell::{Cell, RefCell};

@@ -8,8 +8,15 @@
 //! - Destinations roll up into **sites**: every domain whose static route
 //!   names the same host list shares one site, and a site owns the
 //!   connections and limits (see `deliver`). Site [`UNROUTED`] holds the
-//!   domains no route matches; delivery fails those temporarily (MX
-//!   delivery is a later issue) and they are retried like any `4xx`.
+//!   domains no route matches until delivery has resolved their MX
+//!   records; [`Queues::assign_mx`] then moves the destination (its ready
+//!   entries and its in-flight count) to the site of its MX host set. An
+//!   assignment lasts until its refresh time: the next recipient that
+//!   becomes ready after it sends the destination back to [`UNROUTED`]
+//!   to be resolved again (the resolver's cache makes that cheap).
+//! - A message may name a source pool (`X-virtualMTA`, stored in the
+//!   record's queue field): its recipients go to the destination
+//!   `(domain, pool)`, whose site is the pool's variant of the domain's.
 //! - One **scheduled** heap per shard holds every deferred recipient keyed
 //!   by its next attempt time (never later than its expiry); one timer per
 //!   shard sleeps until [`Queues::next_due`], never one per message.
@@ -82,6 +89,8 @@ pub struct Accepted {
     pub expiry_unix_ms: u64,
     /// The reverse path (empty for `<>`).
     pub sender: String,
+    /// The source pool (or source) the message asked for, if any.
+    pub pool: Option<String>,
     /// Recipients grouped by domain.
     pub domains: Vec<DomainRecipients>,
 }
@@ -110,7 +119,14 @@ impl Default for QueueConfig {
 #[derive(Debug)]
 struct Destination {
     domain: Box<str>,
+    /// The source pool its messages asked for.
+    pool: Option<Box<str>>,
     site: SiteId,
+    /// Its recipients in flight (moved with it when it changes site).
+    in_flight: usize,
+    /// When its MX site assignment must be refreshed (ms since the Unix
+    /// epoch); 0 when it is not assigned by MX.
+    mx_until_unix_ms: u64,
     /// Max age of this destination's recipients.
     max_age: Duration,
     ready: VecDeque<Entry>,
@@ -206,7 +222,8 @@ impl Queues {
             (hook.0)(&msg);
         }
         for group in &msg.domains {
-            let dest = self.destination(&group.domain);
+            let dest = self.destination_in(&group.domain, msg.pool.as_deref());
+            self.refresh_if_stale(dest, msg.arrival_unix_ms);
             let expiry = self.expiry_in(dest, msg.arrival_unix_ms, msg.expiry_unix_ms);
             for r in &group.recipients {
                 let entry = Entry {
@@ -241,31 +258,153 @@ impl Queues {
 
     /// The destination for `domain`, created (and routed) on first use.
     pub fn destination(&mut self, domain: &str) -> DestId {
+        self.destination_in(domain, None)
+    }
+
+    /// The destination for `domain` in source pool `pool`, created (and
+    /// routed) on first use.
+    pub fn destination_in(&mut self, domain: &str, pool: Option<&str>) -> DestId {
         let lower;
-        let key = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = domain.to_ascii_lowercase();
             lower.as_str()
         } else {
             domain
         };
+        let pooled;
+        // A space never occurs in a domain, so the pooled key cannot
+        // collide with a plain one.
+        let key = match pool {
+            None => domain,
+            Some(p) => {
+                pooled = format!("{domain} {p}");
+                pooled.as_str()
+            }
+        };
         if let Some(&d) = self.dest_by_domain.get(key) {
             return d;
         }
         let id = DestId::try_from(self.dests.len()).unwrap_or(DestId::MAX);
-        let site = self.sites.site_for(key);
+        let site = self.sites.site_for_pool(domain, pool);
+        self.grow_sites();
         let max_age = match &self.max_age_of {
-            Some(f) => (f.0)(key),
+            Some(f) => (f.0)(domain),
             None => self.cfg.max_age,
         };
         self.dests.push(Destination {
-            domain: key.into(),
+            domain: domain.into(),
+            pool: pool.map(Into::into),
             site,
+            in_flight: 0,
+            mx_until_unix_ms: 0,
             max_age,
             ready: VecDeque::new(),
             in_ring: false,
         });
         self.dest_by_domain.insert(key.into(), id);
         id
+    }
+
+    fn grow_sites(&mut self) {
+        while self.site_queues.len() < self.sites.len() {
+            self.site_queues.push(SiteQueue::default());
+        }
+    }
+
+    /// Moves `dest` (its ready entries, its in-flight count and its future
+    /// work) to the site of its resolved MX host set, until
+    /// `until_unix_ms` (then it is resolved again). `key` is the
+    /// resolution's site key; the destination's pool picks the variant.
+    pub fn assign_mx(
+        &mut self,
+        dest: DestId,
+        key: &str,
+        hosts: Vec<SocketAddr>,
+        names: Vec<String>,
+        until_unix_ms: u64,
+    ) -> SiteId {
+        let pool = self.dests[dest as usize].pool.clone();
+        let site = self.sites.site_for_mx(key, hosts, names, pool.as_deref());
+        self.grow_sites();
+        self.move_to(dest, site);
+        self.dests[dest as usize].mx_until_unix_ms = until_unix_ms.max(1);
+        site
+    }
+
+    /// Sends an MX-assigned destination whose assignment is due back to
+    /// [`UNROUTED`] (to be resolved again).
+    fn refresh_if_stale(&mut self, dest: DestId, now_unix_ms: u64) {
+        let d = &self.dests[dest as usize];
+        if d.mx_until_unix_ms != 0 && d.mx_until_unix_ms <= now_unix_ms {
+            self.move_to(dest, UNROUTED);
+            self.dests[dest as usize].mx_until_unix_ms = 0;
+        }
+    }
+
+    fn move_to(&mut self, dest: DestId, site: SiteId) {
+        let d = &mut self.dests[dest as usize];
+        let old = d.site;
+        if old == site {
+            return;
+        }
+        d.site = site;
+        let (ready, in_flight, in_ring) = (d.ready.len(), d.in_flight, d.in_ring);
+        let from = &mut self.site_queues[old as usize];
+        if in_ring {
+            if let Some(i) = from.ring.iter().position(|&x| x == dest) {
+                from.ring.remove(i);
+            }
+        }
+        from.ready -= ready;
+        from.in_flight -= in_flight;
+        let to = &mut self.site_queues[site as usize];
+        to.ready += ready;
+        to.in_flight += in_flight;
+        if in_ring {
+            to.ring.push_back(dest);
+            for w in to.waiters.drain(..) {
+                w.wake();
+            }
+            self.wake_driver();
+        }
+    }
+
+    /// The destinations of `site` with ready work, in service order.
+    pub fn site_dests(&self, site: SiteId) -> impl Iterator<Item = DestId> + '_ {
+        self.site_queues[site as usize].ring.iter().copied()
+    }
+
+    /// Takes every ready recipient of `dest` (a DNS failure settles them
+    /// all); they are in flight until settled, like [`Queues::take`]'s.
+    /// Expired ones go to the expired list.
+    pub fn take_all(&mut self, dest: DestId, now_unix_ms: u64, out: &mut Vec<Entry>) {
+        out.clear();
+        let d = &mut self.dests[dest as usize];
+        let site = d.site;
+        let mut expired = 0;
+        while let Some(e) = d.ready.pop_front() {
+            if e.expiry_unix_ms <= now_unix_ms {
+                self.expired.push((dest, e));
+                expired += 1;
+            } else {
+                out.push(e);
+            }
+        }
+        d.in_flight += out.len();
+        let was_in_ring = std::mem::replace(&mut d.in_ring, false);
+        let sq = &mut self.site_queues[site as usize];
+        if was_in_ring {
+            if let Some(i) = sq.ring.iter().position(|&x| x == dest) {
+                sq.ring.remove(i);
+            }
+        }
+        sq.ready -= out.len() + expired;
+        sq.in_flight += out.len();
+        self.ready -= out.len() + expired;
+        self.in_flight += out.len();
+        if expired > 0 {
+            self.wake_driver();
+        }
     }
 
     fn push_ready(&mut self, dest: DestId, entry: Entry) {
@@ -322,6 +461,7 @@ impl Queues {
                     taken += 1;
                 }
             }
+            d.in_flight += taken;
             let more = !d.ready.is_empty();
             if more {
                 self.site_queues[site as usize].ring.push_back(dest);
@@ -360,12 +500,14 @@ impl Queues {
     /// An in-flight recipient reached a final outcome (delivered, bounced):
     /// it leaves the queues.
     pub fn finish(&mut self, dest: DestId) {
-        let site = self.dests[dest as usize].site;
+        let d = &mut self.dests[dest as usize];
+        let site = d.site;
         let sq = &mut self.site_queues[site as usize];
         assert!(
-            sq.in_flight > 0 && self.in_flight > 0,
+            d.in_flight > 0 && sq.in_flight > 0 && self.in_flight > 0,
             "finish without a take"
         );
+        d.in_flight -= 1;
         sq.in_flight -= 1;
         self.in_flight -= 1;
     }
@@ -432,6 +574,7 @@ impl Queues {
             if t.entry.expiry_unix_ms <= now_unix_ms {
                 self.expired.push((t.dest, t.entry));
             } else {
+                self.refresh_if_stale(t.dest, now_unix_ms);
                 self.push_ready(t.dest, t.entry);
             }
         }
@@ -523,6 +666,11 @@ impl Queues {
         &self.dests[dest as usize].domain
     }
 
+    /// The source pool a destination's messages asked for.
+    pub fn pool_of(&self, dest: DestId) -> Option<&str> {
+        self.dests[dest as usize].pool.as_deref()
+    }
+
     /// The site of a destination.
     pub fn site_of(&self, dest: DestId) -> SiteId {
         self.dests[dest as usize].site
@@ -572,6 +720,20 @@ impl Queues {
         assert_eq!(per_site, self.ready, "per-site ready count");
         let flight: usize = self.site_queues.iter().map(|s| s.in_flight).sum();
         assert_eq!(flight, self.in_flight, "in-flight count");
+        let dest_flight: usize = self.dests.iter().map(|d| d.in_flight).sum();
+        assert_eq!(
+            dest_flight, self.in_flight,
+            "per-destination in-flight count"
+        );
+        for (s, sq) in self.site_queues.iter().enumerate() {
+            let ready: usize = self
+                .dests
+                .iter()
+                .filter(|d| d.site as usize == s)
+                .map(|d| d.ready.len())
+                .sum();
+            assert_eq!(ready, sq.ready, "ready count of site {s}");
+        }
         for (i, d) in self.dests.iter().enumerate() {
             let in_ring = self.site_queues[d.site as usize]
                 .ring

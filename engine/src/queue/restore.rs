@@ -56,6 +56,9 @@ impl Queues {
         };
         let record = spool.message(&live.rec).map_err(spool_err)?;
         let parts = record.parts().map_err(spool_err)?;
+        // The record's queue field holds the source pool the message asked
+        // for (X-virtualMTA), empty when none.
+        let pool = (!parts.queue.is_empty()).then(|| String::from_utf8_lossy(parts.queue));
         let mut queued = 0;
         for &index in &live.pending {
             let Some(r) = parts.recipients.get(index as usize) else {
@@ -66,7 +69,7 @@ impl Queues {
                 });
             };
             let domain = String::from_utf8_lossy(domain_of(r.address));
-            let dest = self.destination(&domain);
+            let dest = self.destination_in(&domain, pool.as_deref());
             let expiry = self.expiry_in(
                 dest,
                 parts.fixed.arrival_unix_ms,

@@ -1,12 +1,23 @@
 //! Sites: destinations that share next hops share connections and limits.
 //!
-//! With static routes a site is one distinct host list: two patterns
-//! routed to the same `HOST:PORT` list are one site. MX delivery (a later
-//! issue) will key sites by the sorted MX host set instead. Site
-//! [`UNROUTED`] has no hosts: delivery answers its recipients with a
-//! temporary failure and they are retried.
+//! - With static routes a site is one distinct host list: two patterns
+//!   routed to the same `HOST:PORT` list are one site.
+//! - Domains no route matches are resolved through DNS (RFC 5321 §5.1, by
+//!   `deliver`) and then join the site of their MX host set: the key is
+//!   `sluice_dns::SiteKey` (the sorted distinct exchange names, or a
+//!   configured provider suffix), so the thousands of domains one
+//!   provider hosts share one site. The site's addresses are those of the
+//!   latest resolution that joined it (preference order, equal
+//!   preferences shuffled).
+//! - A message sent through a source pool (`X-virtualMTA`) uses its own
+//!   variant of the site (`KEY@pool`): its connections bind that pool's
+//!   sources, so they never carry another pool's mail.
+//!
+//! Site [`UNROUTED`] has no hosts: it holds the destinations waiting for
+//! their MX resolution.
 
 // std
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 // crate
@@ -15,40 +26,75 @@ use crate::config::Route;
 /// Index of a site.
 pub type SiteId = u32;
 
-/// The site of domains that no route matches.
+/// The site of domains that no route matches (waiting for MX resolution).
 pub const UNROUTED: SiteId = 0;
 
-/// The routing table: patterns in order, each pointing at a site.
+/// Sites at most per shard; past it new host sets share the last one's
+/// key space no more but still get a site (the bound guards against a
+/// runaway of distinct MX sets, which would need as many pools).
+pub const SITES_MAX: usize = 1 << 20;
+
+/// One site: its hops and what chose them.
+#[derive(Debug, Clone, Default)]
+struct Site {
+    /// Next hops, in the order to try them.
+    hosts: Vec<SocketAddr>,
+    /// MX host names (empty for static routes), for shaping's provider
+    /// matching.
+    names: Vec<String>,
+    /// The key (log name).
+    key: String,
+    /// The source pool (or source) its connections bind, if any.
+    pool: Option<Box<str>>,
+}
+
+/// The routing table: patterns in order, each pointing at a site, plus the
+/// sites MX resolution made.
 #[derive(Debug, Clone, Default)]
 pub struct Sites {
     /// `(route, site)` in the configured order.
     routes: Vec<(Route, SiteId)>,
-    /// Hosts per site; `hosts[UNROUTED]` is empty.
-    hosts: Vec<Vec<SocketAddr>>,
+    /// Sites by index; `sites[UNROUTED]` has no hosts.
+    sites: Vec<Site>,
+    /// Site by key (MX sites and pool variants).
+    by_key: HashMap<String, SiteId>,
 }
 
 impl Sites {
     /// Builds sites from static routes (first match wins).
     pub fn from_routes(routes: &[Route]) -> Sites {
-        let mut hosts: Vec<Vec<SocketAddr>> = vec![Vec::new()];
+        let mut sites = vec![Site {
+            key: "unrouted".into(),
+            ..Site::default()
+        }];
         let mut table = Vec::with_capacity(routes.len());
         for r in routes {
-            let site = match hosts.iter().position(|h| *h == r.hosts) {
+            let site = match sites.iter().position(|s| s.hosts == r.hosts) {
                 Some(i) if i != UNROUTED as usize => i,
                 _ => {
-                    hosts.push(r.hosts.clone());
-                    hosts.len() - 1
+                    sites.push(Site {
+                        hosts: r.hosts.clone(),
+                        names: Vec::new(),
+                        key: r
+                            .hosts
+                            .first()
+                            .map_or_else(String::new, ToString::to_string),
+                        pool: None,
+                    });
+                    sites.len() - 1
                 }
             };
             table.push((r.clone(), site as SiteId));
         }
         Sites {
             routes: table,
-            hosts,
+            sites,
+            by_key: HashMap::new(),
         }
     }
 
-    /// The site for a (lower-case) domain.
+    /// The static site for a (lower-case) domain, [`UNROUTED`] when no
+    /// route matches.
     pub fn site_for(&self, domain: &str) -> SiteId {
         self.routes
             .iter()
@@ -57,29 +103,106 @@ impl Sites {
             .unwrap_or(UNROUTED)
     }
 
+    /// The site for a domain whose mail goes through `pool`: the static
+    /// site's pool variant, or [`UNROUTED`] when no route matches.
+    pub fn site_for_pool(&mut self, domain: &str, pool: Option<&str>) -> SiteId {
+        let site = self.site_for(domain);
+        match pool {
+            Some(pool) if site != UNROUTED => {
+                let base = &self.sites[site as usize];
+                let key = format!("{}@{pool}", base.key);
+                let (hosts, names) = (base.hosts.clone(), base.names.clone());
+                self.keyed(&key, hosts, names, Some(pool))
+            }
+            _ => site,
+        }
+    }
+
+    /// The site of an MX host set: `key` is the resolution's site key,
+    /// `hosts` the addresses in the order to try them. An existing site
+    /// takes the newer addresses.
+    pub fn site_for_mx(
+        &mut self,
+        key: &str,
+        hosts: Vec<SocketAddr>,
+        names: Vec<String>,
+        pool: Option<&str>,
+    ) -> SiteId {
+        let key = match pool {
+            Some(p) => format!("{key}@{p}"),
+            None => key.to_string(),
+        };
+        self.keyed(&key, hosts, names, pool)
+    }
+
+    fn keyed(
+        &mut self,
+        key: &str,
+        hosts: Vec<SocketAddr>,
+        names: Vec<String>,
+        pool: Option<&str>,
+    ) -> SiteId {
+        if let Some(&id) = self.by_key.get(key) {
+            let site = &mut self.sites[id as usize];
+            site.hosts = hosts;
+            site.names = names;
+            return id;
+        }
+        if self.sites.len() >= SITES_MAX {
+            // Bounded: the table never grows past SITES_MAX; the newest
+            // host sets then share the last site (logged by the caller's
+            // counters as one site).
+            return (self.sites.len() - 1) as SiteId;
+        }
+        let id = self.sites.len() as SiteId;
+        self.sites.push(Site {
+            hosts,
+            names,
+            key: key.to_string(),
+            pool: pool.map(Into::into),
+        });
+        self.by_key.insert(key.to_string(), id);
+        id
+    }
+
     /// Number of sites, [`UNROUTED`] included.
     pub fn len(&self) -> usize {
-        self.hosts.len()
+        self.sites.len()
     }
 
     /// Whether only [`UNROUTED`] exists.
     pub fn is_empty(&self) -> bool {
-        self.hosts.len() <= 1
+        self.sites.len() <= 1
     }
 
     /// Next hops of a site, in order.
     pub fn hosts(&self, site: SiteId) -> &[SocketAddr] {
-        self.hosts
+        self.sites
             .get(site as usize)
-            .map(Vec::as_slice)
+            .map(|s| s.hosts.as_slice())
             .unwrap_or(&[])
     }
 
-    /// A short name for logs: the first host, or `unrouted`.
+    /// MX host names of a site (empty for static routes).
+    pub fn names(&self, site: SiteId) -> &[String] {
+        self.sites
+            .get(site as usize)
+            .map(|s| s.names.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The source pool (or source name) a site's connections bind.
+    pub fn pool(&self, site: SiteId) -> Option<&str> {
+        self.sites
+            .get(site as usize)
+            .and_then(|s| s.pool.as_deref())
+    }
+
+    /// A short name for logs: the first host of a route, the MX site key,
+    /// or `unrouted`.
     pub fn name(&self, site: SiteId) -> String {
-        match self.hosts(site).first() {
-            Some(h) => h.to_string(),
-            None => "unrouted".to_string(),
-        }
+        self.sites
+            .get(site as usize)
+            .map_or_else(|| "unrouted".to_string(), |s| s.key.clone())
     }
 }

@@ -44,6 +44,7 @@ fn msg(id: u64, groups: &[(&str, &[u32])]) -> Accepted {
         arrival_unix_ms: 1_000,
         expiry_unix_ms: 0,
         sender: "s@x.test".into(),
+        pool: None,
         domains: groups
             .iter()
             .map(|(d, idx)| DomainRecipients {
@@ -339,4 +340,88 @@ fn max_age_lookup_applies_per_destination() {
     assert_eq!(q.sweep_expired(11_000, 100), 1);
     assert_eq!(q.sweep_expired(1_000_999, 100), 0);
     assert_eq!(q.sweep_expired(1_001_000, 100), 1);
+}
+
+#[test]
+fn mx_assignment_rolls_domains_up_by_host_set_and_moves_their_work() {
+    let mut q = queues();
+    q.enqueue(msg(1, &[("x.test", &[0, 1]), ("y.test", &[2])]));
+    q.enqueue(msg(2, &[("z.test", &[0])]));
+    q.check_invariants();
+    assert_eq!(q.site_ready(UNROUTED), 4);
+    let (x, y, z) = (
+        q.destination("x.test"),
+        q.destination("y.test"),
+        q.destination("z.test"),
+    );
+    assert_eq!(q.site_dests(UNROUTED).collect::<Vec<_>>(), [x, y, z]);
+    // One of x's recipients is in flight when the resolution lands.
+    let mut out = Vec::new();
+    assert_eq!(q.take(UNROUTED, 2_000, 1, &mut out), Some(x));
+    let hosts: Vec<SocketAddr> = vec!["127.0.0.2:25".parse().unwrap()];
+    let names = vec!["mx.shared.test".to_string()];
+    let sx = q.assign_mx(x, "mx.shared.test", hosts.clone(), names.clone(), 10_000);
+    let sy = q.assign_mx(y, "mx.shared.test", hosts.clone(), names.clone(), 10_000);
+    let sz = q.assign_mx(
+        z,
+        "mx.other.test",
+        hosts,
+        vec!["mx.other.test".into()],
+        10_000,
+    );
+    q.check_invariants();
+    assert_eq!(sx, sy, "same MX host set, same site");
+    assert_ne!(sx, sz);
+    assert_eq!(q.sites().name(sx), "mx.shared.test");
+    assert_eq!((q.site_ready(sx), q.site_in_flight(sx)), (2, 1));
+    assert_eq!(q.site_ready(UNROUTED), 0);
+    // The in-flight recipient settles against its new site.
+    q.finish(x);
+    q.check_invariants();
+    // A recipient that becomes ready after the refresh time sends the
+    // destination back to be resolved again.
+    q.take(sz, 2_000, 10, &mut out).unwrap();
+    q.defer(z, out[0], 20_000);
+    q.promote_due(20_000, 10);
+    q.check_invariants();
+    assert_eq!(q.site_of(z), UNROUTED);
+    assert_eq!(q.site_ready(UNROUTED), 1);
+}
+
+#[test]
+fn take_all_settles_a_whole_destination() {
+    let mut q = queues();
+    q.enqueue(msg(1, &[("x.test", &[0, 1])]));
+    q.enqueue(msg(2, &[("x.test", &[0])]));
+    let x = q.destination("x.test");
+    let mut out = Vec::new();
+    q.take_all(x, 2_000, &mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(q.site_ready(UNROUTED), 0);
+    assert_eq!(q.site_dests(UNROUTED).count(), 0);
+    q.check_invariants();
+    for _ in 0..3 {
+        q.finish(x);
+    }
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_pool_gets_its_own_destination_and_site_variant() {
+    let mut q = queues();
+    let mut m = msg(1, &[("a.test", &[0]), ("x.test", &[1])]);
+    m.pool = Some("blue".into());
+    q.enqueue(m);
+    q.enqueue(msg(2, &[("a.test", &[0])]));
+    let plain = q.destination("a.test");
+    let blue = q.destination_in("a.test", Some("blue"));
+    assert_ne!(plain, blue);
+    assert_ne!(q.site_of(plain), q.site_of(blue));
+    assert_eq!(q.hosts(q.site_of(plain)), q.hosts(q.site_of(blue)));
+    assert_eq!(q.sites().pool(q.site_of(blue)), Some("blue"));
+    let x = q.destination_in("x.test", Some("blue"));
+    let s = q.assign_mx(x, "mx.test", vec![], vec![], 10_000);
+    assert_eq!(q.sites().name(s), "mx.test@blue");
+    assert_eq!(q.sites().pool(s), Some("blue"));
+    q.check_invariants();
 }

@@ -1,0 +1,147 @@
+//! `X-virtualMTA` (as PowerMTA names it): a header by which the injecting
+//! client chooses the source pool (or single source) a message leaves
+//! from. It is removed at injection, before the message is signed and
+//! spooled, and its value is kept in the spool record's queue field; the
+//! body is later sent straight from the spool mapping, so nothing has to
+//! be removed on the delivery path.
+//!
+//! Removal moves only the bytes in front of the header field (the
+//! `Received:` trace header and the fields before it) towards the body,
+//! and the stored message starts that much later in the buffer: the body
+//! itself is never copied. Pure: tested by value.
+
+/// Header fields removed per message at most (a client repeating the
+/// header cannot make removal quadratic).
+const FIELDS_MAX: usize = 8;
+/// Bytes of the header section examined at most.
+const HEADER_SCAN_BYTES_MAX: usize = 256 << 10;
+
+const NAME: &[u8] = b"x-virtualmta";
+
+/// Removes every `X-virtualMTA` field from the header section of
+/// `buf[from..]` (up to [`FIELDS_MAX`]). Returns the first field's value
+/// (unfolded, trimmed; `None` without the header or when empty) and where
+/// the message now starts (`>= from`).
+pub fn strip(buf: &mut [u8], from: usize) -> (Option<Vec<u8>>, usize) {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut value = None;
+    let end = buf.len().min(from.saturating_add(HEADER_SCAN_BYTES_MAX));
+    let mut at = from;
+    // Bounded by `end`: every pass moves `at` past one field.
+    while at < end {
+        let line_end = next_line(buf, at, end);
+        if line_end - at <= 2 && buf[at..line_end].iter().all(|&b| b == b'\r' || b == b'\n') {
+            break; // the empty line: end of the header section
+        }
+        // The field continues over folded lines (RFC 5322 §2.2.3).
+        let mut field_end = line_end;
+        while field_end < end && matches!(buf[field_end], b' ' | b'\t') {
+            field_end = next_line(buf, field_end, end);
+        }
+        if is_vmta(&buf[at..field_end]) && ranges.len() < FIELDS_MAX {
+            if value.is_none() {
+                value = field_value(&buf[at..field_end]);
+            }
+            ranges.push((at, field_end));
+        }
+        at = field_end;
+    }
+    if ranges.is_empty() {
+        return (value, from);
+    }
+    // Shift the kept pieces in front of the last removed field right, from
+    // the last piece to the first (memmove; only header bytes move).
+    let mut write = ranges[ranges.len() - 1].1;
+    let mut piece_end = ranges[ranges.len() - 1].0;
+    for i in (0..ranges.len()).rev() {
+        let piece_start = if i == 0 { from } else { ranges[i - 1].1 };
+        let len = piece_end - piece_start;
+        buf.copy_within(piece_start..piece_end, write - len);
+        write -= len;
+        if i > 0 {
+            piece_end = ranges[i - 1].0;
+        }
+    }
+    (value, write)
+}
+
+/// The index after the line starting at `at` (after its LF, or `end`).
+fn next_line(buf: &[u8], at: usize, end: usize) -> usize {
+    buf[at..end]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(end, |i| at + i + 1)
+}
+
+fn is_vmta(field: &[u8]) -> bool {
+    field.len() > NAME.len()
+        && field[..NAME.len()].eq_ignore_ascii_case(NAME)
+        && field[NAME.len()..]
+            .iter()
+            .find(|&&b| b != b' ' && b != b'\t')
+            == Some(&b':')
+}
+
+fn field_value(field: &[u8]) -> Option<Vec<u8>> {
+    let colon = field.iter().position(|&b| b == b':')?;
+    let value: Vec<u8> = field[colon + 1..]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
+    let trimmed = value.trim_ascii();
+    (!trimmed.is_empty()).then(|| trimmed.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str, from: usize) -> (Option<String>, String) {
+        let mut buf = text.as_bytes().to_vec();
+        let (v, start) = strip(&mut buf, from);
+        (
+            v.map(|v| String::from_utf8(v).unwrap()),
+            String::from_utf8(buf[start..].to_vec()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn removes_the_field_and_keeps_everything_else() {
+        let msg = "Received: by x\r\nFrom: a@b\r\nX-VirtualMTA: pool-1 \r\nSubject: s\r\n\r\nbody\r\nX-virtualMTA: not a header\r\n";
+        let (v, out) = run(msg, 0);
+        assert_eq!(v.as_deref(), Some("pool-1"));
+        assert_eq!(
+            out,
+            "Received: by x\r\nFrom: a@b\r\nSubject: s\r\n\r\nbody\r\nX-virtualMTA: not a header\r\n"
+        );
+    }
+
+    #[test]
+    fn folded_repeated_and_absent() {
+        let msg = "xxxxX-virtualMTA:\r\n a\r\nA: 1\r\nx-virtualmta : b\r\nB: 2\r\n\r\nbody";
+        let (v, out) = run(msg, 4);
+        assert_eq!(v.as_deref(), Some("a"));
+        assert_eq!(out, "A: 1\r\nB: 2\r\n\r\nbody");
+        let (v, out) = run("A: 1\r\n\r\nX-virtualMTA: late\r\n", 0);
+        assert_eq!(v, None);
+        assert_eq!(out, "A: 1\r\n\r\nX-virtualMTA: late\r\n");
+        let (v, out) = run("X-virtualMTAs: other\r\n\r\n", 0);
+        assert_eq!(v, None);
+        assert_eq!(out, "X-virtualMTAs: other\r\n\r\n");
+        let (v, out) = run("X-virtualMTA:\r\n\r\nb", 0);
+        assert_eq!(v, None);
+        assert_eq!(out, "\r\nb");
+    }
+
+    #[test]
+    fn the_body_does_not_move() {
+        let body = "B".repeat(10_000);
+        let msg = format!("X-virtualMTA: p\r\n\r\n{body}");
+        let mut buf = msg.into_bytes();
+        let body_at = buf.len() - body.len();
+        let (_, start) = strip(&mut buf, 0);
+        assert_eq!(start, "X-virtualMTA: p\r\n".len());
+        assert_eq!(&buf[body_at..], body.as_bytes(), "body bytes stay in place");
+    }
+}

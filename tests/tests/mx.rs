@@ -1,0 +1,193 @@
+//! MX delivery end to end: the real `sluice` binary resolves unrouted
+//! domains through a scripted DNS server on loopback (`mx_dns.py`, Python
+//! dnslib) and delivers to `sluice-sink` instances on 127.0.0.x (and ::1)
+//! named by the MX records. `[dns] smtp_port` points the mail exchangers
+//! at the sinks' port and `allow_loopback` lets the engine use loopback
+//! addresses, so nothing leaves the machine.
+//!
+//! Build the binaries first: `cargo build --release --bins`; then
+//! `cargo test -p sluice-tests --test mx`.
+
+mod egress;
+
+use std::path::Path;
+
+use serde_json::json;
+use sluice_tests::free_port;
+
+use egress::{inject, records_for, start_engine, wait_until, write_config, Dns, Msg, Sink};
+
+fn dns_section(dns_port: u16, smtp_port: u16) -> String {
+    format!(
+        r#"[dns]
+nameservers = ["127.0.0.1:{dns_port}"]
+timeout = "500ms"
+attempts = 1
+allow_loopback = true
+smtp_port = {smtp_port}
+"#
+    )
+}
+
+/// The last record about `rcpt` once one of `kind` exists.
+fn wait_for(dir: &Path, rcpt: &str, kind: &str) -> serde_json::Value {
+    let mut found = None;
+    wait_until(&format!("a {kind} record for {rcpt}"), || {
+        found = records_for(dir, rcpt)
+            .into_iter()
+            .find(|r| r["type"] == kind);
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+#[test]
+fn mx_order_next_host_a_fallback_ipv6_and_sites_by_host_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let three = Sink::start(dir.path(), "three", "127.0.0.3", port);
+    let six = Sink::start(dir.path(), "six", "[::1]", port);
+    let dns = Dns::start(
+        dir.path(),
+        &json!({ "records": [
+            // Preference 10 refuses (nothing listens on 127.0.0.5): the
+            // next host, preference 20, gets the mail.
+            ["order.test", "MX", 300, 20, "mx2.order.test."],
+            ["order.test", "MX", 300, 10, "mx1.order.test."],
+            ["mx1.order.test", "A", 300, "127.0.0.5"],
+            ["mx2.order.test", "A", 300, "127.0.0.2"],
+            // No MX at all: the domain's own A record.
+            ["plain.test", "A", 300, "127.0.0.3"],
+            // Two domains with the same MX host set share one site.
+            ["shared-a.test", "MX", 300, 10, "mx2.order.test."],
+            ["shared-b.test", "MX", 300, 5, "mx2.order.test."],
+            // IPv6 only.
+            ["v6.test", "MX", 300, 10, "mx.v6.test."],
+            ["mx.v6.test", "AAAA", 300, "::1"],
+        ]}),
+    );
+    let inject_port = free_port().unwrap();
+    let cfg = write_config(dir.path(), inject_port, &dns_section(dns.port, port));
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    inject(
+        inject_port,
+        &[
+            Msg {
+                id: "order",
+                rcpts: &["u@order.test"],
+                headers: "",
+            },
+            Msg {
+                id: "plain",
+                rcpts: &["u@plain.test"],
+                headers: "",
+            },
+            Msg {
+                id: "shared",
+                rcpts: &["u@shared-a.test", "u@shared-b.test"],
+                headers: "",
+            },
+            Msg {
+                id: "v6",
+                rcpts: &["u@v6.test"],
+                headers: "",
+            },
+        ],
+    );
+    let order = wait_for(dir.path(), "u@order.test", "Delivery");
+    assert_eq!(order["peer"], format!("127.0.0.2:{port}"), "{order}");
+    let plain = wait_for(dir.path(), "u@plain.test", "Delivery");
+    assert_eq!(plain["peer"], format!("127.0.0.3:{port}"), "{plain}");
+    let a = wait_for(dir.path(), "u@shared-a.test", "Delivery");
+    let b = wait_for(dir.path(), "u@shared-b.test", "Delivery");
+    assert_eq!(a["site"], "mx2.order.test", "{a}");
+    assert_eq!(a["site"], b["site"], "one site per MX host set");
+    let v6 = wait_for(dir.path(), "u@v6.test", "Delivery");
+    assert_eq!(v6["peer"], format!("[::1]:{port}"), "{v6}");
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    assert!(two.ids().contains(&"order".to_string()), "{:?}", two.ids());
+    assert!(two.ids().contains(&"shared".to_string()));
+    assert_eq!(three.ids(), ["plain"]);
+    assert_eq!(six.ids(), ["v6"]);
+}
+
+#[test]
+fn null_mx_nxdomain_servfail_and_private_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let _two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let dns = Dns::start(
+        dir.path(),
+        &json!({
+            "records": [
+                // RFC 7505 null MX; the A record must not be used.
+                ["nullmx.test", "MX", 300, 0, "."],
+                ["nullmx.test", "A", 300, "127.0.0.2"],
+                // An MX at a private address, not allowed by [dns].
+                ["private.test", "MX", 300, 10, "mx.private.test."],
+                ["mx.private.test", "A", 300, "10.9.9.9"],
+            ],
+            "servfail": ["servfail.test"],
+        }),
+    );
+    let inject_port = free_port().unwrap();
+    let cfg = write_config(dir.path(), inject_port, &dns_section(dns.port, port));
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    inject(
+        inject_port,
+        &[Msg {
+            id: "fail",
+            rcpts: &[
+                "u@nullmx.test",
+                "u@nx.test",
+                "u@servfail.test",
+                "u@private.test",
+            ],
+            headers: "",
+        }],
+    );
+    let null = wait_for(dir.path(), "u@nullmx.test", "Bounce");
+    assert_eq!(
+        (null["code"].clone(), null["enhanced"].clone()),
+        (json!(556), json!("5.1.10")),
+        "{null}"
+    );
+    let nx = wait_for(dir.path(), "u@nx.test", "Bounce");
+    assert_eq!(
+        (nx["code"].clone(), nx["enhanced"].clone()),
+        (json!(550), json!("5.1.2")),
+        "{nx}"
+    );
+    let private = wait_for(dir.path(), "u@private.test", "Bounce");
+    assert_eq!(private["enhanced"], "5.4.4", "{private}");
+    assert!(
+        private["text"].as_str().unwrap().contains("private"),
+        "{private}"
+    );
+    // SERVFAIL is temporary: retried (retry = 300ms), never bounced.
+    wait_until("two attempts for servfail.test", || {
+        records_for(dir.path(), "u@servfail.test")
+            .iter()
+            .filter(|r| r["type"] == "TransientFailure")
+            .count()
+            >= 2
+    });
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    let servfail: Vec<_> = records_for(dir.path(), "u@servfail.test")
+        .into_iter()
+        .filter(|r| r["type"] != "Reception")
+        .collect();
+    assert!(
+        servfail.iter().all(|r| r["type"] == "TransientFailure"),
+        "{servfail:?}"
+    );
+    assert_eq!(servfail[0]["code"], 451);
+    assert_eq!(servfail[0]["enhanced"], "4.4.3");
+    assert_eq!(servfail[1]["attempt"], 2);
+    let null: Vec<_> = records_for(dir.path(), "u@nullmx.test")
+        .into_iter()
+        .filter(|r| r["type"] != "Reception")
+        .collect();
+    assert_eq!(null.len(), 1, "no retry of a null MX: {null:?}");
+}
