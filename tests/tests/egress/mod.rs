@@ -58,9 +58,13 @@ impl Sink {
         lines(&self.ids)
     }
 
-    /// Peer addresses of the connections accepted so far.
+    /// Peer addresses of the connections accepted so far, without the
+    /// test's own readiness probes (from 127.0.0.1).
     pub fn peers(&self) -> Vec<String> {
         lines(&self.peers)
+            .into_iter()
+            .filter(|p| p != "127.0.0.1")
+            .collect()
     }
 
     /// Every captured message, as text.
