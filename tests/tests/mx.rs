@@ -191,3 +191,43 @@ fn null_mx_nxdomain_servfail_and_private_addresses() {
         .collect();
     assert_eq!(null.len(), 1, "no retry of a null MX: {null:?}");
 }
+
+#[test]
+fn loopback_and_unspecified_mx_addresses_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let dns = Dns::start(
+        dir.path(),
+        &json!({ "records": [
+            ["loop.test", "MX", 300, 10, "mx.loop.test."],
+            ["mx.loop.test", "A", 300, "127.0.0.2"],
+            ["zero.test", "MX", 300, 10, "mx.zero.test."],
+            ["mx.zero.test", "A", 300, "0.0.0.0"],
+        ]}),
+    );
+    let inject_port = free_port().unwrap();
+    // The same [dns] section without allow_loopback.
+    let section = dns_section(dns.port, port).replace("allow_loopback = true\n", "");
+    let cfg = write_config(dir.path(), inject_port, &section);
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    inject(
+        inject_port,
+        &[Msg {
+            id: "refused",
+            rcpts: &["u@loop.test", "u@zero.test"],
+            headers: "",
+        }],
+    );
+    for rcpt in ["u@loop.test", "u@zero.test"] {
+        let r = wait_for(dir.path(), rcpt, "Bounce");
+        assert_eq!(r["enhanced"], "5.4.4", "{r}");
+        let text = r["text"].as_str().unwrap();
+        assert!(
+            text.contains("refused (loopback, private or reserved)"),
+            "{text}"
+        );
+    }
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    assert!(two.ids().is_empty(), "nothing reached the loopback sink");
+}

@@ -41,8 +41,11 @@ fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
     let rules = dir.path().join("shaping.toml");
     std::fs::write(&rules, RULES).unwrap();
     let inject_port = free_port().unwrap();
+    // b.test's first host refuses (nothing listens there): a bound
+    // connection fails over to the next host like an unbound one.
+    let closed = free_port().unwrap();
     let extra = format!(
-        "shaping = \"{}\"\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{port}\"]\n",
+        "shaping = \"{}\"\n[[route]]\npattern = \"b.test\"\nhosts = [\"127.0.0.1:{closed}\", \"127.0.0.1:{port}\"]\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{port}\"]\n",
         rules.display()
     );
     let cfg = write_config(dir.path(), inject_port, &extra);
@@ -110,6 +113,26 @@ fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
         }
     });
     assert!(text.contains("no source or pool named nope"), "{text}");
+
+    // A refused first host, from a bound source: the next host delivers.
+    inject(
+        inject_port,
+        &[Msg {
+            id: "failover",
+            rcpts: &["u@b.test"],
+            headers: "X-virtualMTA: three\r\n",
+        }],
+    );
+    wait_until("failover delivered", || {
+        sink.ids().contains(&"failover".to_string())
+    });
+    assert!(
+        sink.peers()
+            .iter()
+            .all(|p| p == "127.0.0.2" || p == "127.0.0.3"),
+        "{:?}",
+        sink.peers()
+    );
     engine.stop(egress::TIMEOUT).expect("sluice stops");
 
     let messages = sink.messages();
