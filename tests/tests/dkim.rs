@@ -538,3 +538,66 @@ fn a_readable_key_file_is_refused_at_start_with_its_key_path() {
         assert!(stderr.contains("chmod 600"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_signature_is_stored_with_the_message_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let rsa = generate(&path, "rsa", false);
+    // Nothing listens on the sink port yet: the message is acknowledged,
+    // signed and spooled, and its delivery deferred.
+    let sink_port = free_port().expect("port for the sink");
+    let dkim = format!(
+        "[dkim.domains.\"example.com\"]\nselector = \"rsa2026\"\nkey_file = \"{}\"\n",
+        rsa.path.display()
+    );
+    let (mut engine, port) = start_engine(&path, sink_port, &dkim);
+    inject(
+        port,
+        &[(message("alice@example.com", "restart"), vec!["a@dest.test"])],
+    );
+    engine
+        .stop(std::time::Duration::from_secs(15))
+        .expect("sluice stops");
+    let capture = path.join("capture");
+    std::fs::create_dir(&capture).expect("capture dir");
+    let mut cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{sink_port}"),
+        "--cores",
+        "1",
+    ])
+    .args(["--stats-interval", "0", "--summary-interval", "0"])
+    .arg("--capture")
+    .arg(&capture)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _sink = Process::spawn("sluice-sink", cmd).expect("start the sink");
+    sluice_tests::wait_for_port(loopback(sink_port), TIMEOUT).expect("sink listening");
+    // Restarted without any key: the signature can only come from the spool.
+    let (_engine, _) = start_engine(&path, sink_port, "");
+    wait_until("the recovered message at the sink", || {
+        !captures(&capture).is_empty()
+    });
+    let captured = captures(&capture);
+    assert_eq!(captured.len(), 1);
+    let bytes = &captured[0].1;
+    assert_eq!(
+        signatures(bytes).len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(bytes)
+    );
+    assert_eq!(
+        mail_auth_verify(bytes, "rsa2026", "example.com", &rsa.txt),
+        vec![DkimResult::Pass]
+    );
+    assert!(dkimpy_verify(
+        &path,
+        bytes,
+        "rsa2026",
+        "example.com",
+        &rsa.txt
+    ));
+}
