@@ -44,6 +44,7 @@ python3 -c 'import dkim' 2>/dev/null || py_need+=(dkimpy)
 python3 -c 'import nacl' 2>/dev/null || py_need+=(pynacl)
 python3 -c 'import aiosmtpd' 2>/dev/null || py_need+=(aiosmtpd)
 python3 -c 'import dnslib' 2>/dev/null || py_need+=(dnslib)
+python3 -c 'import prometheus_client' 2>/dev/null || py_need+=(prometheus-client)
 if [ ${#py_need[@]} -gt 0 ]; then
   python3 -m pip install -q --disable-pip-version-check "${py_need[@]}"
 fi

@@ -22,6 +22,7 @@ pub mod config;
 pub mod deliver;
 pub mod inject;
 pub mod log;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod sign;

@@ -73,6 +73,89 @@ enum Command {
     },
     /// Print the embedded default configuration (a documented starting point).
     DefaultConfig,
+    /// Queue summary of a running engine: ready, scheduled, in flight,
+    /// received, delivered, bounced, per shard and in total.
+    Queues(AdminTarget),
+    /// Top destinations of a running engine by depth, with the age of the
+    /// oldest message, the last error and any suspension.
+    Top {
+        /// How many destinations to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Suspend delivery to a destination (recipient domain) on every
+    /// shard; queued and arriving recipients wait (their max age still
+    /// applies) until `sluice resume` or the end of --for.
+    Suspend {
+        /// The recipient domain.
+        dest: String,
+        /// Who suspends it (shown in `sluice top`).
+        #[arg(long)]
+        who: String,
+        /// Why (shown in `sluice top`).
+        #[arg(long)]
+        why: String,
+        /// Resume by itself after this long (`30m`, `2h`); default: until resumed.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Resume delivery to a suspended destination.
+    Resume {
+        /// The recipient domain.
+        dest: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Bounce every queued recipient of a queue (recipient domain): each
+    /// gets an AdminBounce record and its sender a DSN. With --for, new
+    /// arrivals are bounced too until the time is up.
+    Bounce {
+        /// The queue (recipient domain).
+        queue: String,
+        /// Keep bouncing new arrivals this long (`10m`).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Who bounces it (in the log and the DSN).
+        #[arg(long, default_value = "operator")]
+        who: String,
+        /// Why (in the log and the DSN).
+        #[arg(long, default_value = "bounced by the operator")]
+        why: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Show a queued message: envelope, size, age, and where each
+    /// recipient is (ready, scheduled with its next attempt, in flight or done).
+    Inspect {
+        /// The id from the 250 reply, e.g. `s0.42`.
+        id: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Re-read the bounce rules file and apply it on every shard without
+    /// a restart (a bad file is refused and the old rules stay).
+    Reload(AdminTarget),
+    /// Print the Prometheus metrics of a running engine.
+    Metrics(AdminTarget),
+}
+
+/// Where a running engine's admin listener is.
+#[derive(clap::Args, Debug, Default)]
+struct AdminTarget {
+    /// The admin listener, ADDR:PORT (default: `[admin] listen` of
+    /// --config, else 127.0.0.1:8025).
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin: Option<String>,
+    /// The engine's configuration file (for its `[admin] listen`).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the admin API's JSON answer as is.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -110,7 +193,303 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Route { domain, overrides } => route(&domain, &overrides),
+        Command::Queues(t) => admin::queues(&t),
+        Command::Top { limit, target } => admin::top(&target, limit),
+        Command::Suspend {
+            dest,
+            who,
+            why,
+            duration,
+            target,
+        } => admin::order(
+            &target,
+            "/api/suspend",
+            &dest,
+            Some((&who, &why)),
+            duration.as_deref(),
+        ),
+        Command::Resume { dest, target } => admin::order(&target, "/api/resume", &dest, None, None),
+        Command::Bounce {
+            queue,
+            duration,
+            who,
+            why,
+            target,
+        } => admin::order(
+            &target,
+            "/api/bounce",
+            &queue,
+            Some((&who, &why)),
+            duration.as_deref(),
+        ),
+        Command::Inspect { id, target } => admin::inspect(&target, &id),
+        Command::Reload(t) => admin::reload(&t),
+        Command::Metrics(t) => admin::metrics(&t),
         Command::Run(overrides) => run(&overrides),
+    }
+}
+
+/// The operator subcommands: HTTP requests to the admin listener.
+mod admin {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use sluice_engine::config::Config;
+
+    use super::AdminTarget;
+
+    const TIMEOUT: Duration = Duration::from_secs(15);
+
+    fn addr(t: &AdminTarget) -> Result<SocketAddr, String> {
+        if let Some(a) = &t.admin {
+            return a
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut i| i.next())
+                .ok_or_else(|| format!("--admin {a}: expected ADDR:PORT"));
+        }
+        let config = match &t.config {
+            Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+            None => Config::embedded_default().map_err(|e| e.to_string())?,
+        };
+        config.admin.listen.ok_or_else(|| {
+            "the admin listener is off in this configuration ([admin] listen = \"off\")".into()
+        })
+    }
+
+    /// One request; the JSON (or text) body of a 2xx answer.
+    fn call(t: &AdminTarget, method: &str, path: &str, body: &str) -> Result<String, String> {
+        let a = addr(t)?;
+        let mut s = TcpStream::connect_timeout(&a, TIMEOUT).map_err(|e| {
+            format!("cannot reach the admin listener at {a}: {e} (is sluice running? use --admin ADDR:PORT or --config FILE)")
+        })?;
+        let _ = s.set_read_timeout(Some(TIMEOUT));
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            Err(format!(
+                "the admin listener answered {status}: {}",
+                why.trim()
+            ))
+        }
+    }
+
+    fn json(
+        t: &AdminTarget,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<serde_json::Value, String> {
+        let text = call(t, method, path, body)?;
+        if t.json {
+            print!("{text}");
+        }
+        serde_json::from_str(&text).map_err(|e| format!("the admin listener's answer: {e}"))
+    }
+
+    fn done(r: Result<(), String>) -> ExitCode {
+        match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    pub fn queues(t: &AdminTarget) -> ExitCode {
+        done(json(t, "GET", "/api/queues", "").map(|v| {
+            if t.json {
+                return;
+            }
+            println!(
+                "{:>6} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>9}",
+                "shard",
+                "ready",
+                "scheduled",
+                "in-flight",
+                "received",
+                "delivered",
+                "bounced",
+                "expired",
+                "transient"
+            );
+            let row = |name: String, r: &serde_json::Value| {
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                println!(
+                    "{:>6} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>9}",
+                    name,
+                    n("ready"),
+                    n("scheduled"),
+                    n("in_flight"),
+                    n("received"),
+                    n("delivered"),
+                    n("bounced"),
+                    n("expired"),
+                    n("transient_failures")
+                );
+            };
+            for s in v["shards"].as_array().into_iter().flatten() {
+                row(s["shard"].to_string(), s);
+            }
+            row("total".into(), &v["total"]);
+        }))
+    }
+
+    pub fn top(t: &AdminTarget, limit: usize) -> ExitCode {
+        done(
+            json(t, "GET", &format!("/api/top?limit={limit}"), "").map(|v| {
+                if t.json {
+                    return;
+                }
+                println!(
+                    "{:<28} {:>5} {:>7} {:>9} {:>10}  last error",
+                    "destination", "shard", "depth", "oldest", "state"
+                );
+                for r in v.as_array().into_iter().flatten() {
+                    let state = if r["suspended"].is_object() {
+                        format!(
+                            "suspended by {} ({})",
+                            r["suspended"]["who"].as_str().unwrap_or(""),
+                            r["suspended"]["why"].as_str().unwrap_or("")
+                        )
+                    } else if r["bouncing"].is_object() {
+                        "bouncing".to_string()
+                    } else {
+                        "active".to_string()
+                    };
+                    let oldest = r["oldest_age_s"]
+                        .as_f64()
+                        .map_or("-".to_string(), |s| format!("{s:.0}s"));
+                    println!(
+                        "{:<28} {:>5} {:>7} {:>9} {:>10}  {}",
+                        r["domain"].as_str().unwrap_or(""),
+                        r["shard"],
+                        r["depth"].as_u64().unwrap_or(0),
+                        oldest,
+                        state,
+                        r["last_error"].as_str().unwrap_or("-")
+                    );
+                }
+            }),
+        )
+    }
+
+    pub fn order(
+        t: &AdminTarget,
+        path: &str,
+        dest: &str,
+        who_why: Option<(&str, &str)>,
+        duration: Option<&str>,
+    ) -> ExitCode {
+        let for_s = match duration.map(sluice_shaping::units::parse_duration) {
+            None => None,
+            Some(Ok(d)) => Some(d.as_secs_f64()),
+            Some(Err(e)) => {
+                eprintln!("sluice: --for {}: {e}", duration.unwrap_or(""));
+                return ExitCode::from(2);
+            }
+        };
+        let mut body = serde_json::json!({"domain": dest});
+        if let Some((who, why)) = who_why {
+            body["who"] = who.into();
+            body["why"] = why.into();
+        }
+        if let Some(f) = for_s {
+            body["for_s"] = f.into();
+        }
+        done(json(t, "POST", path, &body.to_string()).map(|v| {
+            if t.json {
+                return;
+            }
+            let shards = v["shards"].as_array().cloned().unwrap_or_default();
+            let sum = |k: &str| shards.iter().filter_map(|s| s[k].as_u64()).sum::<u64>();
+            match path {
+                "/api/suspend" => println!(
+                    "{dest}: suspended on {} shard(s); {} queued recipient(s) held",
+                    shards.len(),
+                    sum("parked")
+                ),
+                "/api/resume" => {
+                    println!("{dest}: resumed; {} recipient(s) released", sum("released"))
+                }
+                _ => println!(
+                    "{dest}: {} recipient(s) bounced{}",
+                    sum("bounced"),
+                    duration.map_or(String::new(), |d| format!(
+                        "; new arrivals are bounced for {d}"
+                    ))
+                ),
+            }
+        }))
+    }
+
+    pub fn inspect(t: &AdminTarget, id: &str) -> ExitCode {
+        done(
+            json(t, "GET", &format!("/api/inspect?id={id}"), "").map(|v| {
+                if t.json {
+                    return;
+                }
+                println!("id:        {}", v["id"].as_str().unwrap_or(""));
+                println!("sender:    <{}>", v["sender"].as_str().unwrap_or(""));
+                println!("size:      {} bytes", v["size"]);
+                println!("age:       {:.1}s", v["age_s"].as_f64().unwrap_or(0.0));
+                for r in v["recipients"].as_array().into_iter().flatten() {
+                    let next = r["next_attempt_in_s"]
+                        .as_f64()
+                        .map_or(String::new(), |s| format!(", next attempt in {s:.1}s"));
+                    let attempts = r["attempts"]
+                        .as_u64()
+                        .map_or(String::new(), |a| format!(", {a} attempt(s)"));
+                    println!(
+                        "rcpt {}:    <{}> {}{attempts}{next}",
+                        r["index"],
+                        r["address"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or("")
+                    );
+                }
+            }),
+        )
+    }
+
+    pub fn reload(t: &AdminTarget) -> ExitCode {
+        done(json(t, "POST", "/api/reload", "").map(|v| {
+            if t.json {
+                return;
+            }
+            println!(
+                "bounce rules: reloaded from {} ({} patterns)",
+                v["bounce_rules"].as_str().unwrap_or(""),
+                v["patterns"]
+            );
+            println!("shaping:      {}", v["shaping"].as_str().unwrap_or(""));
+        }))
+    }
+
+    pub fn metrics(t: &AdminTarget) -> ExitCode {
+        done(call(t, "GET", "/metrics", "").map(|text| print!("{text}")))
     }
 }
 

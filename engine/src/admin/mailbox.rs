@@ -1,1 +1,437 @@
-//! Per-shard admin mailboxes (filled in with the admin API).
+//! Per-shard admin mailboxes: the admin thread's only way into a shard.
+//!
+//! Each shard owns the receiving end of a bounded channel
+//! ([`MAILBOX_CAPACITY`] requests) and a task ([`serve`]) that drains it
+//! every [`MAILBOX_POLL`] (std channels have no waker; 20 ms of polling
+//! costs nothing measurable and keeps the shard free of locks). A request
+//! carries its own reply channel; the admin thread waits at most
+//! [`REPLY_TIMEOUT`] per shard. The task also keeps the operator's
+//! standing orders: suspended destinations stay parked, and queues being
+//! bounced "for a duration" have new arrivals bounced as they come.
+
+// std
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Duration;
+
+// external
+use serde::Serialize;
+
+// crate
+use crate::accounting::read_facts;
+use crate::deliver::{now_unix_ms, outcome, Shared};
+use crate::inject::Injector;
+use crate::metrics::ShardSnapshot;
+use crate::queue::{Place, Queues};
+use crate::runtime::{ShardSpool, Shutdown};
+
+/// Requests a shard's mailbox holds.
+pub const MAILBOX_CAPACITY: usize = 64;
+/// How often a shard looks at its mailbox.
+pub const MAILBOX_POLL: Duration = Duration::from_millis(20);
+/// Longest the admin thread waits for one shard's reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// A suspension without an end re-parks new arrivals this far ahead.
+const PARK_AHEAD: Duration = Duration::from_secs(60);
+/// Recipients an admin bounce completes per mailbox turn before yielding.
+const BOUNCE_BUDGET: usize = 4096;
+
+/// What the admin thread asks a shard.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Counters for `/metrics` and `sluice queues`.
+    Snapshot,
+    /// Destinations with queued recipients.
+    Top,
+    /// Hold a destination.
+    Suspend {
+        /// The recipient domain.
+        domain: String,
+        /// Who asked.
+        who: String,
+        /// Why.
+        why: String,
+        /// Until when (ms since the Unix epoch); `None`: until resumed.
+        until_ms: Option<u64>,
+    },
+    /// Release a destination.
+    Resume {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// Bounce every queued recipient of a destination, and new arrivals
+    /// until `until_ms`.
+    Bounce {
+        /// The recipient domain.
+        domain: String,
+        /// Who asked.
+        who: String,
+        /// Why.
+        why: String,
+        /// Keep bouncing new arrivals until then.
+        until_ms: Option<u64>,
+    },
+    /// A message's envelope and where each recipient is.
+    Inspect {
+        /// Spool id on this shard.
+        id: u64,
+    },
+    /// Replace the bounce rules.
+    Reload {
+        /// The compiled rules.
+        rules: Box<sluice_outcomes::Classifier>,
+    },
+}
+
+/// A shard's answer.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// For [`Command::Snapshot`].
+    Snapshot(Box<ShardSnapshot>),
+    /// Anything else: a JSON value for the API.
+    Json(serde_json::Value),
+    /// The command could not be carried out.
+    Error(String),
+}
+
+/// One request with its reply channel.
+pub struct Request {
+    /// What to do.
+    pub command: Command,
+    /// Where the answer goes.
+    pub reply: SyncSender<Answer>,
+}
+
+/// A standing suspension.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suspension {
+    /// Who suspended it.
+    pub who: String,
+    /// Why.
+    pub why: String,
+    /// Since (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// Until (ms since the Unix epoch), if set.
+    pub until_ms: Option<u64>,
+}
+
+/// The shard-side handles the mailbox task works with.
+pub struct ShardHandles {
+    /// Delivery's shared state.
+    pub delivery: Rc<Shared>,
+    /// Injection.
+    pub inject: Rc<Injector>,
+    /// The spool.
+    pub spool: ShardSpool,
+    /// The queues.
+    pub queues: Rc<RefCell<Queues>>,
+    /// Set when the shard stops.
+    pub shutdown: Shutdown,
+}
+
+#[derive(Default)]
+struct Orders {
+    suspended: HashMap<String, Suspension>,
+    bouncing: HashMap<String, Suspension>,
+}
+
+/// The shard's mailbox task: answers requests and keeps standing orders
+/// until the shard stops.
+pub async fn serve(h: ShardHandles, rx: Receiver<Request>) {
+    let orders = RefCell::new(Orders::default());
+    while !h.shutdown.is_set() {
+        while let Ok(req) = rx.try_recv() {
+            let answer = handle(&h, &orders, req.command).await;
+            // The admin thread may have given up waiting; nothing to do.
+            let _ = req.reply.try_send(answer);
+        }
+        keep_orders(&h, &orders).await;
+        glommio::timer::sleep(MAILBOX_POLL).await;
+    }
+}
+
+async fn keep_orders(h: &ShardHandles, orders: &RefCell<Orders>) {
+    let now = now_unix_ms();
+    let (suspended, bouncing) = {
+        let mut o = orders.borrow_mut();
+        // Expired orders end.
+        let mut released = Vec::new();
+        o.suspended.retain(|d, s| {
+            let keep = s.until_ms.is_none_or(|u| u > now);
+            if !keep {
+                released.push(d.clone());
+            }
+            keep
+        });
+        o.bouncing
+            .retain(|_, s| s.until_ms.is_some_and(|u| u > now));
+        let mut q = h.queues.borrow_mut();
+        for d in released {
+            if let Some(dest) = q.find(&d) {
+                q.release(dest, now);
+            }
+        }
+        (
+            o.suspended
+                .iter()
+                .map(|(d, s)| (d.clone(), s.until_ms))
+                .collect::<Vec<_>>(),
+            o.bouncing
+                .iter()
+                .map(|(d, s)| (d.clone(), format!("bounced by {}: {}", s.who, s.why)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    for (domain, until) in suspended {
+        let mut q = h.queues.borrow_mut();
+        if let Some(dest) = q.find(&domain) {
+            if !q.is_held(dest) {
+                // The destination appeared after the order.
+                q.hold(dest, until.unwrap_or(now + PARK_AHEAD.as_millis() as u64));
+            }
+        }
+    }
+    h.queues
+        .borrow_mut()
+        .park_held(now + PARK_AHEAD.as_millis() as u64);
+    for (domain, reason) in bouncing {
+        bounce_queued(h, &domain, &reason, now).await;
+    }
+}
+
+/// Bounces every queued recipient of `domain`; returns how many.
+async fn bounce_queued(h: &ShardHandles, domain: &str, reason: &str, now: u64) -> usize {
+    let Some(dest) = h.queues.borrow().find(domain) else {
+        return 0;
+    };
+    let entries = h.queues.borrow_mut().remove_all(dest);
+    let n = entries.len();
+    for (i, e) in entries.into_iter().enumerate() {
+        outcome::admin_bounce(&h.delivery, dest, e, reason, now);
+        if i % BOUNCE_BUDGET == BOUNCE_BUDGET - 1 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    n
+}
+
+async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Answer {
+    let now = now_unix_ms();
+    match cmd {
+        Command::Snapshot => Answer::Snapshot(Box::new(snapshot(h))),
+        Command::Top => Answer::Json(top(h, &orders.borrow(), now)),
+        Command::Suspend {
+            domain,
+            who,
+            why,
+            until_ms,
+        } => {
+            let domain = domain.to_ascii_lowercase();
+            let parked = {
+                let mut q = h.queues.borrow_mut();
+                let dest = q.destination(&domain);
+                q.hold(
+                    dest,
+                    until_ms.unwrap_or(now + PARK_AHEAD.as_millis() as u64),
+                )
+            };
+            orders.borrow_mut().suspended.insert(
+                domain.clone(),
+                Suspension {
+                    who,
+                    why,
+                    since_ms: now,
+                    until_ms,
+                },
+            );
+            Answer::Json(serde_json::json!({"domain": domain, "suspended": true, "parked": parked}))
+        }
+        Command::Resume { domain } => {
+            let domain = domain.to_ascii_lowercase();
+            let was = orders.borrow_mut().suspended.remove(&domain).is_some();
+            let released = {
+                let mut q = h.queues.borrow_mut();
+                q.find(&domain).map_or(0, |d| q.release(d, now))
+            };
+            Answer::Json(
+                serde_json::json!({"domain": domain, "was_suspended": was, "released": released}),
+            )
+        }
+        Command::Bounce {
+            domain,
+            who,
+            why,
+            until_ms,
+        } => {
+            let domain = domain.to_ascii_lowercase();
+            let reason = format!("bounced by {who}: {why}");
+            let n = bounce_queued(h, &domain, &reason, now).await;
+            if until_ms.is_some() {
+                orders.borrow_mut().bouncing.insert(
+                    domain.clone(),
+                    Suspension {
+                        who,
+                        why,
+                        since_ms: now,
+                        until_ms,
+                    },
+                );
+            }
+            Answer::Json(serde_json::json!({"domain": domain, "bounced": n, "until_ms": until_ms}))
+        }
+        Command::Inspect { id } => inspect(h, id, now),
+        Command::Reload { rules } => {
+            h.delivery.acct.set_rules(*rules);
+            Answer::Json(serde_json::json!({"bounce_rules": "reloaded"}))
+        }
+    }
+}
+
+/// The shard's counters, copied.
+pub fn snapshot(h: &ShardHandles) -> ShardSnapshot {
+    let d = &h.delivery;
+    let q = h.queues.borrow();
+    let mut queued_by_site: BTreeMap<String, u64> = BTreeMap::new();
+    for s in q.summaries() {
+        *queued_by_site.entry(q.sites().name(s.site)).or_insert(0) +=
+            (s.ready + s.scheduled) as u64;
+    }
+    let mut outbound_open = BTreeMap::new();
+    for (site, pool) in d.pools.borrow().iter().enumerate() {
+        if pool.active > 0 {
+            outbound_open.insert(q.sites().name(site as _), pool.active);
+        }
+    }
+    let segments = h.spool.segment_count() as u64;
+    ShardSnapshot {
+        shard: d.ctx.index,
+        inject: h.inject.stats(),
+        inject_open: h.inject.open_connections(),
+        delivery: d.stats.get(),
+        outbound_open,
+        queues: q.counts(),
+        queued_by_site,
+        spool: h.spool.stats(),
+        spool_live: h.spool.live_count() as u64,
+        spool_segments: segments,
+        spool_bytes: segments * d.ctx.config.segment_bytes,
+        log: d.log.stats(),
+        acct: d.acct.metrics.borrow().clone(),
+    }
+}
+
+fn top(h: &ShardHandles, orders: &Orders, now: u64) -> serde_json::Value {
+    let q = h.queues.borrow();
+    let errors = h.delivery.acct.last_error.borrow();
+    let mut rows = Vec::new();
+    for s in q.summaries() {
+        // The oldest message's arrival, read from its record.
+        let oldest_ms = s.oldest_id.and_then(|id| {
+            let (_, e, _) = q.recipients_of(id).into_iter().next()?;
+            let f = read_facts(&h.spool, id, &h.delivery.locate(&e));
+            (f.arrival_ms > 0).then_some(f.arrival_ms)
+        });
+        let err = errors.get(&s.domain);
+        let susp = orders.suspended.get(&s.domain);
+        rows.push(serde_json::json!({
+            "shard": h.delivery.ctx.index,
+            "domain": s.domain,
+            "site": q.sites().name(s.site),
+            "depth": s.ready + s.scheduled,
+            "ready": s.ready,
+            "scheduled": s.scheduled,
+            "oldest_age_s": oldest_ms.map(|a| now.saturating_sub(a) as f64 / 1000.0),
+            "last_error": err.map(|e| &e.1),
+            "last_error_age_s": err.map(|e| now.saturating_sub(e.0) as f64 / 1000.0),
+            "suspended": susp,
+        }));
+    }
+    // Suspended destinations with nothing queued are still shown.
+    for (d, s) in &orders.suspended {
+        if !rows.iter().any(|r| r["domain"] == d.as_str()) {
+            rows.push(serde_json::json!({
+                "shard": h.delivery.ctx.index, "domain": d, "depth": 0, "ready": 0,
+                "scheduled": 0, "suspended": s,
+            }));
+        }
+    }
+    for (d, s) in &orders.bouncing {
+        rows.push(serde_json::json!({
+            "shard": h.delivery.ctx.index, "domain": d, "bouncing": s,
+        }));
+    }
+    serde_json::Value::Array(rows)
+}
+
+fn inspect(h: &ShardHandles, id: u64, now: u64) -> Answer {
+    let queued = h.queues.borrow().recipients_of(id);
+    let rec = match queued.first() {
+        Some((_, e, _)) => Some(h.delivery.locate(e)),
+        None => h
+            .spool
+            .live_messages()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.rec),
+    };
+    let Some(rec) = rec else {
+        return Answer::Error(format!(
+            "message {id} is not in shard {}'s spool (delivered, bounced or never here)",
+            h.delivery.ctx.index
+        ));
+    };
+    let record = match h.spool.message(&rec) {
+        Ok(r) => r,
+        Err(e) => return Answer::Error(format!("reading message {id}: {e}")),
+    };
+    let parts = match record.parts() {
+        Ok(p) => p,
+        Err(e) => return Answer::Error(format!("parsing message {id}: {e}")),
+    };
+    let q = h.queues.borrow();
+    let recipients: Vec<serde_json::Value> = parts
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let place = queued.iter().find(|(_, e, _)| e.index as usize == i);
+            let (state, due, attempts, expiry, domain) = match place {
+                Some((dest, e, Place::Ready)) => (
+                    "ready",
+                    None,
+                    Some(e.attempts),
+                    Some(e.expiry_unix_ms),
+                    Some(q.domain(*dest).to_string()),
+                ),
+                Some((dest, e, Place::Scheduled(due))) => (
+                    "scheduled",
+                    Some(*due),
+                    Some(e.attempts),
+                    Some(e.expiry_unix_ms),
+                    Some(q.domain(*dest).to_string()),
+                ),
+                None => ("in flight or done", None, None, None, None),
+            };
+            serde_json::json!({
+                "index": i,
+                "address": String::from_utf8_lossy(r.address),
+                "state": state,
+                "queue": domain,
+                "attempts": attempts,
+                "next_attempt_in_s": due.map(|d| d.saturating_sub(now) as f64 / 1000.0),
+                "expires_in_s": expiry.map(|x| x.saturating_sub(now) as f64 / 1000.0),
+            })
+        })
+        .collect();
+    Answer::Json(serde_json::json!({
+        "id": format!("s{}.{id}", h.delivery.ctx.index),
+        "shard": h.delivery.ctx.index,
+        "sender": String::from_utf8_lossy(parts.sender),
+        "size": parts.body.len(),
+        "arrival_ms": parts.fixed.arrival_unix_ms,
+        "age_s": now.saturating_sub(parts.fixed.arrival_unix_ms) as f64 / 1000.0,
+        "recipients": recipients,
+    }))
+}

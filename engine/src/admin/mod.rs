@@ -11,9 +11,14 @@
 //! bytes, and nothing on the delivery path waits on them.
 
 pub mod mailbox;
+pub mod server;
 
 // std
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 
 // external
 use ipnet::IpNet;
@@ -89,5 +94,66 @@ impl AdminSettings {
             v4 => v4,
         };
         self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// One mailbox per shard: the senders for the admin thread, the receivers
+/// for the shards.
+pub fn mailboxes(
+    shards: u32,
+) -> (
+    Vec<SyncSender<mailbox::Request>>,
+    Vec<Receiver<mailbox::Request>>,
+) {
+    (0..shards)
+        .map(|_| sync_channel(mailbox::MAILBOX_CAPACITY))
+        .unzip()
+}
+
+/// The running admin listener.
+pub struct Admin {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `[admin] listen` and starts the server thread; `None` when
+    /// the listener is off or cannot be bound (said on stderr: delivery
+    /// does not depend on it).
+    pub fn start(
+        settings: &AdminSettings,
+        shards: Vec<SyncSender<mailbox::Request>>,
+        bounce_rules: Option<PathBuf>,
+        stop: Arc<AtomicBool>,
+    ) -> Option<Admin> {
+        let listen = settings.listen?;
+        let listener = match std::net::TcpListener::bind(listen) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!(
+                    "admin listener {listen}: {e}; running without /metrics and the admin API \
+                     (set [admin] listen to a free address, or \"off\")"
+                );
+                return None;
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(listen);
+        let server = server::Server {
+            settings: settings.clone(),
+            shards,
+            bounce_rules,
+            stop,
+        };
+        let thread = std::thread::Builder::new()
+            .name("sluice-admin".into())
+            .spawn(move || server.run(listener))
+            .ok()?;
+        Some(Admin { addr, thread })
+    }
+
+    /// Waits for the thread (after the stop flag was set).
+    pub fn join(self) {
+        let _ = self.thread.join();
     }
 }

@@ -262,6 +262,15 @@ pub fn start_with(
     ctx: DeliveryContext,
     shaping: Option<ShapingLink>,
 ) -> glommio::Task<DeliveryStats> {
+    start_shared(ctx, shaping).0
+}
+
+/// Like [`start_with`], also returning the shared state (the admin
+/// mailbox reads counters and settles admin bounces through it).
+pub fn start_shared(
+    ctx: DeliveryContext,
+    shaping: Option<ShapingLink>,
+) -> (glommio::Task<DeliveryStats>, Rc<Shared>) {
     if shaping.is_none() && ctx.config.shaping_file.is_some() {
         log::warn!(
             "shard {}: delivery.shaping is set but delivery was started without a shaping link; \
@@ -307,7 +316,7 @@ pub fn start_with(
         acct,
         relocations: RefCell::new(None),
     });
-    glommio::spawn_local(drive(shared))
+    (glommio::spawn_local(drive(Rc::clone(&shared))), shared)
 }
 
 async fn drive(shared: Rc<Shared>) -> DeliveryStats {

@@ -106,7 +106,7 @@ struct Setup {
 
 fn setup(dir: &std::path::Path, port: u16, rules: Option<&str>) -> Setup {
     let text = format!(
-        "hostname = \"sluice.test\"\n[spool]\ndir = \"{spool}\"\n[delivery]\nretry = \"50ms\"\n\
+        "hostname = \"sluice.test\"\n[spool]\ndir = \"{spool}\"\n[delivery]\ndsn = false\nretry = \"50ms\"\n\
          reply_timeout = \"5s\"\nidle_close = \"100ms\"\nlog_dir = \"{log}\"\nlog_flush = \"10ms\"\n\
          [[route]]\npattern = \"*\"\nhosts = [\"127.0.0.1:{port}\"]\n",
         spool = dir.join("spool").display(),

@@ -35,6 +35,7 @@
 //! This module does no I/O and reads no clock: times are passed in as
 //! milliseconds since the Unix epoch, so it is tested without sleeping.
 
+mod admin;
 mod entry;
 mod restore;
 mod sites;
@@ -51,6 +52,7 @@ use std::time::Duration;
 use sluice_spool::RecordRef;
 
 // crate
+pub use self::admin::{DestSummary, Place};
 pub use self::entry::{DestId, Entry, Timed, ENTRY_BYTES, TIMED_BYTES};
 pub use self::restore::RestoreError;
 pub use self::sites::{SiteId, Sites, UNROUTED};
@@ -167,6 +169,8 @@ pub struct Queues {
     /// Told about every enqueued message (the accounting log's
     /// `Reception` records); must not touch the queues.
     on_enqueue: Option<EnqueueHook>,
+    /// Destinations an operator suspended: `take` skips them (`admin`).
+    held: std::collections::HashSet<DestId>,
 }
 
 /// Observer of [`Queues::enqueue`].
@@ -205,6 +209,7 @@ impl Queues {
             driver_flag: false,
             max_age_of: None,
             on_enqueue: None,
+            held: std::collections::HashSet::new(),
         }
     }
 
@@ -443,6 +448,12 @@ impl Queues {
         // or returns.
         loop {
             let dest = self.site_queues[site as usize].ring.pop_front()?;
+            if self.held.contains(&dest) {
+                // Suspended: its ready recipients wait in the scheduled
+                // heap, out of the ready counts, until released (`admin`).
+                self.park(dest, now_unix_ms.saturating_add(admin::HOLD_RECHECK_MS));
+                continue;
+            }
             let d = &mut self.dests[dest as usize];
             let mut taken = 0usize;
             let mut expired = 0usize;

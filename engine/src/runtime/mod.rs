@@ -306,6 +306,7 @@ pub struct Engine {
     layout: Layout,
     stop: Arc<AtomicBool>,
     handles: Vec<ExecutorJoinHandle<Result<ShardReport, String>>>,
+    admin: Option<crate::admin::Admin>,
 }
 
 impl Engine {
@@ -335,10 +336,17 @@ impl Engine {
         };
         // One link per shard: `mesh(count, ..)` yields `count` of them.
         let links = sluice_shaping::transport::mesh(count, SHAPING_CHANNEL_CAPACITY);
+        // Admin mailboxes: operator commands and counter snapshots only.
+        let (admin_tx, admin_rx) = crate::admin::mailboxes(count);
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(cores.len());
-        for (index, ((cpu, listeners), link)) in
-            cores.iter().copied().zip(sets).zip(links).enumerate()
+        for (index, (((cpu, listeners), link), mailbox)) in cores
+            .iter()
+            .copied()
+            .zip(sets)
+            .zip(links)
+            .zip(admin_rx)
+            .enumerate()
         {
             let index = index as u32;
             let config = config.clone();
@@ -359,6 +367,7 @@ impl Engine {
                         listeners,
                         shaping,
                         Arc::clone(&stop_flag),
+                        mailbox,
                     )
                     .await;
                     if r.is_err() {
@@ -383,10 +392,23 @@ impl Engine {
                 }
             }
         }
+        let admin = crate::admin::Admin::start(
+            &config.admin,
+            admin_tx,
+            config.bounce_rules_file.clone(),
+            Arc::clone(&stop),
+        );
+        if let Some(a) = &admin {
+            log::info!(
+                "admin: http://{}/metrics and the admin API (sluice queues, top, ...)",
+                a.addr
+            );
+        }
         Ok(Engine {
             layout,
             stop,
             handles,
+            admin,
         })
     }
 
@@ -402,10 +424,24 @@ impl Engine {
 
     /// Waits for every shard to stop; the first failure is returned after
     /// all have stopped.
-    pub fn wait(self) -> Result<Vec<ShardReport>, RuntimeError> {
+    pub fn wait(mut self) -> Result<Vec<ShardReport>, RuntimeError> {
+        let result = self.wait_shards();
+        if let Some(admin) = self.admin {
+            self.stop.store(true, Ordering::Relaxed);
+            admin.join();
+        }
+        result
+    }
+
+    /// The admin listener's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    fn wait_shards(&mut self) -> Result<Vec<ShardReport>, RuntimeError> {
         let mut reports = Vec::with_capacity(self.handles.len());
         let mut first_error = None;
-        for (index, h) in self.handles.into_iter().enumerate() {
+        for (index, h) in std::mem::take(&mut self.handles).into_iter().enumerate() {
             let shard = index as u32;
             match h.join() {
                 Ok(Ok(r)) => reports.push(r),

@@ -64,6 +64,7 @@ pub(crate) async fn run(
     listeners: ShardListeners,
     shaping: ShapingLink,
     stop: Arc<AtomicBool>,
+    mailbox: std::sync::mpsc::Receiver<crate::admin::mailbox::Request>,
 ) -> Result<ShardReport, String> {
     let responder = Responder::start(index, listeners.into_vec(), RECOVERING_REPLY)
         .map_err(|e| format!("starting the recovering responder: {e}"))?;
@@ -109,7 +110,7 @@ pub(crate) async fn run(
         queues: Rc::clone(&queues),
         shutdown: shutdown.clone(),
     };
-    let delivery = deliver::start_with(ctx.delivery_context(), Some(shaping));
+    let (delivery, delivery_shared) = deliver::start_shared(ctx.delivery_context(), Some(shaping));
     let inj = Injector::new(
         index,
         Rc::clone(&ctx.config),
@@ -129,6 +130,17 @@ pub(crate) async fn run(
         let l = unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) };
         acceptors.push(glommio::spawn_local(accept_loop(Rc::clone(&inj), l)));
     }
+    // The admin mailbox, drained off the hot path (`admin::mailbox`).
+    let admin_task = glommio::spawn_local(crate::admin::mailbox::serve(
+        crate::admin::mailbox::ShardHandles {
+            delivery: delivery_shared,
+            inject: Rc::clone(&inj),
+            spool: spool.clone(),
+            queues: Rc::clone(&queues),
+            shutdown: shutdown.clone(),
+        },
+        mailbox,
+    ));
     log::info!("shard {index}: serving ({recovered} message(s) restored, {refused} connection(s) refused while recovering)");
 
     while !stop.load(Ordering::Relaxed) {
@@ -136,6 +148,7 @@ pub(crate) async fn run(
     }
     log::info!("shard {index}: stopping");
     shutdown.trigger();
+    admin_task.await;
     for a in acceptors {
         a.await;
     }
