@@ -72,6 +72,23 @@ impl DkimKeys {
         self.0.is_some()
     }
 
+    /// One line for the start-up layout: every signing domain, its
+    /// selector and algorithm, or `off`.
+    pub fn describe(&self) -> String {
+        let Some(signer) = self.signer() else {
+            return "off (no [dkim.domains])".to_string();
+        };
+        let domains: Vec<String> = signer
+            .domains()
+            .iter()
+            .map(|(d, s, a)| format!("{d} (s={s}, {})", a.name()))
+            .collect();
+        format!(
+            "signing once per message at injection: {}",
+            domains.join(", ")
+        )
+    }
+
     /// The signer, when keys are loaded.
     pub fn signer(&self) -> Option<&Signer> {
         self.0.as_deref()

@@ -123,6 +123,18 @@ impl Signer {
         self.default_domain.as_deref()
     }
 
+    /// Every signing domain with its selector and algorithm, in domain
+    /// order (for start-up reports).
+    pub fn domains(&self) -> Vec<(&str, &str, Algorithm)> {
+        let mut list: Vec<(&str, &str, Algorithm)> = self
+            .domains
+            .iter()
+            .map(|(d, s)| (d.as_str(), s.selector.as_str(), s.algorithm))
+            .collect();
+        list.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        list
+    }
+
     /// The `(selector, algorithm)` of a signing domain, if it has a key.
     pub fn key_info(&self, domain: &str) -> Option<(&str, Algorithm)> {
         self.domains

@@ -235,6 +235,7 @@ impl Layout {
             }
         }
         let _ = writeln!(s, "  shaping:   {}", self.shaping);
+        let _ = writeln!(s, "  dkim:      {}", config.dkim.describe());
         if config.routes.is_empty() {
             let _ = writeln!(s, "  routes:    none (MX delivery)");
         }
