@@ -111,3 +111,190 @@ print('ok')
     assert_eq!(kinds.get("b"), Some(&2), "{csv}");
     assert_eq!(kinds.get("r"), Some(&4), "{csv}");
 }
+
+/// What a fault run produced.
+struct Run {
+    expected: Vec<(u64, String)>,
+    records: Vec<serde_json::Value>,
+    summary: serde_json::Value,
+}
+
+/// Injects 150 messages (1-3 recipients over three domains, a `nobody@`
+/// in every tenth) through an engine whose sink misbehaves per `faults`,
+/// waits until every recipient has a final outcome, and checks what holds
+/// under any fault: exactly one final outcome and one Reception per
+/// recipient, `Bounce` only (and always) for `nobody@`, categories on
+/// every failure.
+fn fault_run(faults: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = vec!["--seed", "7", "--reject-local-part", "nobody"];
+    flags.extend_from_slice(faults);
+    let sink = Sink::start(dir.path(), "sink", &flags);
+    let engine = Engine::start(dir.path(), sink.port, "dsn = false", "");
+    let domains = ["a.test", "b.test", "c.test"];
+    let mut c = Smtp::connect(engine.port);
+    // (spool id, recipient) of every accepted recipient.
+    let mut expected: Vec<(u64, String)> = Vec::new();
+    for n in 0..150usize {
+        let mut rcpts: Vec<String> = (0..(n % 3 + 1))
+            .map(|k| format!("u{k}.{n}@{}", domains[(n + k) % 3]))
+            .collect();
+        if n % 10 == 0 {
+            rcpts.push(format!("nobody@{}", domains[n % 3]));
+        }
+        let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        let id = c.send("from@origin.test", &refs, &format!("agree{n}"));
+        let id: u64 = id.split('.').nth(1).unwrap().parse().unwrap();
+        expected.extend(rcpts.into_iter().map(|r| (id, r)));
+    }
+    c.quit();
+    let finals = ["Delivery", "Bounce", "Expiration", "AdminBounce"];
+    let key = |r: &serde_json::Value| {
+        (
+            r["id"].as_u64().unwrap_or(0),
+            r["recipient"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    wait_until("a final outcome for every recipient", || {
+        let done: std::collections::HashSet<(u64, String)> = engine
+            .records()
+            .iter()
+            .filter(|r| finals.contains(&r["type"].as_str().unwrap_or("")))
+            .map(key)
+            .collect();
+        expected.iter().all(|k| done.contains(k))
+    });
+    // Let stray duplicates (there must be none) reach the log.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let records = engine.records();
+    let mut finals_by: HashMap<(u64, String), Vec<&str>> = HashMap::new();
+    let mut receptions: HashMap<(u64, String), usize> = HashMap::new();
+    for r in &records {
+        let t = r["type"].as_str().unwrap_or("");
+        if finals.contains(&t) {
+            finals_by.entry(key(r)).or_default().push(t);
+        }
+        if t == "Reception" {
+            *receptions.entry(key(r)).or_insert(0) += 1;
+        }
+        if t == "TransientFailure" || t == "Bounce" {
+            let code = r["code"].as_u64().unwrap();
+            assert!((400..600).contains(&code), "{r}");
+            assert!(r["category"].is_string(), "{r}");
+        }
+    }
+    assert_eq!(
+        finals_by.len(),
+        expected.len(),
+        "no outcome for an unknown recipient"
+    );
+    for k in &expected {
+        let outcomes = &finals_by[k];
+        assert_eq!(outcomes.len(), 1, "{k:?}: {outcomes:?}");
+        let want = if k.1.starts_with("nobody@") {
+            "Bounce"
+        } else {
+            "Delivery"
+        };
+        assert_eq!(outcomes[0], want, "{k:?}");
+        assert_eq!(receptions.get(k), Some(&1), "{k:?}: one Reception");
+    }
+    let delivered = count(&records, "Delivery") as u64;
+    // The sink's summary is rewritten every 100 ms: wait for it to catch up.
+    let start = std::time::Instant::now();
+    while sink.summary()["recipients"].as_u64().unwrap_or(0) < delivered
+        && start.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let summary = sink.summary();
+    Run {
+        expected,
+        records,
+        summary,
+    }
+}
+
+/// Faults that can never cost a `250` (451 at RCPT and after the data):
+/// the log's Delivery count equals the sink's accepted recipients
+/// exactly, its Bounce count the sink's 550s, and every 451 the sink sent
+/// shows up as TransientFailure records.
+#[test]
+fn every_final_outcome_is_logged_once_and_agrees_with_the_sink() {
+    let run = fault_run(&["--reject", "rcpt:451=0.15", "--reject", "data:451=0.05"]);
+    let delivered = count(&run.records, "Delivery") as u64;
+    let transient = count(&run.records, "TransientFailure") as u64;
+    let s = &run.summary;
+    assert_eq!(
+        s["recipients"].as_u64(),
+        Some(delivered),
+        "sink recipients vs Delivery records: {s}"
+    );
+    assert_eq!(
+        s["replies"]["550"].as_u64().unwrap_or(0),
+        count(&run.records, "Bounce") as u64,
+        "one sink 550 per Bounce record: {s}"
+    );
+    let sink_451 = s["replies"]["451"].as_u64().unwrap_or(0);
+    assert!(sink_451 > 0, "the faults happened: {s}");
+    // A 451 after the data defers every recipient of its transaction.
+    assert!(
+        transient >= sink_451,
+        "each 451 the sink sent is at least one TransientFailure ({transient} < {sink_451})"
+    );
+    eprintln!(
+        "agreement: {} recipients; {delivered} Delivery = {delivered} sink recipients; {} Bounce = sink 550s; \
+         {transient} TransientFailure for {sink_451} sink 451s",
+        run.expected.len(),
+        count(&run.records, "Bounce"),
+    );
+}
+
+/// A receiver that drops the connection while pipelined input is unread
+/// (here: in the middle of a later message's body, or after every 7th
+/// message) resets it, and a reset can destroy a `250` that had already
+/// arrived before Sluice read it: that recipient is retried and the sink
+/// counts it twice. RFC 5321 §6.1 and RELIABILITY.md accept the
+/// duplicate, never the loss. The log still has one final outcome per
+/// recipient, and the sink's surplus is bounded by the recipients whose
+/// connection was lost.
+#[test]
+fn dropped_connections_cause_only_bounded_duplicates() {
+    let run = fault_run(&[
+        "--reject",
+        "rcpt:451=0.1",
+        "--drop-in-data",
+        "0.03",
+        "--drop-after-messages",
+        "7",
+    ]);
+    let delivered = count(&run.records, "Delivery") as u64;
+    let lost = run
+        .records
+        .iter()
+        .filter(|r| r["type"] == "TransientFailure" && r["text"] == "connection lost")
+        .count() as u64;
+    let sink = run.summary["recipients"].as_u64().unwrap_or(0);
+    assert!(
+        sink >= delivered,
+        "never fewer at the sink than logged: {}",
+        run.summary
+    );
+    assert!(
+        sink - delivered <= lost,
+        "{} duplicates but only {lost} recipients lost their connection",
+        sink - delivered
+    );
+    // A lost 550 is answered again on the retry: bounded the same way.
+    let bounced = count(&run.records, "Bounce") as u64;
+    let sink_550 = run.summary["replies"]["550"].as_u64().unwrap_or(0);
+    assert!(
+        sink_550 >= bounced && sink_550 - bounced <= lost,
+        "{sink_550} sink 550s for {bounced} Bounce records, {lost} lost connections"
+    );
+    eprintln!(
+        "dropped connections: {delivered} Delivery, {sink} at the sink ({} duplicates, {lost} recipients lost their connection)",
+        sink - delivered
+    );
+}
