@@ -151,6 +151,15 @@ fn damaged_records_are_quarantined_and_every_other_message_is_delivered() {
         );
     }
     let said = engine.said();
+    sluice_tests::write_report(
+        "corrupted_segments",
+        serde_json::json!({
+            "queued": MESSAGES,
+            "damaged_records": DAMAGED.len(),
+            "delivered_exactly_once": expected.iter().filter(|id| got.get(*id) == Some(&1)).count(),
+            "damaged_delivered": DAMAGED.iter().filter(|n| got.contains_key(&id(**n))).count(),
+        }),
+    );
     assert!(
         said.contains(&format!("{} quarantined record(s)", DAMAGED.len())),
         "the start-up report counts the quarantined records:\n{said}"

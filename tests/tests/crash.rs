@@ -149,11 +149,31 @@ fn every_acknowledged_message_is_delivered_after_sigkill() {
     let acked_all = Arc::new(Mutex::new(HashSet::new()));
     // Kill points vary per round: early (during the first transactions),
     // mid-stream, later (deliveries in flight).
-    let kill_after = [
+    // More rounds (`SLUICE_CRASH_ROUNDS=N`, the long variant) kill at
+    // pseudo-random moments between 100 ms and 1.5 s, seed printed.
+    let rounds: usize = std::env::var("SLUICE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut x = seed;
+    let mut kill_after = vec![
         Duration::from_millis(150),
         Duration::from_millis(400),
         Duration::from_millis(900),
     ];
+    kill_after.truncate(rounds);
+    while kill_after.len() < rounds {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        kill_after.push(Duration::from_millis(100 + x % 1400));
+    }
+    eprintln!("crash test: {rounds} round(s), seed {seed}");
     for (round, wait) in kill_after.iter().enumerate() {
         let mut engine = start_sluice(dir.path(), port, sink_port, &format!("r{round}"));
         let stop = Arc::new(AtomicBool::new(false));
@@ -212,6 +232,18 @@ fn every_acknowledged_message_is_delivered_after_sigkill() {
         acked.len(),
         seen.len(),
         lost.len()
+    );
+    sluice_tests::write_report(
+        "crash_kill9",
+        serde_json::json!({
+            "rounds": rounds,
+            "seed": seed,
+            "kill_after_ms": kill_after.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
+            "acknowledged": acked.len(),
+            "delivered_ids": seen.len(),
+            "duplicate_deliveries": duplicates,
+            "lost": lost.len(),
+        }),
     );
     assert!(
         lost.is_empty(),

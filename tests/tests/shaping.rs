@@ -370,6 +370,22 @@ max_connections = {CONNECTIONS_MAX}
         per_second.len(),
         d["peak_connections"]
     );
+    sluice_tests::write_report(
+        "shaping_rate_and_connections",
+        serde_json::json!({
+            "domain": DOMAIN,
+            "messages": MESSAGES,
+            "rate_limit_per_s": RATE_PER_S,
+            "burst": BURST,
+            "window_s": WINDOW_S,
+            "busiest_window_messages": most,
+            "window_allowed": allowed,
+            "connections_limit": CONNECTIONS_MAX,
+            "peak_connections": d["peak_connections"],
+            "held": most <= allowed + tolerance
+                && d["peak_connections"].as_u64().is_some_and(|p| p <= CONNECTIONS_MAX),
+        }),
+    );
     assert!(
         most <= allowed + tolerance,
         "{most} messages in the {WINDOW_S} s from {at}: more than {allowed} + 2%; {per_second:?}"
@@ -497,6 +513,19 @@ recover_after = "5m"
     eprintln!(
         "busy.test: first 421 at {first_421_ms} ms, backoff seen at {backoff_seen_ms} ms; busiest {WINDOW_S}-s window after it {most} (from {at}), \
          backoff limit {allowed} (+{tolerance}); sink answered 421 {refused} time(s); per second {per_second:?}"
+    );
+    sluice_tests::write_report(
+        "shaping_backoff_on_421",
+        serde_json::json!({
+            "domain": DOMAIN,
+            "backoff_entered_after_ms": backoff_seen_ms.saturating_sub(first_421_ms),
+            "backoff_rate_per_s": BACKOFF_RATE_PER_S,
+            "window_s": WINDOW_S,
+            "busiest_window_in_backoff": most,
+            "window_allowed": allowed,
+            "sink_421_count": refused,
+            "held": most <= allowed + tolerance,
+        }),
     );
     assert!(
         most <= allowed + tolerance,
