@@ -289,6 +289,15 @@ impl ServerSession {
         self.input = Input::Commands;
     }
 
+    /// Call before [`Self::greeting`] on an implicit-TLS connection (RFC
+    /// 8314 §3.3): the handshake already happened, so STARTTLS is not
+    /// offered and AUTH may be.
+    pub fn tls_at_connect(&mut self) {
+        if self.phase == Phase::AwaitGreeting {
+            self.tls = true;
+        }
+    }
+
     /// Consumes a prefix of `input` (all buffered, unconsumed bytes) and
     /// returns the next event.
     pub fn feed<'a>(&mut self, input: &'a [u8]) -> Step<'a> {
