@@ -105,6 +105,11 @@ pub struct Args {
     /// Do not offer STARTTLS.
     #[arg(long)]
     pub no_starttls: bool,
+    /// Testing: offer STARTTLS but fail every handshake (it is signed with
+    /// a key that is not the certificate's), to exercise a client's
+    /// fallback to plaintext.
+    #[arg(long, conflicts_with = "no_starttls")]
+    pub tls_broken: bool,
     /// SIZE advertised and enforced, bytes (RFC 1870).
     #[arg(long, default_value_t = SIZE_BYTES_MAX_DEFAULT)]
     pub size_max: u64,
@@ -193,6 +198,7 @@ impl Args {
             None
         } else {
             let material = match (&self.tls_cert, &self.tls_key) {
+                _ if self.tls_broken => TlsMaterial::broken(std::slice::from_ref(&self.hostname)),
                 (Some(c), Some(k)) => TlsMaterial::from_files(c, k),
                 _ => TlsMaterial::self_signed(&[
                     self.hostname.clone(),

@@ -106,6 +106,40 @@ impl TlsMaterial {
             cert_pem: ck.cert.pem(),
         })
     }
+
+    /// Testing: a self-signed certificate whose handshakes are signed with
+    /// another key, so every handshake fails at the client's signature
+    /// check (`--tls-broken`).
+    pub fn broken(names: &[String]) -> Result<TlsMaterial, TlsError> {
+        let ck = rcgen::generate_simple_self_signed(names.to_vec())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let other = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+        let provider = rustls::crypto::ring::default_provider();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(other.serialize_der()));
+        let signer = provider.key_provider.load_private_key(key)?;
+        let certified = rustls::sign::CertifiedKey::new(vec![ck.cert.der().clone()], signer);
+        let config = ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
+        Ok(TlsMaterial {
+            config: Arc::new(config),
+            cert_pem: ck.cert.pem(),
+        })
+    }
+}
+
+/// Always the same certified key, unchecked (see [`TlsMaterial::broken`]).
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
 }
 
 fn server_config(
