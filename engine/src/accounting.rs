@@ -248,6 +248,7 @@ pub fn install_reception_hook(
                     category: None,
                     tenant: facts.tenant.as_deref(),
                     campaign: facts.campaign.as_deref(),
+                    tls: Default::default(),
                 });
                 n += 1;
             }

@@ -236,6 +236,7 @@ mod tests {
             enhanced,
             text: "no\r\nsuch user",
             peer: None,
+            tls: None,
         }
     }
 

@@ -164,6 +164,23 @@ pub struct RawInject {
     /// Slowest acceptable DATA/BDAT transfer, bytes per second, averaged per message.
     #[serde(default = "default_min_data_rate")]
     pub min_data_rate_bytes_per_s: u64,
+    /// Certificate chain (PEM) for STARTTLS and the implicit-TLS listener;
+    /// STARTTLS is offered only when set (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Implicit-TLS listener (TLS from the first byte, RFC 8314 §3.3).
+    #[serde(default)]
+    pub implicit_tls_listen: Option<String>,
+    /// Users file for AUTH PLAIN/LOGIN, offered only under TLS (`user:hash`
+    /// lines, `$argon2id$` or `$6$`).
+    #[serde(default)]
+    pub auth_users: Option<PathBuf>,
+    /// Refuse MAIL before AUTH (`530 5.7.0`), relay networks included.
+    #[serde(default)]
+    pub auth_required: bool,
 }
 
 fn default_listen() -> String {
@@ -203,6 +220,11 @@ impl Default for RawInject {
             connections_per_ip_max: default_connections_per_ip_max(),
             idle_timeout: default_idle_timeout(),
             min_data_rate_bytes_per_s: default_min_data_rate(),
+            tls_cert: None,
+            tls_key: None,
+            implicit_tls_listen: None,
+            auth_users: None,
+            auth_required: false,
         }
     }
 }
@@ -286,6 +308,12 @@ pub struct RawDelivery {
     pub log_dir: Option<PathBuf>,
     /// Delivery log write interval (default `"100ms"`).
     pub log_flush: Option<String>,
+    /// STARTTLS policy where the shaping rules set none: `disabled`,
+    /// `opportunistic` (default), `required`, `required-verified`.
+    pub tls: Option<String>,
+    /// Extra trust roots (PEM) for verified outbound TLS, next to the
+    /// WebPKI roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Bounce classification rules file (`sluice-outcomes` format);
     /// default: the rules shipped with Sluice.
     pub bounce_rules: Option<PathBuf>,
@@ -394,6 +422,10 @@ pub struct Config {
     pub mx_port: u16,
     /// Delivery settings.
     pub delivery: crate::deliver::DeliverySettings,
+    /// Injection TLS and AUTH (`[inject] tls_*`, `auth_*`).
+    pub inject_security: crate::inject::security::Security,
+    /// Outbound TLS: default policy and verifiers (`[delivery] tls*`).
+    pub outbound_tls: crate::tls::OutboundTls,
     /// DKIM keys, loaded (and their 0600 mode checked) during validation.
     pub dkim: crate::sign::DkimKeys,
     /// Accounting log settings.
@@ -601,6 +633,8 @@ impl Config {
             base,
             &mut bad,
         );
+        let inject_security = crate::inject::security::Security::from_raw(&raw.inject, base, &mut bad);
+        let outbound_tls = crate::tls::OutboundTls::from_raw(&raw.delivery, base, &mut bad);
         let shaping_file = raw.delivery.shaping.map(resolve);
         let mut routes = Vec::new();
         for (i, r) in raw.route.iter().enumerate() {
@@ -682,6 +716,8 @@ impl Config {
             dns,
             mx_port,
             delivery,
+            inject_security,
+            outbound_tls,
             dkim,
             log,
             bounce_rules_file,

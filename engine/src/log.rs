@@ -134,6 +134,23 @@ pub struct LogRecord<'a> {
     pub tenant: Option<&'a str>,
     /// Campaign, when the message has one.
     pub campaign: Option<&'a str>,
+    /// TLS of the delivery connection (`tls_version`, `tls_cipher`,
+    /// `tls_peer_name`, `tls_verified`; `null` without TLS).
+    #[serde(flatten)]
+    pub tls: LogTls<'a>,
+}
+
+/// TLS of the connection an attempt used; every field `null` without TLS.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LogTls<'a> {
+    /// `TLSv1_3` or `TLSv1_2`.
+    pub tls_version: Option<&'a str>,
+    /// IANA cipher suite name, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub tls_cipher: Option<&'a str>,
+    /// The name the certificate was checked against (MX host or address).
+    pub tls_peer_name: Option<&'a str>,
+    /// Whether the certificate chain verified for that name.
+    pub tls_verified: Option<bool>,
 }
 
 impl LogRecord<'_> {
@@ -709,6 +726,7 @@ mod tests {
             category: Some(Category::RoutingErrors),
             tenant: None,
             campaign: None,
+            tls: Default::default(),
         }
     }
 

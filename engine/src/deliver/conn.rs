@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use sluice_shaping::config::TlsPolicy as ShapingTls;
 use sluice_shaping::lease::Permit;
 use sluice_smtp::client::{
     BodyEncoding, ClientConfig, ClientEvent, ClientSession, Envelope, Failure, Outcome, QueueError,
@@ -30,6 +32,7 @@ use super::source::Chosen;
 use super::{connect_failed, connect_succeeded, connection_ended, now_unix_ms, Shared};
 use crate::inject::envelope::{parse_envelope_dsn, parse_recipient_dsn};
 use crate::queue::{DestId, Entry, SiteId};
+use crate::tls::{server_name, Tls, TlsInfo};
 
 /// Read buffer per connection (allocated once, reused for every read).
 const READ_BUFFER_BYTES: usize = 64 << 10;
@@ -128,21 +131,18 @@ fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> 
     let Some(rules) = &shared.sources else {
         return Ok(None);
     };
-    if rules.sources.is_empty() {
-        return Ok(None);
-    }
-    let (named, rule_pool) = {
-        let q = shared.ctx.queues.borrow();
-        let named = q.sites().pool(site).map(str::to_owned);
-        let rule_pool = match q.site_front(site) {
-            Some(front) => {
-                let names: Vec<&str> = q.sites().names(site).iter().map(String::as_str).collect();
-                rules.effective(q.domain(front), &names, None).pool.clone()
-            }
-            None => None,
-        };
-        (named, rule_pool)
+    let q = shared.ctx.queues.borrow();
+    let named = q.sites().pool(site).map(str::to_owned);
+    // A message's named pool wins; otherwise the rule of the domain at the
+    // site's head may name one (only worth asking when sources exist).
+    let rule_pool = match q.site_front(site) {
+        Some(front) if named.is_none() && !rules.sources.is_empty() => {
+            let names: Vec<&str> = q.sites().names(site).iter().map(String::as_str).collect();
+            rules.effective(q.domain(front), &names, None).pool.clone()
+        }
+        _ => None,
     };
+    drop(q);
     super::source::choose(
         rules,
         named.as_deref(),
@@ -212,6 +212,7 @@ async fn defer_ready(shared: &Shared, site: SiteId, reason: &str, now: u64) {
         enhanced: Some("4.4.1"),
         text: reason,
         peer: None,
+        tls: None,
     };
     while left > 0 {
         let dest = shared
@@ -247,14 +248,78 @@ struct Conn {
     recipients_max: usize,
     /// Shaping said "wait" for a message token until then (ms).
     blocked_until_unix_ms: u64,
+    /// The destination's STARTTLS policy (shaping rules or `[delivery] tls`).
+    tls_policy: ShapingTls,
+    /// TLS once STARTTLS completed.
+    tls: Option<Box<Tls>>,
+    /// What the handshake negotiated, for the delivery log.
+    tls_info: Option<TlsInfo>,
+    /// The session asked for the handshake (its `220` arrived).
+    tls_pending: bool,
+    /// Why TLS failed on this connection (the text of the deferrals).
+    tls_failure: Option<String>,
+    /// Opportunistic TLS failed: unsent transactions go back to their
+    /// queues for a cleartext connection instead of counting an attempt.
+    tls_fallback: bool,
+}
+
+/// How long a host whose STARTTLS handshake failed is sent to in the clear
+/// under the opportunistic policy before TLS is tried again.
+pub const TLS_BROKEN_REMEMBER: Duration = Duration::from_secs(30 * 60);
+/// Hosts remembered as having broken TLS, per shard.
+const TLS_BROKEN_HOSTS_MAX: usize = 10_000;
+
+thread_local! {
+    /// Hosts whose TLS handshake failed, until when (ms). Thread-local is
+    /// shard-local here: one shard per thread, never shared.
+    static TLS_BROKEN: std::cell::RefCell<std::collections::HashMap<SocketAddr, u64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn tls_broken(peer: SocketAddr, now: u64) -> bool {
+    TLS_BROKEN.with(|m| m.borrow().get(&peer).is_some_and(|&until| until > now))
+}
+
+fn remember_tls_broken(peer: SocketAddr, now: u64) {
+    TLS_BROKEN.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= TLS_BROKEN_HOSTS_MAX {
+            m.retain(|_, until| *until > now);
+            if m.len() >= TLS_BROKEN_HOSTS_MAX {
+                m.clear();
+            }
+        }
+        m.insert(peer, now + TLS_BROKEN_REMEMBER.as_millis() as u64);
+    });
+}
+
+/// The STARTTLS policy of `site`: its shaping rule's `tls` when a rules
+/// file is configured, else `[delivery] tls`.
+fn site_tls_policy(shared: &Shared, site: SiteId) -> ShapingTls {
+    let default = shared.ctx.config.outbound_tls.default_policy;
+    if shared.ctx.config.shaping_file.is_none() {
+        return default;
+    }
+    let q = shared.ctx.queues.borrow();
+    match (&shared.shaping, q.site_front(site)) {
+        (Some(shaping), Some(front)) => shaping.destination(&q, front).rule.tls,
+        _ => default,
+    }
 }
 
 impl Conn {
     fn new(shared: Rc<Shared>, site: SiteId, peer: SocketAddr, ehlo: Option<String>) -> Conn {
         let mut cfg = ClientConfig::new(ehlo.unwrap_or_else(|| shared.ctx.config.hostname.clone()));
-        // Outbound STARTTLS is not wired yet (no client TLS config): the
-        // policy says so instead of pretending.
-        cfg.tls = TlsPolicy::Disabled;
+        let mut tls_policy = site_tls_policy(&shared, site);
+        if tls_policy == ShapingTls::Opportunistic && tls_broken(peer, now_unix_ms()) {
+            // Its handshake failed recently: cleartext for a while.
+            tls_policy = ShapingTls::Disabled;
+        }
+        cfg.tls = match tls_policy {
+            ShapingTls::Disabled => TlsPolicy::Disabled,
+            ShapingTls::Opportunistic => TlsPolicy::Opportunistic,
+            ShapingTls::Required | ShapingTls::RequiredVerified => TlsPolicy::Required,
+        };
         cfg.transactions_in_flight_max = shared.settings.transactions_in_flight_max as usize;
         cfg.transactions_queued_max = shared.settings.transactions_in_flight_max as usize;
         let mut deliveries_max = shared.settings.deliveries_per_connection_max;
@@ -283,6 +348,89 @@ impl Conn {
             transactions: 0,
             ever_ready: false,
             quitting: false,
+            tls_policy,
+            tls: None,
+            tls_info: None,
+            tls_pending: false,
+            tls_failure: None,
+            tls_fallback: false,
+        }
+    }
+
+    /// The handshake after STARTTLS's `220` (RFC 3207): the session EHLOs
+    /// again after it and has dropped what the first EHLO said. Any
+    /// certificate is accepted during the handshake (signatures are still
+    /// checked); the chain is then verified against the MX names (or the
+    /// route's address), which `required-verified` insists on.
+    async fn start_tls(&mut self, stream: &mut TcpStream) {
+        self.tls_pending = false;
+        let outbound = &self.shared.ctx.config.outbound_tls;
+        let names: Vec<String> = self
+            .shared
+            .ctx
+            .queues
+            .borrow()
+            .sites()
+            .names(self.site)
+            .to_vec();
+        let sni = server_name(names.first().map(String::as_str), self.peer.ip());
+        let limit = self
+            .shared
+            .settings
+            .reply_timeout
+            .unwrap_or_else(|| TimeoutClass::Command.rfc_default());
+        let result = match Tls::client(Arc::clone(&outbound.any_certificate), sni.clone()) {
+            Ok(mut tls) => {
+                match glommio::timer::timeout(limit, async { Ok(tls.handshake(stream).await) })
+                    .await
+                {
+                    Ok(Ok(())) => Ok(tls),
+                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                    Err(_) => Err("TLS handshake timed out".to_string()),
+                }
+            }
+            Err(e) => Err(format!("TLS setup failed: {e}")),
+        };
+        match result {
+            Ok(tls) => {
+                let candidates: Vec<_> = if names.is_empty() {
+                    vec![sni]
+                } else {
+                    names
+                        .iter()
+                        .map(|n| server_name(Some(n), self.peer.ip()))
+                        .collect()
+                };
+                let verified = candidates.iter().find(|n| outbound.verifies(&tls, n));
+                let peer_name = match verified.or(candidates.first()) {
+                    Some(n) => n.to_str().into_owned(),
+                    None => self.peer.ip().to_string(),
+                };
+                let info = tls.info(peer_name, verified.is_some());
+                self.tls = Some(Box::new(tls));
+                if self.tls_policy == ShapingTls::RequiredVerified && !info.verified {
+                    self.tls_failure = Some(format!(
+                        "TLS certificate not verified for {} (policy required-verified)",
+                        info.peer_name
+                    ));
+                    self.tls_info = Some(info);
+                    self.session.connection_lost();
+                    return;
+                }
+                self.tls_info = Some(info);
+                self.session.tls_established();
+            }
+            Err(reason) => {
+                log::info!("shard {}: {} {reason}", self.shared.ctx.index, self.peer);
+                if self.tls_policy == ShapingTls::Opportunistic {
+                    // Reconnect in the clear (the driver opens the next
+                    // connection for the requeued work) and remember.
+                    remember_tls_broken(self.peer, now_unix_ms());
+                    self.tls_fallback = true;
+                }
+                self.tls_failure = Some(reason);
+                self.session.connection_lost();
+            }
         }
     }
 
@@ -316,6 +464,10 @@ impl Conn {
                 self.session.connection_lost();
             }
             self.settle_events();
+            if self.tls_pending {
+                self.start_tls(&mut stream).await;
+                self.settle_events();
+            }
             if self.session.is_closed() {
                 break;
             }
@@ -327,21 +479,33 @@ impl Conn {
                 .settings
                 .reply_timeout
                 .unwrap_or_else(|| class.rfc_default());
-            let read =
-                glommio::timer::timeout(limit, async { Ok(stream.read(&mut self.rbuf).await) })
-                    .await;
+            let Conn { tls, rbuf, .. } = self;
+            let read = glommio::timer::timeout(limit, async {
+                Ok(match tls {
+                    Some(tls) => tls.read(&mut stream, rbuf).await,
+                    None => stream.read(rbuf).await,
+                })
+            })
+            .await;
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => self.session.connection_lost(),
                 Ok(Ok(n)) => self.session.feed(&self.rbuf[..n]),
                 Err(_) => self.session.timed_out(),
             }
             self.settle_events();
+            if self.tls_pending {
+                self.start_tls(&mut stream).await;
+                self.settle_events();
+            }
             if self.session.is_closed() {
                 // Write what the session still has (QUIT after 421, etc.).
                 let _ = self.flush(&mut stream).await;
                 break;
             }
             glommio::yield_if_needed().await;
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            tls.close(&mut stream).await;
         }
         let _ = stream.close().await;
         // The session gives every queued recipient exactly one outcome
@@ -496,6 +660,7 @@ impl Conn {
                     enhanced: Some("5.3.0"),
                     text: &text,
                     peer: None,
+                    tls: self.tls_info.as_ref(),
                 };
                 for entry in entries {
                     let s = Subject {
@@ -542,7 +707,7 @@ impl Conn {
         loop {
             let body = self.session.poll_transmit(&mut self.wbuf);
             if !self.wbuf.is_empty() {
-                stream.write_all(&self.wbuf).await?;
+                send(&mut self.tls, stream, &self.wbuf).await?;
                 self.wbuf.clear();
             }
             let Some(body) = body else { break };
@@ -550,11 +715,14 @@ impl Conn {
                 // The session only names bodies of envelopes we queued.
                 continue;
             };
+            // Straight from the spool mapping; under TLS rustls encrypts
+            // from it into its record buffer (one copy) in pieces bounded
+            // by its buffer limit.
             match body.encoding {
-                BodyEncoding::Raw => stream.write_all(&txn.body).await?,
+                BodyEncoding::Raw => send(&mut self.tls, stream, &txn.body).await?,
                 BodyEncoding::DotStuffed => {
                     for piece in DotStuffer::new(&txn.body) {
-                        stream.write_all(piece).await?;
+                        send(&mut self.tls, stream, piece).await?;
                     }
                 }
             }
@@ -567,9 +735,8 @@ impl Conn {
         while let Some(event) = self.session.poll_event() {
             match event {
                 ClientEvent::Ready => self.ever_ready = true,
-                // TLS is disabled in the session config, so this cannot
-                // come; treat it as a broken session rather than hang.
-                ClientEvent::StartTls => self.session.connection_lost(),
+                // The handshake is async: the run loop performs it next.
+                ClientEvent::StartTls => self.tls_pending = true,
                 ClientEvent::Recipient { id, index, outcome } => {
                     self.settle(id, index, &outcome, now)
                 }
@@ -608,6 +775,7 @@ impl Conn {
                     enhanced: enh.as_deref(),
                     text: &text,
                     peer,
+                    tls: self.tls_info.as_ref(),
                 };
                 outcome::delivered(&self.shared, &s, &said, now);
             }
@@ -618,21 +786,29 @@ impl Conn {
                     enhanced: enh.as_deref(),
                     text: &text,
                     peer,
+                    tls: self.tls_info.as_ref(),
                 };
                 outcome::bounced(&self.shared, &s, &said, now);
             }
-            Outcome::TempFail(Failure::NotSent) if self.ever_ready => {
+            Outcome::TempFail(Failure::NotSent) if self.ever_ready || self.tls_fallback => {
                 // Never attempted on this connection: back to the front of
                 // its queue, attempts unchanged.
                 self.shared.ctx.queues.borrow_mut().requeue(s.dest, s.entry);
             }
             Outcome::TempFail(f) => {
-                let (code, enh, text) = failure_parts(f, false);
+                let (code, enh, text) = match (&self.tls_failure, f) {
+                    // RFC 3463 X.7.5: cryptographic failure.
+                    (Some(reason), Failure::NotSent | Failure::ConnectionLost) => {
+                        (451, Some("4.7.5".to_string()), reason.clone())
+                    }
+                    _ => failure_parts(f, false),
+                };
                 let said = Said {
                     code,
                     enhanced: enh.as_deref(),
                     text: &text,
                     peer,
+                    tls: self.tls_info.as_ref(),
                 };
                 outcome::deferred(&self.shared, &s, &said, now);
             }
@@ -647,6 +823,18 @@ impl Conn {
             timer: Timer::new(self.shared.settings.idle_close),
         }
         .await
+    }
+}
+
+/// Writes `data` to the peer, through TLS when it is up.
+async fn send(
+    tls: &mut Option<Box<Tls>>,
+    stream: &mut TcpStream,
+    data: &[u8],
+) -> std::io::Result<()> {
+    match tls {
+        Some(tls) => tls.write_all(stream, data).await,
+        None => stream.write_all(data).await,
     }
 }
 

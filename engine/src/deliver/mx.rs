@@ -149,6 +149,7 @@ async fn settle_all(
         enhanced: enhanced.as_deref(),
         text: &failure.reply.text,
         peer: None,
+        tls: None,
     };
     for entry in batch {
         if permanent {

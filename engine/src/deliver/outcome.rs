@@ -27,6 +27,8 @@ pub struct Said<'a> {
     pub text: &'a str,
     /// Peer the reply came from.
     pub peer: Option<SocketAddr>,
+    /// TLS of the connection, for the delivery log.
+    pub tls: Option<&'a crate::tls::TlsInfo>,
 }
 
 /// Who the outcome is about.
@@ -104,6 +106,10 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
         category,
         tenant: facts.tenant.as_deref(),
         campaign: facts.campaign.as_deref(),
+        tls: said
+            .and_then(|x| x.tls)
+            .map(crate::tls::TlsInfo::log)
+            .unwrap_or_default(),
     });
 }
 
@@ -249,6 +255,7 @@ pub fn expire(shared: &Shared, dest: DestId, entry: Entry, now: u64) {
         enhanced: Some("4.4.7"),
         text: &text,
         peer: None,
+        tls: None,
     };
     crate::bounce::queue(shared, &entry, &said, Why::Expired, now);
     if let Err(e) = shared
@@ -283,6 +290,7 @@ pub fn admin_bounce(shared: &Shared, dest: DestId, entry: Entry, reason: &str, n
         enhanced: Some("5.0.0"),
         text: reason,
         peer: None,
+        tls: None,
     };
     crate::bounce::queue(shared, &entry, &said, Why::Admin, now);
     if let Err(e) = shared

@@ -23,11 +23,13 @@ use sluice_smtp::Reply;
 use sluice_spool::SpoolError;
 
 // crate
+use super::auth::{self, Sasl, SaslStep};
 use super::envelope::{push_received, Envelope, Trace};
 use super::{
     commit_outcome, is_disconnect, poisoned_reply, spool_error_reply, Injector, BODY_INITIAL_BYTES,
     BODY_KEEP_BYTES, DATA_RATE_GRACE, OUTPUT_BYTES, READ_BYTES,
 };
+use crate::tls::Tls;
 
 /// Output buffer capacity kept between flushes.
 const OUTPUT_KEEP_BYTES: usize = 64 << 10;
@@ -105,6 +107,10 @@ pub(crate) struct Conn {
     esmtp: bool,
     replies: Rc<Completions>,
     last_input: Instant,
+    /// TLS once STARTTLS or the implicit-TLS handshake completed.
+    tls: Option<Box<Tls>>,
+    /// The AUTH exchange in progress.
+    sasl: Sasl,
 }
 
 fn now_unix_ms() -> u64 {
@@ -132,6 +138,35 @@ impl Conn {
             esmtp: false,
             replies: Rc::new(Completions::default()),
             last_input: Instant::now(),
+            tls: None,
+            sasl: Sasl::Idle,
+        }
+    }
+
+    /// Sends close_notify when the connection is under TLS.
+    pub(crate) async fn close_tls(&mut self, stream: &mut TcpStream) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.close(stream).await;
+        }
+    }
+
+    /// Runs a server-side TLS handshake, bounded by the idle timeout.
+    async fn handshake(&mut self, inj: &Injector, stream: &mut TcpStream) -> io::Result<()> {
+        let Some(config) = inj.config.inject_security.tls.clone() else {
+            return Err(io::Error::other("TLS requested without a certificate"));
+        };
+        let mut tls = Box::new(Tls::server(config).map_err(io::Error::other)?);
+        let limit = inj.config.idle_timeout;
+        match glommio::timer::timeout(limit, async { Ok(tls.handshake(stream).await) }).await {
+            Ok(Ok(())) => {
+                self.tls = Some(tls);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
         }
     }
 
@@ -139,10 +174,16 @@ impl Conn {
         &mut self,
         inj: &Rc<Injector>,
         stream: &mut TcpStream,
+        implicit_tls: bool,
     ) -> io::Result<()> {
         // A client that stops reading cannot hold the shard's memory or this
         // task forever (RFC 5321 §4.5.3.2 timeouts apply to both sides).
         stream.set_write_timeout(Some(inj.config.idle_timeout))?;
+        if implicit_tls {
+            // RFC 8314 §3.3: TLS from the first byte, then the greeting.
+            self.handshake(inj, stream).await?;
+            self.session.tls_at_connect();
+        }
         self.session.greeting(Reply::greeting(&inj.config.hostname));
         let result = self.serve(inj, stream).await;
         match result {
@@ -193,7 +234,15 @@ impl Conn {
                     params,
                 } => {
                     self.size_hint = params.size.unwrap_or(0);
-                    match mail_check(inj, self.size_hint) {
+                    let check = if inj.config.inject_security.auth_required
+                        && !self.session.is_authenticated()
+                    {
+                        // RFC 4954 §6: 530 5.7.0 Authentication required.
+                        MailCheck::Refuse(Reply::fixed(530, (5, 7, 0), "Authentication required"))
+                    } else {
+                        mail_check(inj, self.size_hint)
+                    };
+                    match check {
                         MailCheck::Ok => {
                             self.env.begin(from.as_ref(), &params);
                             let _ = self
@@ -207,7 +256,8 @@ impl Conn {
                     }
                 }
                 Event::Rcpt { token, to, params } => {
-                    let reply = if !self.relay {
+                    // Relay: allowed networks, or an authenticated client.
+                    let reply = if !self.relay && !self.session.is_authenticated() {
                         // RFC 5321 §3.6.2 / RFC 3463 5.7.1: not a relay for you.
                         Reply::fixed(550, (5, 7, 1), "Relaying denied")
                     } else if to.domain().is_empty() {
@@ -249,19 +299,42 @@ impl Conn {
                 }
                 Event::Rset => self.reset(),
                 Event::StartTls => {
-                    // Never advertised; the session refuses it before this.
-                    self.session.shutdown(Reply::fixed(
-                        421,
-                        (4, 7, 0),
-                        "TLS not available, closing",
-                    ));
+                    // The session queued the 220 and refused (421, close)
+                    // any input pipelined after STARTTLS in this buffer
+                    // (RFC 3207 §4.2); plaintext arriving later reaches
+                    // rustls and fails the handshake.
+                    self.flush(stream).await?;
+                    if self.start != self.end {
+                        return Err(io::Error::other("plaintext after STARTTLS"));
+                    }
+                    self.handshake(inj, stream).await?;
+                    // Everything learned before TLS is forgotten.
+                    self.session.tls_established();
+                    self.helo.clear();
+                    self.esmtp = false;
+                    self.sasl = Sasl::Idle;
+                    self.reset();
                 }
-                Event::Auth { token, .. } | Event::AuthResponse { token, .. } => {
-                    // AUTH is never advertised either.
-                    let _ = self.session.reply(
-                        token,
-                        Reply::fixed(502, (5, 5, 1), "Command not implemented"),
-                    );
+                Event::Auth {
+                    token,
+                    mechanism,
+                    initial_response,
+                } => {
+                    let now = now_unix_ms();
+                    if !inj.auth_throttle.borrow_mut().allowed(self.peer.ip(), now) {
+                        self.session.shutdown(Reply::fixed(
+                            421,
+                            (4, 7, 0),
+                            "Too many failed authentication attempts, closing",
+                        ));
+                        continue;
+                    }
+                    let step = self.sasl.start(mechanism, initial_response);
+                    self.auth_step(inj, token, step);
+                }
+                Event::AuthResponse { token, response } => {
+                    let step = self.sasl.respond(response);
+                    self.auth_step(inj, token, step);
                 }
                 Event::Quit
                 | Event::Noop
@@ -270,6 +343,52 @@ impl Conn {
                 | Event::Rejected { .. } => {}
             }
         }
+    }
+
+    /// Answers an AUTH line: a challenge or refusal at once, a password
+    /// check on glommio's blocking pool (hashing is slow on purpose), its
+    /// failure answered only after the throttle's delay.
+    fn auth_step(&mut self, inj: &Rc<Injector>, token: ReplyToken, step: SaslStep) {
+        let (user, password) = match step {
+            SaslStep::Challenge(reply) | SaslStep::Refuse(reply) => {
+                let _ = self.session.reply(token, reply);
+                return;
+            }
+            SaslStep::Check { user, password } => (user, password),
+        };
+        let hash = inj
+            .config
+            .inject_security
+            .users
+            .as_ref()
+            .and_then(|u| u.hash(&user))
+            .map(str::to_string);
+        let ip = self.peer.ip();
+        let replies = Rc::clone(&self.replies);
+        replies.in_flight.set(replies.in_flight.get() + 1);
+        let inj = Rc::clone(inj);
+        glommio::spawn_local(async move {
+            let ok = match hash {
+                Some(hash) => {
+                    glommio::executor()
+                        .spawn_blocking(move || auth::verify(&hash, &password))
+                        .await
+                }
+                None => false,
+            };
+            let reply = if ok {
+                inj.auth_throttle.borrow_mut().succeeded(ip);
+                log::info!("shard {}: {ip} authenticated as {user}", inj.shard);
+                Reply::fixed(235, (2, 7, 0), "Authentication successful")
+            } else {
+                let delay = inj.auth_throttle.borrow_mut().failed(ip, now_unix_ms());
+                log::info!("shard {}: {ip} failed to authenticate as {user}", inj.shard);
+                glommio::timer::sleep(delay).await;
+                Reply::fixed(535, (5, 7, 8), "Authentication credentials invalid")
+            };
+            replies.push(token, reply);
+        })
+        .detach();
     }
 
     fn reset(&mut self) {
@@ -437,8 +556,10 @@ impl Conn {
     async fn flush(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
         self.out.clear();
         let n = self.session.write_output(&mut self.out);
-        if n > 0 {
-            stream.write_all(&self.out).await?;
+        match self.tls.as_mut() {
+            Some(tls) => tls.write_all(stream, &self.out).await?,
+            None if n > 0 => stream.write_all(&self.out).await?,
+            None => {}
         }
         if self.out.capacity() > OUTPUT_KEEP_BYTES {
             self.out.clear();
@@ -463,6 +584,19 @@ impl Conn {
         }
         if self.end == self.buf.len() {
             return Err(io::Error::other("input buffer full without progress"));
+        }
+        // Plaintext rustls already decrypted comes first (a client may send
+        // EHLO in the same flight as its Finished).
+        if let Some(tls) = self.tls.as_mut() {
+            match tls.take_plaintext(&mut self.buf[self.end..])? {
+                Some(0) => return Ok(Wake::Eof),
+                Some(n) => {
+                    self.end += n;
+                    self.last_input = Instant::now();
+                    return Ok(Wake::Input);
+                }
+                None => {}
+            }
         }
         let quiet = !self.env.is_open()
             && matches!(self.state, Body::Idle)
@@ -496,9 +630,20 @@ impl Conn {
             Shutdown,
         }
         let Conn {
-            buf, end, replies, ..
+            buf,
+            end,
+            replies,
+            tls,
+            ..
         } = self;
-        let read = async { Woke::Read(stream.read(&mut buf[*end..]).await) };
+        // Cancel-safe either way: a TLS read only fills the ciphertext
+        // buffer; decrypting happens below, after the race.
+        let read = async {
+            Woke::Read(match tls {
+                Some(tls) => tls.read_socket(stream).await,
+                None => stream.read(&mut buf[*end..]).await,
+            })
+        };
         let ready = async {
             Ready(replies).await;
             Woke::Replies
@@ -519,8 +664,19 @@ impl Conn {
         Ok(match woke {
             Woke::Read(Ok(0)) => Wake::Eof,
             Woke::Read(Ok(n)) => {
-                self.end += n;
                 self.last_input = Instant::now();
+                match self.tls.as_mut() {
+                    None => self.end += n,
+                    Some(tls) => {
+                        tls.absorb(n)?;
+                        match tls.take_plaintext(&mut self.buf[self.end..])? {
+                            Some(0) => return Ok(Wake::Eof),
+                            Some(k) => self.end += k,
+                            // A partial record: read again.
+                            None => {}
+                        }
+                    }
+                }
                 Wake::Input
             }
             Woke::Read(Err(e)) => return Err(e),

@@ -22,9 +22,11 @@
 //! delivered; a spool fault answers `451 4.3.0` (disk full: `452 4.3.1`)
 //! and never `250`. Replies leave in command order (RFC 2920 §3.1).
 
+pub mod auth;
 mod conn;
 pub mod envelope;
 pub mod recovering;
+pub mod security;
 pub mod vmta;
 
 // std
@@ -89,6 +91,8 @@ pub struct Injector {
     commits_in_flight: Cell<u32>,
     poison_logged: Cell<bool>,
     stats: RefCell<InjectStats>,
+    /// Failed AUTH attempts per client address.
+    pub(crate) auth_throttle: RefCell<auth::Throttle>,
 }
 
 /// Counters of one shard's injection.
@@ -127,6 +131,16 @@ pub fn session_config(config: &Config) -> ServerConfig {
         | Extensions::DSN;
     sc.message_bytes_max = config.message_bytes_max;
     sc.recipients_max = config.recipients_max as usize;
+    // RFC 3207: STARTTLS only with a certificate; RFC 4954 AUTH only with
+    // users, and the session hides it until TLS is up.
+    if config.inject_security.tls.is_some() {
+        sc.extensions |= Extensions::STARTTLS;
+    }
+    if config.inject_security.users.is_some() {
+        sc.extensions |= Extensions::AUTH;
+        sc.auth_mechanisms = String::from("PLAIN LOGIN");
+        sc.auth_requires_tls = true;
+    }
     sc
 }
 
@@ -184,6 +198,7 @@ impl Injector {
             commits_in_flight: Cell::new(0),
             poison_logged: Cell::new(false),
             stats: RefCell::new(InjectStats::default()),
+            auth_throttle: RefCell::new(auth::Throttle::default()),
         })
     }
 
@@ -261,6 +276,25 @@ impl Injector {
 
 /// Accepts on `listener` until shutdown, spawning one task per connection.
 pub async fn accept_loop(inj: Rc<Injector>, listener: TcpListener) {
+    accept_loop_with(inj, listener, false).await
+}
+
+/// Binds this shard's member of the implicit-TLS listener (SO_REUSEPORT,
+/// like the shared port) and starts accepting on it, when configured.
+pub fn implicit_tls_acceptor(inj: &Rc<Injector>) -> Result<Option<glommio::Task<()>>, String> {
+    let Some(addr) = inj.config.inject_security.implicit_tls_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} (inject.implicit_tls_listen): {e}"))?;
+    Ok(Some(glommio::spawn_local(accept_loop_with(
+        Rc::clone(inj),
+        listener,
+        true,
+    ))))
+}
+
+async fn accept_loop_with(inj: Rc<Injector>, listener: TcpListener, implicit_tls: bool) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             inj.shutdown.wait().await;
@@ -284,7 +318,7 @@ pub async fn accept_loop(inj: Rc<Injector>, listener: TcpListener) {
         };
         match inj.admit(peer.ip()) {
             Admission::Serve => {
-                glommio::spawn_local(serve(Rc::clone(&inj), stream, peer)).detach();
+                glommio::spawn_local(serve(Rc::clone(&inj), stream, peer, implicit_tls)).detach();
             }
             Admission::Refuse(reply) => {
                 inj.stats.borrow_mut().refused += 1;
@@ -306,16 +340,18 @@ impl Drop for Slot {
     }
 }
 
-async fn serve(inj: Rc<Injector>, mut stream: TcpStream, peer: SocketAddr) {
+async fn serve(inj: Rc<Injector>, mut stream: TcpStream, peer: SocketAddr, implicit_tls: bool) {
     inj.connection_opened(peer.ip());
     let _slot = Slot {
         inj: Rc::clone(&inj),
         ip: peer.ip(),
     };
     let _ = stream.set_nodelay(true);
-    if let Err(e) = conn::Conn::new(&inj, peer).run(&inj, &mut stream).await {
+    let mut conn = conn::Conn::new(&inj, peer);
+    if let Err(e) = conn.run(&inj, &mut stream, implicit_tls).await {
         log::debug!("shard {}: connection from {peer}: {e}", inj.shard);
     }
+    conn.close_tls(&mut stream).await;
     let _ = stream.close().await;
 }
 

@@ -130,6 +130,9 @@ pub(crate) async fn run(
         let l = unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) };
         acceptors.push(glommio::spawn_local(accept_loop(Rc::clone(&inj), l)));
     }
+    if let Some(t) = crate::inject::implicit_tls_acceptor(&inj)? {
+        acceptors.push(t);
+    }
     // The admin mailbox, drained off the hot path (`admin::mailbox`).
     let admin_task = glommio::spawn_local(crate::admin::mailbox::serve(
         crate::admin::mailbox::ShardHandles {
