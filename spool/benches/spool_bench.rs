@@ -30,6 +30,7 @@ struct Args {
     seconds: u64,
     clients: usize,
     only: Option<String>,
+    size: Option<usize>,
     write_behind_bytes: usize,
 }
 
@@ -39,6 +40,7 @@ fn args() -> Args {
         seconds: 3,
         clients: 2048,
         only: None,
+        size: None,
         write_behind_bytes: SpoolConfig::default().write_behind_bytes,
     };
     let mut it = std::env::args().skip(1);
@@ -48,6 +50,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.seconds),
             "--clients" => a.clients = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.clients),
             "--only" => a.only = it.next(),
+            "--size" => a.size = it.next().and_then(|v| v.parse().ok()),
             "--write-behind" => {
                 a.write_behind_bytes = it
                     .next()
@@ -57,7 +60,8 @@ fn args() -> Args {
             "--help" | "-h" => {
                 println!(
                     "spool_bench [--dir PATH] [--seconds N (3)] [--clients N per shard (2048)] \
-                     [--only fdatasync|none] [--write-behind BYTES (0: off)]"
+                     [--only fdatasync|none] [--size 2000|20000] [--write-behind BYTES (0: off)]; \
+                     SPOOL_BENCH_DEBUG=1 prints each shard's SpoolStats"
                 );
                 std::process::exit(0);
             }
@@ -170,6 +174,8 @@ struct ShardResult {
     mean_batch: f64,
     mean_sync: Duration,
     max_sync: Duration,
+    /// Rotations: into recycled files, into files created inline.
+    rotations: (u64, u64, u64),
 }
 
 fn run_shard(
@@ -257,6 +263,9 @@ fn run_shard(
             }
             let elapsed = Instant::now().duration_since(started + warmup);
             let st = spool.stats();
+            if std::env::var("SPOOL_BENCH_DEBUG").is_ok() {
+                eprintln!("{st:?} segments {:?}", spool.segments());
+            }
             spool.close();
             task.await;
             let c = counted.borrow();
@@ -270,6 +279,11 @@ fn run_shard(
                 mean_batch: (st.synced_records - st0.synced_records) as f64
                     / (st.syncs - st0.syncs).max(1) as f64,
                 max_sync: st.sync_time_max,
+                rotations: (
+                    st.segments_created,
+                    st.recycled_installs,
+                    st.inline_segment_creations,
+                ),
                 mean_sync: (st.sync_time_total - st0.sync_time_total)
                     / u32::try_from((st.syncs - st0.syncs).max(1)).unwrap_or(u32::MAX),
             }
@@ -366,8 +380,8 @@ fn main() {
         fs99 * 2 + window
     );
     println!();
-    println!("| mode | record | shards | records/s (total) | per shard | MB/s | % of device | syncs/s | records per sync | mean sync | max sync | commit p50 | commit p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | record | shards | records/s (total) | per shard | MB/s | % of device | syncs/s | records per sync | mean sync | max sync | commit p50 | commit p99 | rotations (recycled, inline) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let runs: Vec<(Durability, &str, usize, u32)> = vec![
         (Durability::Fdatasync, "fdatasync", 2_000, 1),
         (Durability::Fdatasync, "fdatasync", 2_000, 2),
@@ -381,7 +395,7 @@ fn main() {
         ),
     ];
     for (durability, name, size, shards) in runs {
-        if a.only.as_deref().is_some_and(|o| o != name) {
+        if a.only.as_deref().is_some_and(|o| o != name) || a.size.is_some_and(|z| z != size) {
             continue;
         }
         let _ = std::fs::remove_dir_all(&base);
@@ -403,7 +417,11 @@ fn main() {
         let (mut recs, mut bytes, mut syncs, mut batch) = (0f64, 0f64, 0f64, 0f64);
         let mut sync_time = Duration::ZERO;
         let mut sync_max = Duration::ZERO;
+        let mut rot = (0, 0, 0);
         for r in &results {
+            rot.0 += r.rotations.0;
+            rot.1 += r.rotations.1;
+            rot.2 += r.rotations.2;
             lat.add(&r.latency).expect("same bounds");
             let s = r.elapsed.as_secs_f64();
             recs += r.records as f64 / s;
@@ -414,7 +432,7 @@ fn main() {
             sync_max = sync_max.max(r.max_sync);
         }
         println!(
-            "| {name} | {} KB | {shards} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.2?} | {:.2?} | {:.2?} | {:.2?} |",
+            "| {name} | {} KB | {shards} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {} ({}, {}) |",
             size / 1000,
             recs,
             recs / f64::from(shards),
@@ -426,6 +444,9 @@ fn main() {
             sync_max,
             Duration::from_nanos(lat.value_at_quantile(0.5)),
             Duration::from_nanos(lat.value_at_quantile(0.99)),
+            rot.0,
+            rot.1,
+            rot.2,
         );
     }
 

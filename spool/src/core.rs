@@ -201,9 +201,10 @@ impl<S: Storage> Core<S> {
     }
 
     /// Installs a freshly created segment as `seq`, writing its header.
-    pub(crate) fn install_segment(&mut self, seq: u64, map: S::Segment) {
+    pub(crate) fn install_segment(&mut self, seq: u64, map: S::Segment, generation: u32) {
         let key = format::SegKey::for_seq(seq);
-        self.segs.insert(seq, SegState::new(Rc::new(map), key, 0));
+        self.segs
+            .insert(seq, SegState::new(Rc::new(map), key, generation));
         self.dir_dirty = true;
         self.stamp_header(seq);
     }
@@ -212,7 +213,7 @@ impl<S: Storage> Core<S> {
     /// durable header: appends start right after it.
     pub(crate) fn install_spare(&mut self, seq: u64, spare: Spare<S::Segment>) {
         if !spare.recycled {
-            return self.install_segment(seq, spare.map);
+            return self.install_segment(seq, spare.map, spare.generation);
         }
         let key = format::SegKey::for_seq(seq);
         let mut st = SegState::new(Rc::new(spare.map), key, spare.generation);
@@ -340,10 +341,16 @@ impl<S: Storage> Core<S> {
         // The lowest spare above the head (log order is sequence order).
         let mut next = None;
         while let Some((seq, spare)) = self.spares.pop_first() {
-            if seq > self.head && spare.map.len() == self.cfg.segment_bytes {
+            if spare.map.len() != self.cfg.segment_bytes {
+                self.park_spare(seq, spare);
+                continue;
+            }
+            if seq > self.head {
                 next = Some((seq, spare));
                 break;
             }
+            // Cannot happen (spares enter the pool above the head and leave
+            // it lowest first); keep it as an empty segment if it does.
             self.park_spare(seq, spare);
         }
         let (seq, spare) = match next {
@@ -372,6 +379,9 @@ impl<S: Storage> Core<S> {
         self.install_spare(seq, spare);
         self.head = seq;
         self.stats.segments_created += 1;
+        // A spare was used up and the old head may soon be retired: let the
+        // background task look (without syncs it is not woken otherwise).
+        self.wake_task();
         let head = &self.segs[&self.head];
         assert!(
             head.write_off + total + end + keep <= head.map.len(),
@@ -544,6 +554,16 @@ impl<S: Storage> Core<S> {
             assert!(seg.live > 0, "segment live count balances");
             seg.live -= 1;
             seg.live_bytes -= u64::from(rec.len);
+            if seg.live == 0 && rec.segment != self.head {
+                // It may be retired now.
+                self.wake_task();
+            }
+        }
+    }
+
+    fn wake_task(&mut self) {
+        if let Some(w) = self.task_waker.take() {
+            w.wake();
         }
     }
 
@@ -683,18 +703,15 @@ impl<S: Storage> Core<S> {
     // Used by the glommio driver only.
     #[cfg_attr(not(feature = "glommio"), allow(dead_code))]
     pub(crate) fn spare_wanted(&mut self) -> Option<u64> {
-        if !self.spares.is_empty()
-            || self.spare_pending
-            || self.recycling > 0
-            || self.poisoned.is_some()
-            || self.closed
-        {
+        if !self.spares.is_empty() || self.spare_pending || self.poisoned.is_some() || self.closed {
             return None;
         }
-        // Pre-create once the head is a quarter full (or at once when there
-        // is no head: a restart on a full disk).
+        // Pre-create once the head is a quarter full, or half full while a
+        // recycled spare is on its way (it may come too late), or at once
+        // when there is no head (a restart on a full disk).
         if let Some(head) = self.segs.get(&self.head) {
-            if head.write_off < head.map.len() / 4 {
+            let at = if self.recycling > 0 { 2 } else { 4 };
+            if head.write_off < head.map.len() / at {
                 return None;
             }
         }

@@ -66,6 +66,16 @@ impl<S: Storage> Spool<S> {
         let reclaiming = Rc::new(Cell::new(false));
         loop {
             self.kick_write_behind();
+            // Background work starts whenever the loop runs, not only when
+            // it is idle: under steady load there is always something to
+            // sync, and segments must still be retired and spares made.
+            if !self.inner.borrow().closed {
+                if !reclaiming.get() && self.reclaim_wanted() && self.poisoned().is_none() {
+                    self.start_reclaim(Rc::clone(&reclaiming));
+                }
+                // A new file only when no recycled one is ready or coming.
+                self.start_spare();
+            }
             match self.sync_due(Instant::now()) {
                 SyncDue::Now => {
                     // The sync runs as its own task so this loop stays free
@@ -88,17 +98,6 @@ impl<S: Storage> Spool<S> {
                 SyncDue::Idle => {
                     if self.inner.borrow().closed && !self.inner.borrow().sync_in_flight {
                         break;
-                    }
-                    if !reclaiming.get()
-                        && self.reclaim_wanted()
-                        && self.poisoned().is_none()
-                        && !self.inner.borrow().closed
-                    {
-                        self.start_reclaim(Rc::clone(&reclaiming));
-                    }
-                    // A new file only when reclamation has none to recycle.
-                    if !reclaiming.get() {
-                        self.start_spare();
                     }
                     self.notified().await;
                 }

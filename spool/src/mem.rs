@@ -252,6 +252,32 @@ impl MemStorage {
         }
     }
 
+    fn rename(&self, seg: &mut MemSegment, from: u64, to: u64) -> Result<(), SpoolError> {
+        let mut disk = self.disk.borrow_mut();
+        if disk.files.get(&to).is_some_and(|f| !f.removed) {
+            return Err(SpoolError::Io {
+                op: "renaming",
+                path: self.describe(to).into(),
+                source: io::Error::from_raw_os_error(libc::EEXIST),
+            });
+        }
+        let Some(mut f) = disk.files.remove(&from) else {
+            return Err(SpoolError::Io {
+                op: "renaming",
+                path: self.describe(from).into(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        };
+        assert!(Rc::ptr_eq(&f.buf, &seg.buf), "the segment's own file");
+        // Renamed twice before a directory sync: the oldest durable name.
+        if f.entry_durable && f.renamed_from.is_none() {
+            f.renamed_from = Some(from);
+        }
+        disk.files.insert(to, f);
+        seg.seq = to;
+        Ok(())
+    }
+
     fn segment(&self, seq: u64, buf: Rc<Buf>) -> MemSegment {
         MemSegment {
             buf,
@@ -339,38 +365,11 @@ impl Storage for MemStorage {
 
     fn recycle_segment(
         &self,
-        seg: MemSegment,
+        mut seg: MemSegment,
         from: u64,
         to: u64,
     ) -> LocalFuture<Result<MemSegment, SpoolError>> {
-        let r = (|| {
-            let mut disk = self.disk.borrow_mut();
-            if disk.files.get(&to).is_some_and(|f| !f.removed) {
-                return Err(SpoolError::Io {
-                    op: "renaming",
-                    path: self.describe(to).into(),
-                    source: io::Error::from_raw_os_error(libc::EEXIST),
-                });
-            }
-            let Some(mut f) = disk.files.remove(&from) else {
-                return Err(SpoolError::Io {
-                    op: "renaming",
-                    path: self.describe(from).into(),
-                    source: io::Error::from_raw_os_error(libc::ENOENT),
-                });
-            };
-            assert!(Rc::ptr_eq(&f.buf, &seg.buf), "the segment's own file");
-            // Renamed twice before a directory sync: the oldest durable name.
-            if f.entry_durable && f.renamed_from.is_none() {
-                f.renamed_from = Some(from);
-            }
-            disk.files.insert(to, f);
-            Ok(MemSegment {
-                buf: seg.buf,
-                disk: Rc::clone(&self.disk),
-                seq: to,
-            })
-        })();
+        let r = self.rename(&mut seg, from, to).map(|()| seg);
         Box::pin(async move { r })
     }
 

@@ -21,7 +21,9 @@ impl<S: Storage> Core<S> {
             .filter(|(&q, s)| {
                 q != self.head
                     && s.live == 0
-                    && (self.no_sync() || (s.synced_off == s.write_off && !self.sync_in_flight))
+                    // Durable up to its end (a sync in flight does not
+                    // cover it then, nor hold its mapping).
+                    && (self.no_sync() || s.synced_off == s.write_off)
                     && s.refs
                         .iter()
                         .all(|r| !self.segs.contains_key(r) && !self.removing.contains(r))

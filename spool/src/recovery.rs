@@ -124,8 +124,9 @@ enum Opening {
     /// (renamed and given a new header) when the process stopped; nothing
     /// in it belongs to this segment number. The sequence it claims.
     Recycling(u64),
-    /// No valid header (never written, torn, or corrupt): scan anyway.
-    Unknown,
+    /// No valid header (never written, torn, or corrupt): scan anyway,
+    /// taking the file to have had this many lives before.
+    Unknown(u32),
 }
 
 fn opening(buf: &[u8], seq: u64) -> Opening {
@@ -145,7 +146,17 @@ fn opening(buf: &[u8], seq: u64) -> Opening {
     }
     match format::claimed_header_seq(buf) {
         Some(other) if other != seq => Opening::Recycling(other),
-        _ => Opening::Unknown,
+        // The start of a current-format segment header that does not
+        // validate: torn while a recycled file was renumbered. Read the rest
+        // as a recycled file (an earlier life's bytes are not torn data).
+        _ if buf.len() >= 6
+            && buf[0..4] == RECORD_MAGIC.to_le_bytes()
+            && buf[4] == RecordKind::SegmentHeader as u8
+            && buf[5] == format::FORMAT_VERSION =>
+        {
+            Opening::Unknown(1)
+        }
+        _ => Opening::Unknown(0),
     }
 }
 
@@ -235,7 +246,7 @@ impl<S: Storage> Core<S> {
         let err = match self.storage.create_segment(seq, self.cfg.segment_bytes) {
             Ok(map) => {
                 self.next_seq += 1;
-                self.install_segment(seq, map);
+                self.install_segment(seq, map, 0);
                 self.head = seq;
                 return Ok(HeadAtOpen::New(seq));
             }
@@ -306,7 +317,7 @@ impl<S: Storage> Core<S> {
                 self.segs.insert(seq, st);
                 return Ok(None);
             }
-            Opening::Unknown => (SegKey::for_seq(seq), 0),
+            Opening::Unknown(generation) => (SegKey::for_seq(seq), generation),
         };
         let mut st = SegState::new(Rc::clone(&map), key, generation);
         let mut pos = 0usize;

@@ -366,26 +366,15 @@ impl<S: Storage> Spool<S> {
             }
         }
         for (q, to, generation, fut) in recycles {
-            let seg = match fut.await {
-                Ok(seg) => seg,
-                Err(e) => {
-                    // The file is in an unknown state under one of its two
-                    // names; with a valid old header it reads as empty.
-                    failure.get_or_insert(format!("recycling segment {q} as {to}: {e}"));
+            match self.prepare_recycled(fut, q, to, generation).await {
+                Ok((to, seg)) => ready.push((to, seg, generation)),
+                Err(reason) => {
+                    // The file is in an unknown state under one of its
+                    // names; recovery reads it as empty either way.
+                    failure.get_or_insert(reason);
                     self.inner.borrow_mut().recycling -= 1;
-                    continue;
                 }
-            };
-            self.inner
-                .borrow()
-                .write_recycled_header(to, &seg, generation);
-            let hdr = format::record_len(format::SEGMENT_HEADER_PAYLOAD_BYTES);
-            if let Err(e) = seg.sync_data(0..hdr).await {
-                failure.get_or_insert(format!("syncing recycled segment {to}: {e}"));
-                self.inner.borrow_mut().recycling -= 1;
-                continue;
             }
-            ready.push((to, seg, generation));
         }
         let dir = self.inner.borrow().storage.sync_dir();
         if let Err(e) = dir.await {
@@ -413,13 +402,56 @@ impl<S: Storage> Spool<S> {
                 recycled: true,
                 generation,
             };
-            if to < core.head {
+            if to <= core.head {
                 core.park_spare(to, spare);
             } else {
                 core.spares.insert(to, spare);
             }
         }
         Ok((gone.len() as u64 - recycled, recycled))
+    }
+
+    /// Finishes one recycling: awaits the rename to `to`, writes and syncs
+    /// the new header. If the head overtook `to` meanwhile (an inline
+    /// creation while the pool was dry), renames it again to a number
+    /// above the head, so it can still be used (bounded; else it is parked
+    /// by the caller). Returns the final number and the segment.
+    async fn prepare_recycled(
+        &self,
+        renamed: LocalFuture<Result<S::Segment, SpoolError>>,
+        from: u64,
+        to: u64,
+        generation: u32,
+    ) -> Result<(u64, S::Segment), String> {
+        const RENUMBER_TRIES_MAX: u32 = 3;
+        let mut seg = renamed
+            .await
+            .map_err(|e| format!("recycling segment {from} as {to}: {e}"))?;
+        let mut at = to;
+        let hdr = format::record_len(format::SEGMENT_HEADER_PAYLOAD_BYTES);
+        for tries in 0.. {
+            self.inner
+                .borrow()
+                .write_recycled_header(at, &seg, generation);
+            seg.sync_data(0..hdr)
+                .await
+                .map_err(|e| format!("syncing recycled segment {at}: {e}"))?;
+            if at > self.inner.borrow().head || tries == RENUMBER_TRIES_MAX {
+                break;
+            }
+            let (next, fut) = {
+                let mut core = self.inner.borrow_mut();
+                let next = core.next_seq;
+                core.next_seq += 1;
+                core.stats.renumbered_spares += 1;
+                (next, core.storage.recycle_segment(seg, at, next))
+            };
+            seg = fut
+                .await
+                .map_err(|e| format!("renumbering segment {at} as {next}: {e}"))?;
+            at = next;
+        }
+        Ok((at, seg))
     }
 
     async fn sync_until(&self, lsn: u64) -> Result<(), SpoolError> {

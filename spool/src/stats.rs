@@ -46,6 +46,9 @@ pub struct SpoolStats {
     pub segments_recycled: u64,
     /// Rotations into a recycled segment (no new file, no zero-fill).
     pub recycled_installs: u64,
+    /// Recycled spares renumbered because the head overtook them while
+    /// they were being prepared.
+    pub renumbered_spares: u64,
     /// Messages copied to the head by relocation.
     pub relocated_messages: u64,
 }
