@@ -128,6 +128,18 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Send a queue (recipient domain) to other next hops on every shard,
+    /// in memory until the next reroute or restart (queued, in-flight and
+    /// arriving recipients follow it).
+    Reroute {
+        /// The queue (recipient domain).
+        queue: String,
+        /// The new next hops, comma separated: `192.0.2.7:25,192.0.2.8:25`.
+        #[arg(long, value_name = "HOST:PORT[,HOST:PORT]")]
+        to: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Show a queued message: envelope, size, age, and where each
     /// recipient is (ready, scheduled with its next attempt, in flight or done).
     Inspect {
@@ -222,6 +234,7 @@ fn main() -> ExitCode {
             Some((&who, &why)),
             duration.as_deref(),
         ),
+        Command::Reroute { queue, to, target } => admin::reroute(&target, &queue, &to),
         Command::Inspect { id, target } => admin::inspect(&target, &id),
         Command::Reload(t) => admin::reload(&t),
         Command::Metrics(t) => admin::metrics(&t),
@@ -442,6 +455,17 @@ mod admin {
                         "; new arrivals are bounced for {d}"
                     ))
                 ),
+            }
+        }))
+    }
+
+    pub fn reroute(t: &AdminTarget, queue: &str, to: &str) -> ExitCode {
+        let hosts: Vec<&str> = to.split(',').map(str::trim).collect();
+        let body = serde_json::json!({"domain": queue, "to": hosts});
+        done(json(t, "POST", "/api/reroute", &body.to_string()).map(|v| {
+            if !t.json {
+                let site = v["shards"][0]["site"].as_str().unwrap_or("");
+                println!("{queue}: rerouted to {to} (site {site})");
             }
         }))
     }

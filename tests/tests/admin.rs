@@ -326,3 +326,47 @@ fn admin_access_is_restricted_to_configured_networks() {
     assert!(!ok);
     assert!(err.contains("403"), "{err}");
 }
+
+/// `reroute` sends a queue's waiting and future recipients to other next
+/// hops; `top` says where.
+#[test]
+fn reroute_moves_a_queue_to_other_next_hops() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Sink::start(dir.path(), "first", &[]);
+    let second = Sink::start(dir.path(), "second", &[]);
+    let engine = Engine::start(dir.path(), first.port, "", "");
+    engine.wait_admin();
+    let (ok, _, err) = engine.cli(&["suspend", "moved.test", "--who", "ops", "--why", "move"]);
+    assert!(ok, "{err}");
+    let mut c = Smtp::connect(engine.port);
+    c.send("a@origin.test", &["x1@moved.test"], "v1");
+    let to = format!("127.0.0.1:{}", second.port);
+    let (ok, out, err) = engine.cli(&["reroute", "moved.test", "--to", &to]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("moved.test: rerouted to {to}")),
+        "{out}"
+    );
+    let (ok, json, _) = engine.cli(&["top", "--json"]);
+    assert!(ok);
+    assert!(json.contains("reroute:"), "{json}");
+    let (ok, _, err) = engine.cli(&["resume", "moved.test"]);
+    assert!(ok, "{err}");
+    c.send("a@origin.test", &["x2@moved.test"], "v2");
+    c.send("a@origin.test", &["y@other.test"], "v3");
+    c.quit();
+    wait_until("three deliveries", || {
+        count(&engine.records(), "Delivery") == 3
+    });
+    for r in engine.records().iter().filter(|r| r["type"] == "Delivery") {
+        let peer = r["peer"].as_str().unwrap_or("");
+        let want = if r["queue"] == "moved.test" {
+            second.port
+        } else {
+            first.port
+        };
+        assert!(peer.ends_with(&format!(":{want}")), "{r}");
+    }
+    let (ok, _, err) = engine.cli(&["reroute", "moved.test", "--to", "nowhere"]);
+    assert!(!ok && err.contains("400"), "{err}");
+}

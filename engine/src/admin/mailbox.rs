@@ -73,6 +73,13 @@ pub enum Command {
         /// Keep bouncing new arrivals until then.
         until_ms: Option<u64>,
     },
+    /// Send a destination to other next hops.
+    Reroute {
+        /// The recipient domain.
+        domain: String,
+        /// The new next hops, in order.
+        hosts: Vec<std::net::SocketAddr>,
+    },
     /// A message's envelope and where each recipient is.
     Inspect {
         /// Spool id on this shard.
@@ -135,6 +142,7 @@ pub struct ShardHandles {
 struct Orders {
     suspended: HashMap<String, Suspension>,
     bouncing: HashMap<String, Suspension>,
+    rerouted: HashMap<String, String>,
 }
 
 /// The shard's mailbox task: answers requests and keeps standing orders
@@ -281,6 +289,19 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
             }
             Answer::Json(serde_json::json!({"domain": domain, "bounced": n, "until_ms": until_ms}))
         }
+        Command::Reroute { domain, hosts } => {
+            let domain = domain.to_ascii_lowercase();
+            let mut q = h.queues.borrow_mut();
+            let dest = q.destination(&domain);
+            let site = q.reroute(dest, hosts);
+            let name = q.sites().name(site);
+            drop(q);
+            orders
+                .borrow_mut()
+                .rerouted
+                .insert(domain.clone(), name.clone());
+            Answer::Json(serde_json::json!({"domain": domain, "site": name}))
+        }
         Command::Inspect { id } => inspect(h, id, now),
         Command::Reload { rules } => {
             h.delivery.acct.set_rules(*rules);
@@ -335,6 +356,7 @@ fn top(h: &ShardHandles, orders: &Orders, now: u64) -> serde_json::Value {
         });
         let err = errors.get(&s.domain);
         let susp = orders.suspended.get(&s.domain);
+        let rerouted = orders.rerouted.get(&s.domain);
         rows.push(serde_json::json!({
             "shard": h.delivery.ctx.index,
             "domain": s.domain,
@@ -346,6 +368,7 @@ fn top(h: &ShardHandles, orders: &Orders, now: u64) -> serde_json::Value {
             "last_error": err.map(|e| &e.1),
             "last_error_age_s": err.map(|e| now.saturating_sub(e.0) as f64 / 1000.0),
             "suspended": susp,
+            "rerouted_to": rerouted,
         }));
     }
     // Suspended destinations with nothing queued are still shown.

@@ -11,6 +11,7 @@
 //! - `POST /api/suspend` `{"domain", "who", "why", "for_s"?}`;
 //! - `POST /api/resume` `{"domain"}`;
 //! - `POST /api/bounce` `{"domain", "who", "why", "for_s"?}`;
+//! - `POST /api/reroute` `{"domain", "to": ["HOST:PORT", ...]}`;
 //! - `GET /api/inspect?id=s<k>.<n>`;
 //! - `POST /api/reload`: bounce rules re-read and applied on every shard.
 
@@ -192,6 +193,37 @@ impl Server {
                 }
                 match self.all(|| Command::Resume {
                     domain: domain.clone(),
+                }) {
+                    Ok(a) => json(200, serde_json::json!({"shards": a})),
+                    Err(e) => json(503, serde_json::json!({"error": e})),
+                }
+            }
+            ("POST", "/api/reroute") => {
+                let domain = s("domain");
+                let mut hosts = Vec::new();
+                for h in body["to"].as_array().into_iter().flatten() {
+                    match h
+                        .as_str()
+                        .and_then(|t| t.parse::<std::net::SocketAddr>().ok())
+                    {
+                        Some(a) => hosts.push(a),
+                        None => {
+                            return json(
+                                400,
+                                serde_json::json!({"error": format!("`to`: {h} is not HOST:PORT (an IP address and a port)")}),
+                            )
+                        }
+                    }
+                }
+                if domain.is_empty() || hosts.is_empty() {
+                    return json(
+                        400,
+                        serde_json::json!({"error": "`domain` and `to` (a list of HOST:PORT) are required"}),
+                    );
+                }
+                match self.all(|| Command::Reroute {
+                    domain: domain.clone(),
+                    hosts: hosts.clone(),
                 }) {
                     Ok(a) => json(200, serde_json::json!({"shards": a})),
                     Err(e) => json(503, serde_json::json!({"error": e})),

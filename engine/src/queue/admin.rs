@@ -6,6 +6,7 @@
 
 // std
 use std::collections::BinaryHeap;
+use std::net::SocketAddr;
 
 // crate
 use super::{DestId, Entry, Queues, SiteId, Timed};
@@ -139,6 +140,23 @@ impl Queues {
         moved
     }
 
+    /// Moves `dest` (ready recipients, in-flight count, future work) to
+    /// the site whose next hops are `hosts`, created if needed: an
+    /// operator's reroute. It stays there (no MX refresh) until rerouted
+    /// again or the engine restarts.
+    pub fn reroute(&mut self, dest: DestId, hosts: Vec<SocketAddr>) -> SiteId {
+        let list: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+        let key = format!("reroute:{}", list.join(","));
+        let pool = self.dests[dest as usize].pool.clone();
+        let site = self
+            .sites
+            .site_for_mx(&key, hosts, Vec::new(), pool.as_deref());
+        self.grow_sites();
+        self.move_to(dest, site);
+        self.dests[dest as usize].mx_until_unix_ms = 0;
+        site
+    }
+
     /// Whether `dest` is held.
     pub fn is_held(&self, dest: DestId) -> bool {
         self.held.contains(&dest)
@@ -239,6 +257,25 @@ mod tests {
         assert_eq!(q.promote_due(20, 100), 2);
         assert_eq!(q.take(site, 20, 100, &mut out), Some(a));
         q.check_invariants();
+    }
+
+    #[test]
+    fn reroute_moves_ready_work_to_the_new_site() {
+        let mut q = queues();
+        accept(&mut q, 1, "a.test");
+        accept(&mut q, 2, "a.test");
+        let a = q.find("a.test").unwrap();
+        let old = q.site_of(a);
+        let hop: SocketAddr = "127.0.0.1:2600".parse().unwrap();
+        let site = q.reroute(a, vec![hop]);
+        assert_ne!(site, old);
+        assert_eq!(q.hosts(site), &[hop]);
+        assert_eq!((q.site_ready(old), q.site_ready(site)), (0, 2));
+        let mut out = Vec::new();
+        assert_eq!(q.take(site, 10, 100, &mut out), Some(a));
+        q.check_invariants();
+        // Rerouting to the same hops again lands on the same site.
+        assert_eq!(q.reroute(a, vec![hop]), site);
     }
 
     #[test]
