@@ -38,10 +38,12 @@ use crate::queue::{DestId, Entry, UNROUTED};
 
 /// Resolutions in flight per shard at most.
 pub const RESOLVING_MAX: usize = 64;
-/// How long a destination keeps its MX site before it is resolved again
-/// (the resolver's cache answers within the records' TTLs, so a refresh
-/// costs a network query only once they have expired).
-pub const MX_REFRESH: Duration = Duration::from_secs(300);
+/// How long a destination keeps its MX site before it is resolved again.
+/// The resolver's cache honours the records' TTLs, so a refresh costs a
+/// network query only once they have expired; this bounds how long a
+/// changed MX set goes unnoticed (TTLs shorter than this are honoured to
+/// within this interval).
+pub const MX_REFRESH: Duration = Duration::from_secs(60);
 
 /// The shard's MX state.
 pub struct Mx {
