@@ -169,6 +169,17 @@ pub(crate) async fn run(
     // timeout) and writes its log; completions it records are covered by
     // the final sync below.
     let delivered: DeliveryStats = delivery.await;
+    if let Some(signer) = &inj.signer {
+        let d = signer.stats();
+        log::info!(
+            "shard {index}: DKIM: {} message(s) signed, {} unsigned (no key for the From domain), \
+             {} unsigned (From names no single domain), {} signature(s) larger than the headroom",
+            d.signed,
+            d.no_key,
+            d.failed,
+            d.moved
+        );
+    }
     drop(ctx);
     spool.close();
     sync_task.await;
