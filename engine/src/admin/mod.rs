@@ -147,7 +147,11 @@ impl Admin {
         };
         let thread = std::thread::Builder::new()
             .name("sluice-admin".into())
-            .spawn(move || server.run(listener))
+            .spawn(move || {
+                // Off the shard CPUs when there are spare ones.
+                crate::runtime::helpers::place_current_thread();
+                server.run(listener)
+            })
             .ok()?;
         Some(Admin { addr, thread })
     }
