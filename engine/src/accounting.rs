@@ -235,7 +235,7 @@ pub fn install_reception_hook(
                     recipient: &r.address,
                     queue: &group.domain,
                     site: None,
-                    source: None,
+                    source: msg.pool.as_deref(),
                     size: facts.size,
                     code: None,
                     enhanced: None,

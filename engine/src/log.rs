@@ -30,8 +30,9 @@
 //!   `Expiration` or `AdminBounce`;
 //! - `id` (spool message id), `sender` (reverse path, `""` for `<>`),
 //!   `recipient`, `queue` (recipient domain), `site` (next hop; `null`
-//!   for receptions: the site is chosen at delivery), `source` (sending
-//!   source / virtual MTA: `null` until source addresses exist),
+//!   for receptions: the site is chosen at delivery), `source` (the
+//!   source pool, PowerMTA's virtual MTA: the message's `X-virtualMTA` or
+//!   the site's pool; `null` when none),
 //!   `size` (bytes as spooled, `Received:` included);
 //! - `code`, `enhanced`, `text`: the reply (CR/LF removed) that decided
 //!   the event, or the one we synthesized (`null` for receptions);

@@ -74,7 +74,6 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
                 let key = (site_name.clone(), category.unwrap_or(Category::Other));
                 *m.transient.entry(key).or_insert(0) += 1;
             }
-
             RecordKind::Reception => {}
         }
     }
@@ -93,7 +92,8 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
         recipient: s.recipient,
         queue: queues.domain(s.dest),
         site: Some(&site_name),
-        source: None,
+        // The site's source pool (the connection picks a source of it).
+        source: queues.sites().pool(site),
         size: facts.size,
         code: said.map(|x| x.code),
         enhanced: said.and_then(|x| x.enhanced),
