@@ -27,7 +27,7 @@ use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
 };
-use sluice_tests::{binary, free_port, workspace_root, Process};
+use sluice_tests::{binary, free_port, Process};
 use support::{greets, loopback, wait_until, Sink, TIMEOUT};
 
 /// A generated key: PEM file (0600) and its DNS TXT record.
@@ -152,7 +152,8 @@ fn dkimpy_verify(dir: &Path, message: &[u8], selector: &str, domain: &str, txt: 
     let txt_path = dir.join("verify.txt");
     std::fs::write(&message_path, message).expect("write message");
     std::fs::write(&txt_path, txt).expect("write record");
-    let script = workspace_root().join("engine/dkim/tests/dkimpy_verify.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/dkim/tests/dkimpy_verify.py");
     let output = Command::new("python3")
         .arg(script)
         .arg(&message_path)
@@ -236,7 +237,14 @@ fn inject(port: u16, messages: &[(String, Vec<&str>)]) {
     w.write_all(b"EHLO injector.test\r\n").expect("write");
     expect("250");
     for (message, rcpts) in messages {
-        w.write_all(b"MAIL FROM:<bounces@injector.test>\r\n")
+        // RFC 6152: 8-bit content is announced; the sink offers 8BITMIME, so
+        // the engine sends the bytes it signed unchanged.
+        let body = if message.is_ascii() {
+            ""
+        } else {
+            " BODY=8BITMIME"
+        };
+        w.write_all(format!("MAIL FROM:<bounces@injector.test>{body}\r\n").as_bytes())
             .expect("write");
         expect("250");
         for rcpt in rcpts {
@@ -372,6 +380,11 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
         (message("alice@example.com", "rsa"), vec!["a@dest.test"]),
         (message("bob@Example.ORG", "ed"), vec!["b@dest.test"]),
         (
+            message("alice@example.com", "eightbit")
+                .replace("Hello", "Gr\u{fc}\u{df}e aus K\u{f6}ln,"),
+            vec!["e@dest.test"],
+        ),
+        (
             message("news@news.example.com", "mapped"),
             vec!["c@dest.test"],
         ),
@@ -387,11 +400,11 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
         ),
     ];
     inject(s.inject_port, &messages);
-    wait_until("7 captured deliveries", || captures(&s.capture).len() >= 7);
+    wait_until("8 captured deliveries", || captures(&s.capture).len() >= 8);
     let captured = captures(&s.capture);
     assert_eq!(
         captured.len(),
-        7,
+        8,
         "exactly one delivery per recipient domain"
     );
 
@@ -401,7 +414,7 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
     for (tag, bytes) in &captured {
         let sigs = signatures(bytes);
         let (selector, domain, txt) = match tag.as_str() {
-            "rsa" | "mapped" | "multi" => (rsa_sel, "example.com", rsa_txt),
+            "rsa" | "mapped" | "multi" | "eightbit" => (rsa_sel, "example.com", rsa_txt),
             "ed" => (ed_sel, "example.org", ed_txt),
             "nokey" => {
                 assert!(
