@@ -61,6 +61,12 @@ fn child_process_entry() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    // Complete one message in this many (1: every one, so whole segments
+    // retire and their files are recycled while the child runs).
+    let complete_one_in: u32 = std::env::var("COMPLETE_ONE_IN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .make()
@@ -92,7 +98,7 @@ fn child_process_entry() {
                         let (id, _) = spool.append(&m).unwrap();
                         spool.commit().await.unwrap();
                         println!("ACK {id} {tag}");
-                        if rng.gen_ratio(1, 3) {
+                        if rng.gen_ratio(1, complete_one_in) {
                             // Once appended, the completion may survive the
                             // kill even before its commit resolves.
                             println!("COMPLETING {id}");
@@ -118,6 +124,33 @@ fn kill_9_never_loses_a_committed_message() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    kill_9_rounds(ROUNDS, 3);
+}
+
+/// The same with every message completed: segments retire while the child
+/// runs, so it is killed while files are being recycled and while it
+/// appends into recycled files; their old records must never come back.
+#[test]
+fn kill_9_while_recycling_segments() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let (_tmp, dir) = kill_9_rounds(ROUNDS / 2, 1);
+    // Files were recycled: some segment header has a generation above 0.
+    let recycled = std::fs::read_dir(dir.join("shard-0"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter(|b| b.len() > 24 && u32::from_le_bytes([b[20], b[21], b[22], b[23]]) > 0)
+        .count();
+    assert!(recycled > 0, "no segment file was ever recycled");
+}
+
+/// Runs `rounds` kill -9 rounds on one directory, checking after each that
+/// every printed id is there; the children complete one message in
+/// `complete_one_in`. Returns the directory (kept alive by the guard).
+fn kill_9_rounds(rounds: u32, complete_one_in: u32) -> (tempfile::TempDir, std::path::PathBuf) {
     let seed: u64 = std::env::var("SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -130,7 +163,7 @@ fn kill_9_never_loses_a_committed_message() {
     let mut acked: HashMap<u64, u64> = HashMap::new();
     let mut done: HashSet<u64> = HashSet::new();
     let mut completing: HashSet<u64> = HashSet::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -140,6 +173,7 @@ fn kill_9_never_loses_a_committed_message() {
             ])
             .env(CHILD_ENV, &dir)
             .env("SEED", (seed + u64::from(round)).to_string())
+            .env("COMPLETE_ONE_IN", complete_one_in.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -216,4 +250,5 @@ fn kill_9_never_loses_a_committed_message() {
         "the children barely ran: {} acks",
         acked.len()
     );
+    (tmp, dir)
 }
