@@ -570,7 +570,9 @@ fn auth_plain_and_login_after_tls_only_and_failures_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let users = users_file(dir.path());
-    let sink = Sink::start(dir.path(), "sink");
+    let capture = dir.path().join("captured");
+    let capture_arg = capture.display().to_string();
+    let sink = Sink::start_with(dir.path(), "sink", &["--capture", &capture_arg]);
     // No relay networks: only authenticated clients may relay.
     let engine = Engine::start(
         dir.path(),
@@ -623,6 +625,13 @@ fn auth_plain_and_login_after_tls_only_and_failures_are_refused() {
 
     wait_until("two messages at the sink", || sink.messages() >= 2);
     assert!(!sink.ids().contains_key("auth-bad"));
+    // RFC 3848: the trace header says TLS and AUTH were used.
+    let captured: String = std::fs::read_dir(&capture)
+        .expect("capture dir")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(captured.contains("with ESMTPSA"), "{captured}");
     assert!(engine.said().contains("failed to authenticate as alice"));
     drop(engine);
 

@@ -431,6 +431,8 @@ impl Conn {
                 hostname: &inj.config.hostname,
                 esmtp: self.esmtp,
                 smtputf8: self.env.smtputf8(),
+                tls: self.session.is_tls(),
+                authenticated: self.session.is_authenticated(),
                 for_recipient: self.env.only_recipient(),
                 unix_s: now_unix_ms() / 1000,
             };

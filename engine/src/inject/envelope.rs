@@ -318,6 +318,10 @@ pub struct Trace<'a> {
     pub esmtp: bool,
     /// Whether the transaction used SMTPUTF8.
     pub smtputf8: bool,
+    /// Whether the session ran under TLS (RFC 3848 `…S`).
+    pub tls: bool,
+    /// Whether the client authenticated (RFC 3848 `…A`).
+    pub authenticated: bool,
     /// The single recipient, if exactly one.
     pub for_recipient: Option<&'a str>,
     /// When, seconds since the Unix epoch.
@@ -341,6 +345,16 @@ pub fn push_received(t: &Trace<'_>, out: &mut Vec<u8>) {
         (false, true) => b"ESMTP",
         (false, false) => b"SMTP",
     });
+    // RFC 3848 §1 / RFC 6531 §3.7.3: ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPSA…
+    // (TLS and AUTH exist only after EHLO).
+    if t.esmtp || t.smtputf8 {
+        if t.tls {
+            out.push(b'S');
+        }
+        if t.authenticated {
+            out.push(b'A');
+        }
+    }
     if let Some(r) = t.for_recipient {
         out.extend_from_slice(b"\r\n\tfor <");
         push_clean(r, 256, out);
@@ -496,6 +510,8 @@ mod tests {
             hostname: "mta.example.test",
             esmtp: true,
             smtputf8: false,
+            tls: false,
+            authenticated: false,
             for_recipient: Some("rcpt@example.test"),
             unix_s: 0,
         };
@@ -511,5 +527,32 @@ mod tests {
         // Every line break is CRLF followed by folding whitespace but the last.
         let breaks = text.matches("\r\n").count();
         assert_eq!(breaks, text.matches("\r\n\t").count() + 1);
+    }
+
+    #[test]
+    fn received_names_tls_and_auth_per_rfc_3848() {
+        let with = |esmtp, smtputf8, tls, authenticated| {
+            let t = Trace {
+                helo: "c",
+                peer: "127.0.0.1".parse().expect("ip"),
+                hostname: "m",
+                esmtp,
+                smtputf8,
+                tls,
+                authenticated,
+                for_recipient: None,
+                unix_s: 0,
+            };
+            let mut out = Vec::new();
+            push_received(&t, &mut out);
+            let text = String::from_utf8(out).expect("ascii");
+            let after = text.split(" with ").nth(1).expect("with");
+            after.split(';').next().expect("name").to_string()
+        };
+        assert_eq!(with(true, false, true, false), "ESMTPS");
+        assert_eq!(with(true, false, false, true), "ESMTPA");
+        assert_eq!(with(true, false, true, true), "ESMTPSA");
+        assert_eq!(with(true, true, true, true), "UTF8SMTPSA");
+        assert_eq!(with(false, false, false, false), "SMTP");
     }
 }

@@ -656,3 +656,26 @@ fn bdat_content_refusal_aborts_the_message_first() {
     );
     assert!(t.bodies.is_empty(), "no message end for a refused body");
 }
+
+#[test]
+fn implicit_tls_hides_starttls_and_offers_auth() {
+    let mut config = ServerConfig::new("mx.test");
+    config.extensions |=
+        crate::extensions::Extensions::STARTTLS | crate::extensions::Extensions::AUTH;
+    let mut session = ServerSession::new(Rc::new(config));
+    session.tls_at_connect();
+    session.greeting(Reply::greeting("mx.test"));
+    assert!(session.is_tls());
+    let step = session.feed(b"EHLO c\r\n");
+    assert!(matches!(step.event, Event::Ehlo { .. }));
+    let mut out = Vec::new();
+    session.write_output(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("AUTH PLAIN LOGIN"), "{text}");
+    assert!(!text.contains("STARTTLS"), "{text}");
+    // After the greeting it is too late to claim TLS.
+    let mut late = ServerSession::new(Rc::new(ServerConfig::new("mx.test")));
+    late.greeting(Reply::greeting("mx.test"));
+    late.tls_at_connect();
+    assert!(!late.is_tls());
+}
