@@ -123,11 +123,14 @@
 //!
 //! # Tests and benchmarks
 //! `cargo test -p sluice-spool` runs the model property test
-//! (`tests/model.rs`), power loss on the storage double
-//! (`tests/power_loss.rs`), kill -9 of a child process (`tests/kill9.rs`),
-//! corruption, permissions, group commit and disk full on real files and a
-//! tmpfs (`tests/fs.rs`, mounting needs root; the double covers disk full
-//! otherwise, `tests/reclaim.rs`). The benchmark:
+//! (`tests/model.rs`, also a seeded run weighted towards recycling), power
+//! loss on the storage double (`tests/power_loss.rs`), kill -9 of a child
+//! process (`tests/kill9.rs`, also while every segment is recycled),
+//! corruption, permissions, group commit, disk full and restart on a full
+//! disk on real files and a tmpfs (`tests/fs.rs`, mounting needs root; the
+//! double covers disk full otherwise), and reclamation, recycling (a
+//! recycled head's old records never come back), a version 1 segment and
+//! the full-disk restarts on the double (`tests/reclaim.rs`). The benchmark:
 //! `cargo bench -p sluice-spool --bench spool_bench -- --dir <dir on the device>`.
 //!
 //! # Memory
