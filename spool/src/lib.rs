@@ -75,7 +75,10 @@
 //! (the next multiple of 2^40 above every id and segment id floor seen) and
 //! syncs the new head's header before the first append, so an id handed out
 //! but lost in a crash is never handed out again (as long as one run assigns
-//! fewer than 2^40 ids).
+//! fewer than 2^40 ids). Exception: a spool opened without a head (full
+//! disk, nothing to continue) syncs no header at open; if it crashes before
+//! the first group commit after space returned, ids of messages that were
+//! never acknowledged may be handed out again by the next run.
 //!
 //! # Recovery
 //! [`Spool::open`] scans every segment in sequence order and checks every
