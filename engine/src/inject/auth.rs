@@ -413,6 +413,40 @@ mod tests {
         assert!(Users::parse(&format!("a:{h6}\na:{h6}\n")).is_err());
     }
 
+    proptest::proptest! {
+        /// Peer bytes never panic the exchange, every step is a 334, a
+        /// refusal or bounded credentials, and PLAIN round-trips.
+        #[test]
+        fn any_lines_give_a_defined_step(
+            mech in "[A-Za-z-]{0,12}",
+            lines in proptest::collection::vec(".{0,80}", 0..6),
+            user in "[a-z]{1,20}",
+            password in "[ -~]{0,40}",
+        ) {
+            let mut s = Sasl::default();
+            let first = s.start(&mech, lines.first().map(String::as_str));
+            let mut steps = vec![first];
+            for l in &lines {
+                steps.push(s.respond(l));
+            }
+            for step in steps {
+                match step {
+                    SaslStep::Challenge(r) => proptest::prop_assert_eq!(r.code.value(), 334),
+                    SaslStep::Refuse(r) => proptest::prop_assert!(r.code.value() >= 500),
+                    SaslStep::Check { user, password } => {
+                        proptest::prop_assert!(!user.is_empty() && user.len() <= CREDENTIAL_BYTES_MAX);
+                        proptest::prop_assert!(password.len() <= CREDENTIAL_BYTES_MAX);
+                    }
+                }
+            }
+            let encoded = enc(format!("\0{user}\0{password}").as_bytes());
+            proptest::prop_assert_eq!(
+                Sasl::default().start("PLAIN", Some(&encoded)),
+                SaslStep::Check { user, password }
+            );
+        }
+    }
+
     #[test]
     fn throttle_counts_delays_and_forgets() {
         let mut t = Throttle::default();
