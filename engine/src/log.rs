@@ -877,6 +877,60 @@ mod tests {
         });
     }
 
+    fn thread_cpu_ns() -> u64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec pointer for the calling thread's clock.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    }
+
+    /// The cost of one record on the delivery path, in thread CPU time
+    /// (so other processes on the machine do not count):
+    /// `cargo test --release -p sluice-engine --lib -- --ignored --nocapture record_cost`.
+    #[test]
+    #[ignore = "a measurement, not a check; run it in release"]
+    fn record_cost() {
+        const N: u64 = 200_000;
+        for csv in [false, true] {
+            let log = DeliveryLog::new(1 << 30, csv);
+            let r = LogRecord {
+                kind: RecordKind::Delivery,
+                code: Some(250),
+                enhanced: Some("2.0.0"),
+                text: "2.0.0 Ok: queued as 4Xyz12AbC",
+                peer: Some("192.0.2.7:25".parse().unwrap()),
+                category: None,
+                ..rec(0)
+            };
+            let start = thread_cpu_ns();
+            for i in 0..N {
+                log.record(&LogRecord { id: i, ..r.clone() });
+            }
+            let ns = (thread_cpu_ns() - start) / N;
+            let bytes = log.take_buffer().len() as u64 / N;
+            eprintln!(
+                "record: {ns} ns CPU per record (JSON{}; {bytes} B/line)",
+                if csv { " + CSV" } else { "" }
+            );
+        }
+        let acct = crate::accounting::Accounting::new(sluice_outcomes::Classifier::default_rules());
+        let start = thread_cpu_ns();
+        for _ in 0..N {
+            std::hint::black_box(acct.classify(
+                550,
+                Some("5.1.1"),
+                "The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos",
+            ));
+        }
+        eprintln!(
+            "classify: {} ns CPU per failure",
+            (thread_cpu_ns() - start) / N
+        );
+    }
+
     /// A full disk (a 64 KiB tmpfs) loses records, counts them, and never
     /// blocks the caller; needs root for the mount.
     #[test]
