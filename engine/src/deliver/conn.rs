@@ -97,7 +97,15 @@ async fn connect(
     shared: &Shared,
     site: SiteId,
 ) -> Result<(TcpStream, SocketAddr, Option<Chosen>), String> {
-    let hosts: Vec<SocketAddr> = shared.ctx.queues.borrow().hosts(site).to_vec();
+    let (mut hosts, spread) = {
+        let q = shared.ctx.queues.borrow();
+        (q.hosts(site).to_vec(), q.sites().spread(site))
+    };
+    if spread > 1 {
+        // Equal best preferences: start at a random one of them.
+        let first = (shared.random() % spread as u64) as usize;
+        hosts[..spread].rotate_left(first);
+    }
     let source = site_source(shared, site)?;
     let mut last = String::from("the route has no hosts");
     for addr in hosts {

@@ -109,14 +109,24 @@ async fn resolve(shared: Rc<Shared>, dest: DestId) {
                 .iter()
                 .flat_map(|h| h.addrs.iter().map(move |ip| SocketAddr::new(*ip, port)))
                 .collect();
+            // Addresses of the hosts that share the best preference: each
+            // connection starts at one of them (RFC 5321 §5.1 spreading).
+            let best = hosts.first().map_or(0, |h| h.preference);
+            let spread = hosts
+                .iter()
+                .take_while(|h| h.preference == best)
+                .map(|h| h.addrs.len())
+                .sum();
             let names = hosts.into_iter().map(|h| h.name).collect();
             let until = now.saturating_add(MX_REFRESH.as_millis() as u64);
-            let site =
-                shared
-                    .ctx
-                    .queues
-                    .borrow_mut()
-                    .assign_mx(dest, site.as_str(), addrs, names, until);
+            let site = shared.ctx.queues.borrow_mut().assign_mx(
+                dest,
+                site.as_str(),
+                addrs,
+                names,
+                spread,
+                until,
+            );
             log::debug!(
                 "shard {}: {domain} resolved to site {}",
                 shared.ctx.index,

@@ -319,17 +319,20 @@ impl Queues {
     /// Moves `dest` (its ready entries, its in-flight count and its future
     /// work) to the site of its resolved MX host set, until
     /// `until_unix_ms` (then it is resolved again). `key` is the
-    /// resolution's site key; the destination's pool picks the variant.
+    /// resolution's site key; the destination's pool picks the variant;
+    /// the first `spread` addresses share the best preference.
     pub fn assign_mx(
         &mut self,
         dest: DestId,
         key: &str,
         hosts: Vec<SocketAddr>,
         names: Vec<String>,
+        spread: usize,
         until_unix_ms: u64,
     ) -> SiteId {
         let pool = self.dests[dest as usize].pool.clone();
         let site = self.sites.site_for_mx(key, hosts, names, pool.as_deref());
+        self.sites.set_spread(site, spread);
         self.grow_sites();
         self.move_to(dest, site);
         self.dests[dest as usize].mx_until_unix_ms = until_unix_ms.max(1);

@@ -46,6 +46,9 @@ struct Site {
     key: String,
     /// The source pool (or source) its connections bind, if any.
     pool: Option<Box<str>>,
+    /// Leading addresses of equal (the best) MX preference: connections
+    /// start at a random one of them, spreading load (RFC 5321 §5.1).
+    spread: usize,
 }
 
 /// The routing table: patterns in order, each pointing at a site, plus the
@@ -80,6 +83,7 @@ impl Sites {
                             .first()
                             .map_or_else(String::new, ToString::to_string),
                         pool: None,
+                        spread: 0,
                     });
                     sites.len() - 1
                 }
@@ -160,9 +164,24 @@ impl Sites {
             names,
             key: key.to_string(),
             pool: pool.map(Into::into),
+            spread: 0,
         });
         self.by_key.insert(key.to_string(), id);
         id
+    }
+
+    /// Sets how many leading addresses of `site` share the best MX
+    /// preference (see [`Sites::spread`]).
+    pub fn set_spread(&mut self, site: SiteId, addresses: usize) {
+        if let Some(s) = self.sites.get_mut(site as usize) {
+            s.spread = addresses.min(s.hosts.len());
+        }
+    }
+
+    /// How many leading addresses of `site` a new connection may start
+    /// at (0 or 1: always the first).
+    pub fn spread(&self, site: SiteId) -> usize {
+        self.sites.get(site as usize).map_or(0, |s| s.spread)
     }
 
     /// Number of sites, [`UNROUTED`] included.
