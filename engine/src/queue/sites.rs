@@ -78,10 +78,14 @@ impl Sites {
                     sites.push(Site {
                         hosts: r.hosts.clone(),
                         names: Vec::new(),
+                        // The whole list: two routes sharing a first host
+                        // are still distinct sites (and pool variants).
                         key: r
                             .hosts
-                            .first()
-                            .map_or_else(String::new, ToString::to_string),
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
                         pool: None,
                         spread: 0,
                     });
@@ -217,8 +221,8 @@ impl Sites {
             .and_then(|s| s.pool.as_deref())
     }
 
-    /// A short name for logs: the first host of a route, the MX site key,
-    /// or `unrouted`.
+    /// A short name for logs: a route's host list, the MX site key (with
+    /// `@pool` for a pool's variant), or `unrouted`.
     pub fn name(&self, site: SiteId) -> String {
         self.sites
             .get(site as usize)

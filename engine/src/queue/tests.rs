@@ -428,3 +428,26 @@ fn a_pool_gets_its_own_destination_and_site_variant() {
     assert_eq!(q.sites().pool(s), Some("blue"));
     q.check_invariants();
 }
+
+#[test]
+fn pool_variants_of_routes_sharing_a_first_host_stay_distinct() {
+    let h1: SocketAddr = "127.0.0.1:2600".parse().unwrap();
+    let h2: SocketAddr = "127.0.0.1:2601".parse().unwrap();
+    let h3: SocketAddr = "127.0.0.1:2602".parse().unwrap();
+    let mut s = Sites::from_routes(&[
+        Route {
+            pattern: DomainPattern::Exact("a.test".into()),
+            hosts: vec![h1, h2],
+        },
+        Route {
+            pattern: DomainPattern::Exact("b.test".into()),
+            hosts: vec![h1, h3],
+        },
+    ]);
+    let a = s.site_for_pool("a.test", Some("p"));
+    let b = s.site_for_pool("b.test", Some("p"));
+    assert_ne!(a, b);
+    assert_eq!(s.hosts(a), &[h1, h2]);
+    assert_eq!(s.hosts(b), &[h1, h3]);
+    assert_eq!(s.name(a), "127.0.0.1:2600,127.0.0.1:2601@p");
+}
