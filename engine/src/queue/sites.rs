@@ -29,9 +29,9 @@ pub type SiteId = u32;
 /// The site of domains that no route matches (waiting for MX resolution).
 pub const UNROUTED: SiteId = 0;
 
-/// Sites at most per shard; past it new host sets share the last one's
-/// key space no more but still get a site (the bound guards against a
-/// runaway of distinct MX sets, which would need as many pools).
+/// Sites at most per shard (each costs a pool slot and a queue ring).
+/// Past it, new keys share the last site instead of growing the table,
+/// so a flood of distinct MX host sets cannot exhaust memory.
 pub const SITES_MAX: usize = 1 << 20;
 
 /// One site: its hops and what chose them.
@@ -157,9 +157,7 @@ impl Sites {
             return id;
         }
         if self.sites.len() >= SITES_MAX {
-            // Bounded: the table never grows past SITES_MAX; the newest
-            // host sets then share the last site (logged by the caller's
-            // counters as one site).
+            // Bounded: the table never grows past SITES_MAX.
             return (self.sites.len() - 1) as SiteId;
         }
         let id = self.sites.len() as SiteId;
