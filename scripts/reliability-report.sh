@@ -15,7 +15,7 @@ if [[ "${LONG:-0}" == 1 ]]; then
     export SLUICE_SOAK_SECONDS=600 SLUICE_SOAK_RATE=auto
 fi
 status=0
-for t in crash corruption recovery shaping bad_input soak; do
+for t in crash corruption recovery receiver_faults shaping bad_input soak; do
     echo "== $t"
     cargo test --release --locked -p sluice-tests --test "$t" -- --test-threads 1 || status=1
 done
