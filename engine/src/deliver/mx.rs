@@ -119,7 +119,7 @@ async fn resolve(shared: Rc<Shared>, dest: DestId) {
                 .sum();
             let names = hosts.into_iter().map(|h| h.name).collect();
             let until = now.saturating_add(MX_REFRESH.as_millis() as u64);
-            let site = shared.ctx.queues.borrow_mut().assign_mx(
+            let assigned = shared.ctx.queues.borrow_mut().assign_mx(
                 dest,
                 site.as_str(),
                 addrs,
@@ -127,14 +127,26 @@ async fn resolve(shared: Rc<Shared>, dest: DestId) {
                 spread,
                 until,
             );
-            log::debug!(
-                "shard {}: {domain} resolved to site {}",
-                shared.ctx.index,
-                shared.ctx.queues.borrow().sites().name(site)
-            );
+            match assigned {
+                Some(site) => log::debug!(
+                    "shard {}: {domain} resolved to site {}",
+                    shared.ctx.index,
+                    shared.ctx.queues.borrow().sites().name(site)
+                ),
+                None => {
+                    let said = Said {
+                        code: 451,
+                        enhanced: Some("4.3.2"),
+                        text: "too many distinct MX sites on this shard; retrying later",
+                        peer: None,
+                        tls: None,
+                    };
+                    settle_all(&shared, dest, &said, false, now).await;
+                }
+            }
         }
-        MxOutcome::PermFail(f) => settle_all(&shared, dest, &f, true, now).await,
-        MxOutcome::TempFail(f) => settle_all(&shared, dest, &f, false, now).await,
+        MxOutcome::PermFail(f) => settle_failure(&shared, dest, &f, true, now).await,
+        MxOutcome::TempFail(f) => settle_failure(&shared, dest, &f, false, now).await,
     }
     shared.mx.resolving.borrow_mut().remove(&dest);
     shared.ctx.queues.borrow_mut().wake_driver();
@@ -142,19 +154,13 @@ async fn resolve(shared: Rc<Shared>, dest: DestId) {
 
 /// Bounces (`permanent`) or defers every ready recipient of `dest` with
 /// the resolution's reply.
-async fn settle_all(
+async fn settle_failure(
     shared: &Shared,
     dest: DestId,
     failure: &DnsFailure,
     permanent: bool,
     now: u64,
 ) {
-    let mut batch = Vec::new();
-    shared
-        .ctx
-        .queues
-        .borrow_mut()
-        .take_all(dest, now, &mut batch);
     let enhanced = failure.reply.enhanced.map(|e| e.to_string());
     let said = Said {
         code: failure.reply.code.value(),
@@ -163,6 +169,17 @@ async fn settle_all(
         peer: None,
         tls: None,
     };
+    settle_all(shared, dest, &said, permanent, now).await;
+}
+
+/// Bounces (`permanent`) or defers every ready recipient of `dest`.
+async fn settle_all(shared: &Shared, dest: DestId, said: &Said<'_>, permanent: bool, now: u64) {
+    let mut batch = Vec::new();
+    shared
+        .ctx
+        .queues
+        .borrow_mut()
+        .take_all(dest, now, &mut batch);
     for entry in batch {
         if permanent {
             let (recipient, arrival_ms) = recipient_of(shared, &entry);
@@ -172,9 +189,9 @@ async fn settle_all(
                 recipient: &recipient,
                 arrival_ms,
             };
-            outcome::bounced(shared, &s, &said, now);
+            outcome::bounced(shared, &s, said, now);
         } else {
-            outcome::defer(shared, dest, entry, &said, now);
+            outcome::defer(shared, dest, entry, said, now);
         }
         glommio::yield_if_needed().await;
     }

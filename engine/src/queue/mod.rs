@@ -320,7 +320,8 @@ impl Queues {
     /// work) to the site of its resolved MX host set, until
     /// `until_unix_ms` (then it is resolved again). `key` is the
     /// resolution's site key; the destination's pool picks the variant;
-    /// the first `spread` addresses share the best preference.
+    /// the first `spread` addresses share the best preference. `None`
+    /// when the shard's site table is full (the destination stays put).
     pub fn assign_mx(
         &mut self,
         dest: DestId,
@@ -329,14 +330,17 @@ impl Queues {
         names: Vec<String>,
         spread: usize,
         until_unix_ms: u64,
-    ) -> SiteId {
+    ) -> Option<SiteId> {
         let pool = self.dests[dest as usize].pool.clone();
+        if self.sites.full_for_mx(key, pool.as_deref()) {
+            return None;
+        }
         let site = self.sites.site_for_mx(key, hosts, names, pool.as_deref());
         self.sites.set_spread(site, spread);
         self.grow_sites();
         self.move_to(dest, site);
         self.dests[dest as usize].mx_until_unix_ms = until_unix_ms.max(1);
-        site
+        Some(site)
     }
 
     /// Sends an MX-assigned destination whose assignment is due back to

@@ -143,6 +143,19 @@ impl Sites {
         self.keyed(&key, hosts, names, pool)
     }
 
+    /// Whether the table is full and has no site for the MX key `key` in
+    /// `pool` yet (then [`Sites::site_for_mx`] must not be asked for it).
+    pub fn full_for_mx(&self, key: &str, pool: Option<&str>) -> bool {
+        if self.sites.len() < SITES_MAX {
+            return false;
+        }
+        let key = match pool {
+            Some(p) => format!("{key}@{p}"),
+            None => key.to_string(),
+        };
+        !self.by_key.contains_key(&key)
+    }
+
     fn keyed(
         &mut self,
         key: &str,

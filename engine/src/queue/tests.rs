@@ -360,16 +360,22 @@ fn mx_assignment_rolls_domains_up_by_host_set_and_moves_their_work() {
     assert_eq!(q.take(UNROUTED, 2_000, 1, &mut out), Some(x));
     let hosts: Vec<SocketAddr> = vec!["127.0.0.2:25".parse().unwrap()];
     let names = vec!["mx.shared.test".to_string()];
-    let sx = q.assign_mx(x, "mx.shared.test", hosts.clone(), names.clone(), 1, 10_000);
-    let sy = q.assign_mx(y, "mx.shared.test", hosts.clone(), names.clone(), 1, 10_000);
-    let sz = q.assign_mx(
-        z,
-        "mx.other.test",
-        hosts,
-        vec!["mx.other.test".into()],
-        3,
-        10_000,
-    );
+    let sx = q
+        .assign_mx(x, "mx.shared.test", hosts.clone(), names.clone(), 1, 10_000)
+        .unwrap();
+    let sy = q
+        .assign_mx(y, "mx.shared.test", hosts.clone(), names.clone(), 1, 10_000)
+        .unwrap();
+    let sz = q
+        .assign_mx(
+            z,
+            "mx.other.test",
+            hosts,
+            vec!["mx.other.test".into()],
+            3,
+            10_000,
+        )
+        .unwrap();
     assert_eq!(q.sites().spread(sz), 1, "capped at the addresses it has");
     assert_eq!(q.sites().spread(sx), 1);
     q.check_invariants();
@@ -423,7 +429,9 @@ fn a_pool_gets_its_own_destination_and_site_variant() {
     assert_eq!(q.hosts(q.site_of(plain)), q.hosts(q.site_of(blue)));
     assert_eq!(q.sites().pool(q.site_of(blue)), Some("blue"));
     let x = q.destination_in("x.test", Some("blue"));
-    let s = q.assign_mx(x, "mx.test", vec![], vec![], 1, 10_000);
+    let s = q
+        .assign_mx(x, "mx.test", vec![], vec![], 1, 10_000)
+        .unwrap();
     assert_eq!(q.sites().name(s), "mx.test@blue");
     assert_eq!(q.sites().pool(s), Some("blue"));
     q.check_invariants();
