@@ -95,10 +95,11 @@ impl LatencyHistogram {
 pub struct DeliveryMetrics {
     /// Arrival to delivery.
     pub latency: LatencyHistogram,
-    /// Bounces (and expirations) by site and category.
-    pub bounced: HashMap<(String, Category), u64>,
-    /// Transient failures by site and category.
-    pub transient: HashMap<(String, Category), u64>,
+    /// Bounces (and expirations) by site, source pool (`""`: none) and
+    /// category.
+    pub bounced: HashMap<(String, String, Category), u64>,
+    /// Transient failures by site, source pool and category.
+    pub transient: HashMap<(String, String, Category), u64>,
     /// Bounce messages (DSNs) queued to senders.
     pub dsns_queued: u64,
     /// DSNs that could not be queued (spool error).

@@ -141,39 +141,41 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
         "Recipients that outlived their max age.",
         |s| s.delivery.expired,
     );
-    let mut bounced: BTreeMap<(String, &str), u64> = BTreeMap::new();
-    let mut transient: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    type ByKey<'a> = BTreeMap<(&'a str, &'a str, &'static str), u64>;
+    let mut bounced: ByKey = BTreeMap::new();
+    let mut transient: ByKey = BTreeMap::new();
     for s in shards {
-        for ((site, cat), n) in &s.acct.bounced {
-            *bounced.entry((site.clone(), cat.name())).or_insert(0) += n;
+        for ((site, source, cat), n) in &s.acct.bounced {
+            *bounced.entry((site, source, cat.name())).or_insert(0) += n;
         }
-        for ((site, cat), n) in &s.acct.transient {
-            *transient.entry((site.clone(), cat.name())).or_insert(0) += n;
+        for ((site, source, cat), n) in &s.acct.transient {
+            *transient.entry((site, source, cat.name())).or_insert(0) += n;
         }
     }
-    o.head(
-        "sluice_bounces_total",
-        "counter",
-        "Bounces and expirations by site and bounce category.",
-    );
-    for ((site, cat), n) in &bounced {
-        o.labelled(
+    for (name, help, map) in [
+        (
             "sluice_bounces_total",
-            &format!("site=\"{}\",category=\"{cat}\"", esc(site)),
-            n,
-        );
-    }
-    o.head(
-        "sluice_transient_failures_total",
-        "counter",
-        "Temporary failures by site and bounce category.",
-    );
-    for ((site, cat), n) in &transient {
-        o.labelled(
+            "Bounces and expirations by site, source pool and bounce category.",
+            &bounced,
+        ),
+        (
             "sluice_transient_failures_total",
-            &format!("site=\"{}\",category=\"{cat}\"", esc(site)),
-            n,
-        );
+            "Temporary failures by site, source pool and bounce category.",
+            &transient,
+        ),
+    ] {
+        o.head(name, "counter", help);
+        for ((site, source, cat), n) in map {
+            o.labelled(
+                name,
+                &format!(
+                    "site=\"{}\",source=\"{}\",category=\"{cat}\"",
+                    esc(site),
+                    esc(source)
+                ),
+                n,
+            );
+        }
     }
     o.per_shard(
         shards,
@@ -469,15 +471,22 @@ mod tests {
         let mut s = ShardSnapshot::default();
         s.inject.accepted = 3;
         s.acct.latency.observe(7);
-        s.acct
-            .bounced
-            .insert(("a\"b".into(), sluice_outcomes::Category::BadMailbox), 2);
+        s.acct.bounced.insert(
+            (
+                "a\"b".into(),
+                String::new(),
+                sluice_outcomes::Category::BadMailbox,
+            ),
+            2,
+        );
         s.spool.syncs = 1;
         s.spool.synced_records = 5;
         s.spool.sync_batch_records_log2[2] = 1;
         let text = render(&[s]);
         assert!(text.contains("sluice_messages_received_total{shard=\"0\"} 3"));
-        assert!(text.contains("sluice_bounces_total{site=\"a\\\"b\",category=\"bad-mailbox\"} 2"));
+        assert!(text.contains(
+            "sluice_bounces_total{site=\"a\\\"b\",source=\"\",category=\"bad-mailbox\"} 2"
+        ));
         assert!(text.contains("sluice_delivery_latency_seconds_bucket{le=\"0.01\"} 1"));
         assert!(text.contains("sluice_group_commit_batch_records_bucket{shard=\"0\",le=\"7\"} 1"));
         assert!(text.contains("sluice_group_commit_batch_records_bucket{shard=\"0\",le=\"3\"} 0"));

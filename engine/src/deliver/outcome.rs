@@ -67,11 +67,19 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
         match kind {
             RecordKind::Delivery => m.latency.observe(now.saturating_sub(s.arrival_ms)),
             RecordKind::Bounce | RecordKind::Expiration | RecordKind::AdminBounce => {
-                let key = (site_name.clone(), category.unwrap_or(Category::Other));
+                let key = (
+                    site_name.clone(),
+                    queues.sites().pool(site).unwrap_or("").to_string(),
+                    category.unwrap_or(Category::Other),
+                );
                 *m.bounced.entry(key).or_insert(0) += 1;
             }
             RecordKind::TransientFailure => {
-                let key = (site_name.clone(), category.unwrap_or(Category::Other));
+                let key = (
+                    site_name.clone(),
+                    queues.sites().pool(site).unwrap_or("").to_string(),
+                    category.unwrap_or(Category::Other),
+                );
                 *m.transient.entry(key).or_insert(0) += 1;
             }
             RecordKind::Reception => {}
