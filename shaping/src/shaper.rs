@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::backoff::{BackoffAction, Mode, Outcome, QueueMode, Verdict};
+use crate::backoff::{BackoffAction, Mode, ModeChange, Outcome, QueueMode, Verdict};
 use crate::config::{EffectiveRule, RuleCache, Rules};
 use crate::lease::{
     Acquire, ConnAcquire, Envelope, LeaseConfig, LimitId, LimitSpec, Message, Permit, ShardShaper,
@@ -82,6 +82,9 @@ pub struct Shaper {
     lease: ShardShaper,
     modes: HashMap<String, SiteMode>,
     released: Rc<RefCell<Vec<LimitId>>>,
+    /// Mode changes made by timers in [`Shaper::poll`] (a backoff ending),
+    /// by site, until [`Shaper::take_timed_changes`] collects them.
+    timed_changes: Vec<(String, ModeChange)>,
 }
 
 impl Shaper {
@@ -91,6 +94,7 @@ impl Shaper {
             cache: RuleCache::new(rules, RULE_CACHE_ENTRIES_MAX),
             lease: ShardShaper::new(shard, shards, lease),
             modes: HashMap::new(),
+            timed_changes: Vec::new(),
             released: Rc::new(RefCell::new(Vec::new())),
         }
     }
@@ -281,11 +285,12 @@ impl Shaper {
     /// messages to send; drain the vector.
     pub fn poll(&mut self, now: Nanos) -> &mut Vec<Envelope> {
         let mut changes = Vec::new();
-        for site in self.modes.values_mut() {
+        for (name, site) in self.modes.iter_mut() {
             if let Some(change) = site.mode.poll(now) {
                 for &(rate, connections) in &site.limits {
                     changes.push((rate, connections, restrictions(&change.mode)));
                 }
+                self.timed_changes.push((name.clone(), change));
             }
         }
         for (rate, connections, (message_rate, max_connections)) in changes {
@@ -299,6 +304,13 @@ impl Shaper {
             self.lease.unregister(id);
         }
         self.lease.poll(now)
+    }
+
+    /// The mode changes timers made since the last call (a site leaving
+    /// backoff after `recover_after`), by site, for the operator's log.
+    /// Changes caused by outcomes come back from [`Shaper::feed_outcome`].
+    pub fn take_timed_changes(&mut self) -> Vec<(String, ModeChange)> {
+        std::mem::take(&mut self.timed_changes)
     }
 
     /// When `poll` next has timer work.

@@ -95,6 +95,12 @@ fn backoff_on_one_shard_restricts_the_other() {
     now = Nanos(1_000).plus(Duration::from_secs(61));
     pump(&mut links, &mut shapers, now);
     assert_eq!(shapers[other].mode(&dests[other]), Mode::Normal);
+    // The timer's change is handed out once, for the operator's log.
+    let changes = shapers[other].take_timed_changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].0, "provider:bigmail");
+    assert_eq!(changes[0].1.mode, Mode::Normal);
+    assert!(shapers[other].take_timed_changes().is_empty());
     let mut held = Vec::new();
     for _ in 0..200 {
         now = now.plus(Duration::from_millis(1));

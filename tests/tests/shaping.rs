@@ -576,3 +576,152 @@ fn a_bad_rules_file_stops_start_up_with_exit_code_2_and_check_config_lists_it() 
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
 }
+
+/// A backoff ends as configured (`recover_after`) and the rate returns to
+/// normal: the first sink takes one message a second and refuses the rest
+/// with `421 4.7.0`, the
+/// engine backs off and logs it; that sink is replaced by one that accepts
+/// everything; while the backoff lasts the new sink sees at most the
+/// backoff rate; the engine logs the return to `Normal` no earlier than
+/// `recover_after`; after it the domain is delivered faster than the
+/// backoff allows and never faster than its normal limit.
+#[test]
+fn backoff_ends_after_recover_after_and_the_rate_returns_to_normal() {
+    const DOMAIN: &str = "recover.test";
+    const NORMAL_PER_S: u64 = 40;
+    const BACKOFF_PER_S: u64 = 5;
+    const RECOVER_MS: u64 = 6000;
+    const MESSAGES: usize = 300;
+    const WINDOW_S: usize = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).expect("dir a");
+    std::fs::create_dir_all(&dir_b).expect("dir b");
+    let sink_port = free_port().expect("free port for the sink");
+    let refuse = format!("{DOMAIN}=1");
+    let refusing = Sink::start(&dir_a, sink_port, &["--domain-rate", &refuse]);
+    let rules = format!(
+        r#"[default]
+retry_after = "500ms"
+[domain."{DOMAIN}"]
+max_message_rate = "{NORMAL_PER_S}/s burst 5"
+max_connections = 2
+[[domain."{DOMAIN}".backoff]]
+name = "refused"
+code = "421"
+enhanced = "4.7.0"
+backoff_max_message_rate = "{BACKOFF_PER_S}/s burst 1"
+backoff_retry_after = "500ms"
+recover_after = "{RECOVER_MS}ms"
+"#
+    );
+    let mut engine = Engine::start(dir.path(), sink_port, &rules);
+    let port = engine.port;
+    let injector = std::thread::spawn(move || inject(port, DOMAIN, "r", MESSAGES));
+    let mode_line_at = |engine: &Engine, mode: &str| -> Option<u64> {
+        engine
+            .said()
+            .lines()
+            .any(|l| l.contains(DOMAIN) && l.contains(&format!("now {mode}")))
+            .then(unix_now_ms)
+    };
+    let waited = Instant::now();
+    let backoff_ms = loop {
+        if let Some(at) = mode_line_at(&engine, "Backoff") {
+            break at;
+        }
+        assert!(
+            waited.elapsed() < SETTLE,
+            "no backoff in the engine's log:\n{}",
+            engine.said()
+        );
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    };
+    // Replace the refusing sink with one that accepts everything (it took
+    // about one message a second until now).
+    let refused_summary = refusing.summary.clone();
+    drop(refusing);
+    // Its last summary, written as it stopped.
+    let refusing_took = read_json(&refused_summary).map_or(0, |v| {
+        v["domains"][DOMAIN]["messages"].as_u64().unwrap_or(0)
+    });
+    let accepting = Sink::start(&dir_b, sink_port, &[]);
+    let normal_ms = loop {
+        if let Some(at) = mode_line_at(&engine, "Normal") {
+            break at;
+        }
+        assert!(
+            waited.elapsed() < SETTLE,
+            "the backoff never ended in the engine's log:\n{}",
+            engine.said()
+        );
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    };
+    injector.join().expect("injector");
+    let waited = Instant::now();
+    while accepting.messages(DOMAIN) + refusing_took < MESSAGES as u64 {
+        assert!(
+            waited.elapsed() < SETTLE,
+            "{} + {refusing_took} of {MESSAGES} at the sinks; per second {:?}\nengine said:\n{}",
+            accepting.messages(DOMAIN),
+            accepting.per_second(DOMAIN),
+            engine.said()
+        );
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    }
+    let per_second = accepting.per_second(DOMAIN);
+    let lasted_ms = normal_ms.saturating_sub(backoff_ms);
+    let in_backoff: BTreeMap<u64, u64> = per_second
+        .range(backoff_ms / 1000 + 2..normal_ms / 1000)
+        .map(|(&s, &n)| (s, n))
+        .collect();
+    let after: BTreeMap<u64, u64> = per_second
+        .range(normal_ms / 1000 + 1..)
+        .map(|(&s, &n)| (s, n))
+        .collect();
+    let (most_in_backoff, _) = max_window(&in_backoff, WINDOW_S);
+    let (most_after, at_after) = max_window(&after, WINDOW_S);
+    eprintln!(
+        "recover.test: backoff logged at {backoff_ms}, normal at {normal_ms} ({lasted_ms} ms, rule says {RECOVER_MS}); \
+         busiest {WINDOW_S}-s window in backoff {most_in_backoff}, after {most_after} (from {at_after}); per second {per_second:?}"
+    );
+    sluice_tests::write_report(
+        "shaping_backoff_recovery",
+        serde_json::json!({
+            "recover_after_ms": RECOVER_MS,
+            "backoff_lasted_ms": lasted_ms,
+            "backoff_rate_per_s": BACKOFF_PER_S,
+            "normal_rate_per_s": NORMAL_PER_S,
+            "window_s": WINDOW_S,
+            "busiest_window_in_backoff": most_in_backoff,
+            "busiest_window_after": most_after,
+        }),
+    );
+    // Both log lines are seen when the test polls stderr, each up to a
+    // poll (and a scheduling hiccup) late: not early by more than that, not
+    // late by more than the pump's period plus polling.
+    assert!(
+        lasted_ms + 500 >= RECOVER_MS,
+        "backoff ended after {lasted_ms} ms, before recover_after {RECOVER_MS} ms"
+    );
+    assert!(
+        lasted_ms <= RECOVER_MS + 3000,
+        "backoff ended after {lasted_ms} ms, recover_after is {RECOVER_MS} ms"
+    );
+    let backoff_allowed = BACKOFF_PER_S * WINDOW_S as u64 + 1;
+    assert!(
+        most_in_backoff <= backoff_allowed + 3,
+        "{most_in_backoff} in {WINDOW_S} s during the backoff, allowed {backoff_allowed}: {per_second:?}"
+    );
+    assert!(
+        most_after > backoff_allowed + 3,
+        "after the backoff ended the rate did not rise above the backoff rate: {per_second:?}"
+    );
+    let normal_allowed = NORMAL_PER_S * WINDOW_S as u64 + 5;
+    assert!(
+        most_after <= normal_allowed + normal_allowed * 2 / 100 + 2,
+        "{most_after} in {WINDOW_S} s after the backoff, normal limit {normal_allowed}: {per_second:?}"
+    );
+    let status = engine.proc.stop(TIMEOUT).expect("stop sluice");
+    assert!(status.success(), "sluice exited with {status}");
+}

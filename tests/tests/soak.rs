@@ -188,7 +188,8 @@ fn plot(path: &Path, samples: &[Sample]) -> Result<(), Box<dyn std::error::Error
     root.fill(&WHITE)?;
     let panels = root.split_evenly((2, 2));
     let t_max = samples.last().map_or(1.0, |s| s.t).max(1.0);
-    let series: [(&str, Box<dyn Fn(&Sample) -> f64>); 4] = [
+    type Series = (&'static str, Box<dyn Fn(&Sample) -> f64>);
+    let series: [Series; 4] = [
         ("delivered msgs/s", Box::new(|s| s.delivered_rate)),
         ("queue depth (messages)", Box::new(|s| s.depth() as f64)),
         (
@@ -198,7 +199,7 @@ fn plot(path: &Path, samples: &[Sample]) -> Result<(), Box<dyn std::error::Error
         ("engine open files", Box::new(|s| s.fds as f64)),
     ];
     for (area, (title, f)) in panels.iter().zip(series.iter()) {
-        let y_max = samples.iter().map(|s| f(s)).fold(1.0f64, f64::max) * 1.1;
+        let y_max = samples.iter().map(f).fold(1.0f64, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(area)
             .caption(*title, ("sans-serif", 18))
             .margin(10)

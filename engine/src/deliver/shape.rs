@@ -219,6 +219,15 @@ impl Shaping {
         if let Err(e) = self.link.borrow_mut().pump(&mut *shaper, now) {
             log::warn!("shaping: {e}");
         }
+        // The same line as a change caused by an outcome (`feed`), so the
+        // log shows a backoff ending as plainly as its start.
+        for (site, change) in shaper.take_timed_changes() {
+            log::info!(
+                "shaping: {site} now {:?} (rule {:?})",
+                change.mode,
+                change.rule
+            );
+        }
     }
 
     /// How long the pump may sleep: until the shaper's next timer
