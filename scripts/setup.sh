@@ -2,7 +2,7 @@
 # Installs what the test suite and the benchmarks need on a fresh Debian machine:
 #   - Postfix's smtp-source and smtp-sink (interop and side-by-side peers),
 #     from Debian's `postfix` package, with the system daemon left stopped;
-#   - swaks (an independent SMTP client);
+#   - swaks (an independent SMTP client) with its TLS module;
 #   - Python packages used by tests as independent implementations
 #     (hdrhistogram decoder, dkimpy verifier with pynacl for Ed25519, aiosmtpd
 #     server, dnslib DNS server); openssl makes the DKIM test keys.
@@ -16,6 +16,8 @@ need_apt=()
 [ -x /usr/bin/time ] || need_apt+=(time)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# swaks' STARTTLS (the interop test with TLS and AUTH) needs Net::SSLeay.
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need_apt+=(libnet-ssleay-perl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -5,10 +5,11 @@
 //! acknowledged arrives, exactly once, and nothing else does.
 //!
 //! A missing peer binary makes its test print `SKIPPED: <reason>` and pass
-//! (`bash scripts/setup.sh` installs them). The engine does not offer
-//! STARTTLS or AUTH yet, so the swaks test checks that it says so in EHLO
-//! and that swaks' opportunistic modes fall back to plaintext; it tests
-//! pipelining, multiple recipients, HELO and dot lines.
+//! (`bash scripts/setup.sh` installs them). Without a certificate the
+//! engine offers neither STARTTLS nor AUTH, so the first swaks test checks
+//! that its opportunistic modes fall back to plaintext (and pipelining,
+//! multiple recipients, HELO, dot lines); `swaks_starttls_and_auth` gives
+//! the engine a certificate and a users file.
 //!
 //! Build the binaries first (`cargo build --release --bins`).
 
@@ -319,5 +320,160 @@ fn python_smtplib_injects_every_message() {
         text.contains("\r\n.leading dot\r\n..two dots\r\n.\r\nafter a lone dot\r\n"),
         "{text}"
     );
+    assert!(engine.alive(), "{}", engine.said());
+}
+
+/// swaks with STARTTLS and AUTH (RFC 3207, RFC 4954): the engine with a
+/// certificate (made by `openssl req`) and a users file (`openssl passwd
+/// -6`). AUTH PLAIN and LOGIN succeed only after TLS, with EHLO sent again;
+/// a wrong password gets `535`; in plaintext AUTH is not offered at all.
+#[test]
+fn swaks_starttls_and_auth() {
+    if !have("swaks") || !have("openssl") {
+        eprintln!("SKIPPED: swaks or openssl is not installed (bash scripts/setup.sh)");
+        return;
+    }
+    let support = Command::new("swaks")
+        .arg("--support")
+        .output()
+        .expect("swaks --support");
+    let text = String::from_utf8_lossy(&support.stdout).to_string()
+        + &String::from_utf8_lossy(&support.stderr);
+    if !text.contains("=== TLS supported") {
+        eprintln!("SKIPPED: swaks has no TLS (install libnet-ssleay-perl; bash scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl req");
+    assert!(made.status.success(), "openssl req: {made:?}");
+    let hash = Command::new("openssl")
+        .args(["passwd", "-6", "-salt", "interop", "s3cret"])
+        .output()
+        .expect("openssl passwd");
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        format!("alice:{}\n", String::from_utf8_lossy(&hash.stdout).trim()),
+    )
+    .expect("users file");
+    let sink = Sink::start(dir.path(), "sink");
+    let inject = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nauth_users = \"{}\"",
+        cert.display(),
+        key.display(),
+        users.display()
+    );
+    let engine = Engine::start(dir.path(), &inject, sink.port);
+    let port = engine.port;
+
+    let mut arrived = 0;
+    for (tag, mechanism) in [("swaks-tls-plain", "PLAIN"), ("swaks-tls-login", "LOGIN")] {
+        let header = format!("X-Sluice-Id: {tag}");
+        let ran = swaks(
+            dir.path(),
+            tag,
+            port,
+            &[
+                "--to",
+                "r@d0.test",
+                "--tls",
+                "--auth",
+                mechanism,
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                "s3cret",
+                "--pipeline",
+                "--header",
+                &header,
+            ],
+        );
+        assert!(ran.success, "swaks {tag}: {}{}", ran.stdout, ran.stderr);
+        let lines = transcript(&ran);
+        let starttls = lines
+            .iter()
+            .position(|l| l.starts_with(" -> STARTTLS"))
+            .unwrap_or_else(|| panic!("no STARTTLS: {lines:#?}"));
+        let before: String = lines[..starttls].join("\n");
+        assert!(
+            !before.contains("AUTH"),
+            "AUTH offered before TLS: {before}"
+        );
+        let after = &lines[starttls..];
+        assert!(
+            after.iter().any(|l| l.starts_with(" ~> EHLO")) || ran.stdout.contains("~> EHLO"),
+            "EHLO again after TLS: {}",
+            ran.stdout
+        );
+        assert!(
+            ran.stdout.contains("<~  235"),
+            "AUTH {mechanism} accepted under TLS: {}",
+            ran.stdout
+        );
+        arrived += 1;
+    }
+
+    // A wrong password: 535, nothing queued.
+    let ran = swaks(
+        dir.path(),
+        "swaks-tls-wrong",
+        port,
+        &[
+            "--to",
+            "r@d0.test",
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "wrong",
+        ],
+    );
+    assert!(!ran.success, "a wrong password must fail: {}", ran.stdout);
+    assert!(
+        ran.stdout.contains("<~* 535"),
+        "535 for a wrong password: {}",
+        ran.stdout
+    );
+
+    // Plaintext: AUTH is not offered, swaks gives up before MAIL.
+    let ran = swaks(
+        dir.path(),
+        "swaks-plain-auth",
+        port,
+        &[
+            "--to",
+            "r@d0.test",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "s3cret",
+        ],
+    );
+    assert!(
+        !ran.success,
+        "AUTH without TLS must not happen: {}",
+        ran.stdout
+    );
+    assert!(!ran.stdout.contains(" -> MAIL"), "{}", ran.stdout);
+
+    expect_messages(&sink, arrived);
+    let ids = sink.ids();
+    for tag in ["swaks-tls-plain", "swaks-tls-login"] {
+        assert_eq!(ids.get(tag), Some(&1), "{tag} arrives once: {ids:?}");
+    }
     assert!(engine.alive(), "{}", engine.said());
 }
