@@ -633,7 +633,8 @@ impl Config {
             base,
             &mut bad,
         );
-        let inject_security = crate::inject::security::Security::from_raw(&raw.inject, base, &mut bad);
+        let inject_security =
+            crate::inject::security::Security::from_raw(&raw.inject, base, &mut bad);
         let outbound_tls = crate::tls::OutboundTls::from_raw(&raw.delivery, base, &mut bad);
         let shaping_file = raw.delivery.shaping.map(resolve);
         let mut routes = Vec::new();

@@ -25,5 +25,5 @@ pub mod log;
 pub mod metrics;
 pub mod queue;
 pub mod runtime;
-pub mod tls;
 pub mod sign;
+pub mod tls;
