@@ -13,13 +13,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice_tests::free_port;
-use support::{wait_until, Engine, Sink};
+use support::{send_each, wait_until, Engine, Message, Sink};
 
 const MESSAGES: usize = 60;
 const DAMAGED: [usize; 2] = [17, 42];
@@ -30,40 +28,21 @@ fn id(n: usize) -> String {
 
 /// Sends every message on one connection, one transaction at a time.
 fn inject(engine: &Engine, ids: &[String]) {
-    let stream = TcpStream::connect(engine.addr()).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut w = stream;
-    let mut reply = |want: &str| {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("reply");
-            assert!(line.starts_with(want), "want {want}, got {line:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return;
-            }
-        }
-    };
-    reply("220");
-    w.write_all(b"EHLO corrupt.test\r\n").expect("write");
-    reply("250");
-    for id in ids {
-        w.write_all(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@dest.test>\r\nDATA\r\n")
-            .expect("write");
-        reply("250");
-        reply("250");
-        reply("354");
-        let body = format!(
-            "X-Sluice-Id: {id}\r\nSubject: {id}\r\n\r\nbody of {id}, long enough to change a byte in\r\n.\r\n"
-        );
-        w.write_all(body.as_bytes()).expect("write");
-        reply("250");
-    }
-    w.write_all(b"QUIT\r\n").expect("write");
-    reply("221");
+    let bodies: Vec<String> = ids
+        .iter()
+        .map(|id| format!("body of {id}, long enough to change a byte in"))
+        .collect();
+    let messages: Vec<Message<'_>> = ids
+        .iter()
+        .zip(&bodies)
+        .map(|(id, body)| Message {
+            from: "s@src.test",
+            to: "r@dest.test",
+            id,
+            body,
+        })
+        .collect();
+    send_each(engine.addr(), &messages);
 }
 
 fn segments(spool: &Path) -> Vec<PathBuf> {

@@ -13,7 +13,8 @@
 //! Checked from the accounting log and the sinks' own counts: every
 //! recipient ends in exactly one final outcome (Delivery, Bounce or
 //! Expiration); per domain, the deliveries logged equal the messages the
-//! sink accepted; successive attempts of a recipient are at least the
+//! sink accepted (where the sink drops connections, it may have accepted
+//! up to one more per lost connection: a duplicate, never a loss); successive attempts of a recipient are at least the
 //! retry interval apart; nothing waits past its max age (the silent
 //! domain's recipients expire within a sweep of it); every bounce and
 //! transient failure carries a category; each bounced or expired message
@@ -24,14 +25,12 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_tests::{binary, free_port, write_report, Process};
-use support::{greets, loopback, Sink};
+use support::{greets, loopback, send_each, Message, Sink};
 
 const PER_DOMAIN: usize = 30;
 const RETRY_MS: u64 = 1000;
@@ -66,39 +65,19 @@ struct Recipient {
 }
 
 fn inject(port: u16, domain: &str) {
-    let stream = TcpStream::connect(loopback(port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut w = stream;
-    let mut reply = |want: &str| {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("reply");
-            assert!(line.starts_with(want), "want {want}, got {line:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return;
-            }
-        }
-    };
-    reply("220");
-    w.write_all(b"EHLO faults.test\r\n").expect("write");
-    reply("250");
-    for n in 0..PER_DOMAIN {
-        let id = format!("{domain}-{n}");
-        let txn = format!("MAIL FROM:<sender@src.test>\r\nRCPT TO:<r{n}@{domain}>\r\nDATA\r\n");
-        w.write_all(txn.as_bytes()).expect("write");
-        reply("250");
-        reply("250");
-        reply("354");
-        let body = format!("X-Sluice-Id: {id}\r\nSubject: {id}\r\n\r\nfault test\r\n.\r\n");
-        w.write_all(body.as_bytes()).expect("write");
-        reply("250");
-    }
-    w.write_all(b"QUIT\r\n").expect("write");
-    reply("221");
+    let ids: Vec<(String, String)> = (0..PER_DOMAIN)
+        .map(|n| (format!("{domain}-{n}"), format!("r{n}@{domain}")))
+        .collect();
+    let messages: Vec<Message<'_>> = ids
+        .iter()
+        .map(|(id, to)| Message {
+            from: "sender@src.test",
+            to,
+            id,
+            body: "fault test",
+        })
+        .collect();
+    send_each(loopback(port), &messages);
 }
 
 /// Every accounting record, by (spool id, recipient).
@@ -306,7 +285,16 @@ dsn = true
         let counts = per_domain.get(domain).cloned().unwrap_or_default();
         let delivered = counts.get("Delivery").copied().unwrap_or(0);
         let at_sink = sink.messages();
-        if delivered != at_sink {
+        // A connection the sink drops can take a `250` it already sent with
+        // it (the close resets the socket, discarding unread replies): that
+        // recipient is retried and arrives twice, which at-least-once
+        // delivery allows. Each such loss is a logged failed attempt.
+        let lost = if *domain == "drop.test" {
+            counts.get("failed_attempts").copied().unwrap_or(0)
+        } else {
+            0
+        };
+        if at_sink < delivered || at_sink > delivered + lost {
             problems.push(format!(
                 "{domain}: {delivered} deliveries logged, the sink accepted {at_sink}"
             ));

@@ -238,3 +238,51 @@ pub fn run_bounded(dir: &Path, tag: &str, mut cmd: Command, limit: Duration) -> 
         stderr,
     }
 }
+
+/// One message for [`send_each`]: sender, recipient, `X-Sluice-Id`, body.
+pub struct Message<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub id: &'a str,
+    pub body: &'a str,
+}
+
+/// Sends `messages` on one connection to `addr`, one transaction at a
+/// time, and panics unless every step gets its expected reply (`220`,
+/// `250` to EHLO/MAIL/RCPT, `354`, `250` after the data, `221`).
+pub fn send_each(addr: SocketAddr, messages: &[Message<'_>]) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut w = stream;
+    let mut reply = |want: &str| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("reply");
+            assert!(line.starts_with(want), "want {want}, got {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return;
+            }
+        }
+    };
+    reply("220");
+    w.write_all(b"EHLO client.test\r\n").expect("write");
+    reply("250");
+    for m in messages {
+        let txn = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", m.from, m.to);
+        w.write_all(txn.as_bytes()).expect("write");
+        reply("250");
+        reply("250");
+        reply("354");
+        let body = format!(
+            "X-Sluice-Id: {id}\r\nSubject: {id}\r\n\r\n{}\r\n.\r\n",
+            m.body,
+            id = m.id
+        );
+        w.write_all(body.as_bytes()).expect("write");
+        reply("250");
+    }
+    w.write_all(b"QUIT\r\n").expect("write");
+    reply("221");
+}
