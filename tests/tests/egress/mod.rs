@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, wait_for_port, workspace_root, Process};
+use sluice_tests::{binary, wait_for_port, Process};
 
 /// Longest any single wait lasts.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -239,7 +239,9 @@ impl Dns {
     pub fn start(dir: &Path, zone: &serde_json::Value) -> Dns {
         let path = dir.join("zone.json");
         std::fs::write(&path, zone.to_string()).expect("write the zone");
-        let script = workspace_root().join("tests/tests/mx_dns.py");
+        // Next to this file, as compiled (not the library's notion of the
+        // workspace, which another checkout sharing the target dir may set).
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mx_dns.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(&path)
