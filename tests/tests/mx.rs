@@ -231,3 +231,71 @@ fn loopback_and_unspecified_mx_addresses_are_refused_unless_allowed() {
     engine.stop(egress::TIMEOUT).expect("sluice stops");
     assert!(two.ids().is_empty(), "nothing reached the loopback sink");
 }
+
+/// Shaping sees MX host names: a provider rule matching the exchangers'
+/// suffix (`mx_suffix`) governs every domain that resolves to them, so
+/// three domains hosted by one provider share its 2/s rate.
+#[test]
+fn provider_rules_match_mx_resolved_domains_by_exchanger_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let dns = Dns::start(
+        dir.path(),
+        &json!({ "records": [
+            ["a.test", "MX", 300, 10, "mx.bigprov.test."],
+            ["b.test", "MX", 300, 10, "mx.bigprov.test."],
+            ["c.test", "MX", 300, 10, "mx.bigprov.test."],
+            ["mx.bigprov.test", "A", 300, "127.0.0.2"],
+        ]}),
+    );
+    let rules = dir.path().join("shaping.toml");
+    std::fs::write(
+        &rules,
+        r#"[default]
+retry_after = "300ms"
+[provider.bigprov]
+match = [{ mx_suffix = "bigprov.test" }]
+max_message_rate = "2/s burst 1"
+"#,
+    )
+    .unwrap();
+    let inject_port = free_port().unwrap();
+    let extra = format!(
+        "shaping = \"{}\"\n{}",
+        rules.display(),
+        dns_section(dns.port, port)
+    );
+    let cfg = write_config(dir.path(), inject_port, &extra);
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let ids: Vec<String> = (0..7).map(|n| format!("prov-{n}")).collect();
+    let rcpts: Vec<String> = (0..7)
+        .map(|n| format!("u{n}@{}.test", ["a", "b", "c"][n % 3]))
+        .collect();
+    let rcpt_refs: Vec<[&str; 1]> = rcpts.iter().map(|r| [r.as_str()]).collect();
+    let msgs: Vec<Msg<'_>> = ids
+        .iter()
+        .zip(&rcpt_refs)
+        .map(|(id, rcpts)| Msg {
+            id,
+            rcpts,
+            headers: "",
+        })
+        .collect();
+    inject(inject_port, &msgs);
+    let mut at: Vec<u64> = Vec::new();
+    for rcpt in &rcpts {
+        let record = wait_for(dir.path(), rcpt, "Delivery");
+        at.push(record["at_ms"].as_u64().expect("at_ms"));
+    }
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    at.sort_unstable();
+    let span = at[at.len() - 1] - at[0];
+    // 7 messages at 2/s with a burst of 1 take at least 3 s; without the
+    // provider rule they all go at once.
+    assert!(
+        span >= 2500,
+        "7 deliveries to the provider's domains within {span} ms: the mx_suffix rule (2/s) did not apply"
+    );
+    assert_eq!(two.ids().len(), 7, "{:?}", two.ids());
+}

@@ -32,7 +32,7 @@ use sluice_shaping::{Destination, Shaper};
 
 // crate
 use super::outcome::Said;
-use crate::queue::{DestId, Queues};
+use crate::queue::{DestId, Queues, SiteId};
 
 /// How often the leasing channels are pumped.
 pub const PUMP_EVERY: Duration = Duration::from_millis(2);
@@ -75,7 +75,7 @@ pub struct ShapingLink {
 pub struct Shaping {
     shaper: RefCell<Shaper>,
     link: RefCell<ShardLink>,
-    dests: RefCell<HashMap<DestId, Destination>>,
+    dests: RefCell<HashMap<(DestId, SiteId), Destination>>,
 }
 
 /// Shaping time: nanoseconds since the Unix epoch, so every shard's clock
@@ -100,15 +100,25 @@ impl Shaping {
 
     /// The shaping destination of a queue destination (resolved once).
     pub fn destination(&self, queues: &Queues, dest: DestId) -> Destination {
-        if let Some(d) = self.dests.borrow().get(&dest) {
+        // Keyed by site too: MX resolution moves a domain to the site of
+        // its host set, and the rule may then match on the MX names.
+        let site = queues.site_of(dest);
+        if let Some(d) = self.dests.borrow().get(&(dest, site)) {
             return d.clone();
         }
         let domain = queues.domain(dest);
-        let hosts: Vec<String> = queues
-            .hosts(queues.site_of(dest))
-            .iter()
-            .map(|h| h.ip().to_string())
-            .collect();
+        // MX host names when the site came from MX resolution (so provider
+        // `mx_suffix` rules match), else the static route's addresses.
+        let names = queues.sites().names(site);
+        let hosts: Vec<String> = if names.is_empty() {
+            queues
+                .hosts(site)
+                .iter()
+                .map(|h| h.ip().to_string())
+                .collect()
+        } else {
+            names.to_vec()
+        };
         let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
         let now = now_nanos();
         let d = self.shaper.borrow_mut().destination(
@@ -118,7 +128,7 @@ impl Shaping {
             now.0 / 1_000_000_000,
             now,
         );
-        self.dests.borrow_mut().insert(dest, d.clone());
+        self.dests.borrow_mut().insert((dest, site), d.clone());
         d
     }
 
