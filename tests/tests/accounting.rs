@@ -155,15 +155,44 @@ fn fault_run(faults: &[&str]) -> Run {
             r["recipient"].as_str().unwrap_or("").to_string(),
         )
     };
-    wait_until("a final outcome for every recipient", || {
-        let done: std::collections::HashSet<(u64, String)> = engine
-            .records()
+    let waited = std::time::Instant::now();
+    loop {
+        let records = engine.records();
+        let done: std::collections::HashSet<(u64, String)> = records
             .iter()
             .filter(|r| finals.contains(&r["type"].as_str().unwrap_or("")))
             .map(key)
             .collect();
-        expected.iter().all(|k| done.contains(k))
-    });
+        let missing: Vec<&(u64, String)> = expected.iter().filter(|k| !done.contains(k)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if waited.elapsed() > ops::SETTLE {
+            // Everything known about the first few that never ended.
+            let about: Vec<String> = missing
+                .iter()
+                .take(5)
+                .flat_map(|k| {
+                    records
+                        .iter()
+                        .filter(|r| key(r) == **k)
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "{} of {} recipients without a final outcome after {:?}: {:?}\ntheir records:\n{}\nsink: {}\nengine said:\n{}",
+                missing.len(),
+                expected.len(),
+                ops::SETTLE,
+                &missing[..missing.len().min(5)],
+                about.join("\n"),
+                sink.summary(),
+                engine.said()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // Let stray duplicates (there must be none) reach the log.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let records = engine.records();
