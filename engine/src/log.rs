@@ -109,7 +109,8 @@ pub struct LogRecord<'a> {
     pub queue: &'a str,
     /// The site (next hop or `unrouted`); `None` for receptions.
     pub site: Option<&'a str>,
-    /// The sending source; `None` until source addresses exist.
+    /// The site's source pool (virtual MTA), if any; the bound source
+    /// address of the connection is not recorded here.
     pub source: Option<&'a str>,
     /// Bytes of the message as spooled.
     pub size: u64,
