@@ -1,5 +1,5 @@
 //! Bounce messages: an RFC 3464 delivery status notification to the
-//! envelope sender when a recipient fails permanently, expires, or is
+//! envelope sender when recipients fail permanently, expire, or are
 //! bounced by an operator.
 //!
 //! The DSN is written by `sluice-outcomes` ([`sluice_outcomes::dsn::build`],
@@ -8,21 +8,39 @@
 //! like injected mail: appended to the shard's spool with the null reverse
 //! path, committed by the same group commit, and only then handed to the
 //! queues (so it is logged with a `Reception` record and delivered,
-//! retried and expired like any message). It is appended *before* the
-//! original recipient's completion record, so a completion that survived
-//! a crash implies a DSN that survived too.
+//! retried and expired like any message).
 //!
-//! One DSN per failed recipient: recipients of one message settle at
-//! different times (on different connections, after different retries),
-//! and waiting to gather them would hold the sender's news back. Turned
-//! off with `[delivery] dsn = false`.
+//! # One DSN per message, not per recipient
+//! A failed recipient is handed to the shard's [`Batch`] ([`queue`]) with
+//! the spool outcome it must be completed with. The shard's flusher task
+//! ([`flusher`]) runs as soon as the task that settled it yields, so every
+//! recipient that failed in the same turn of the shard (the recipients of
+//! one transaction refused together, a message's recipients expiring in
+//! the same sweep, an operator's bounce of a queue) is reported in one
+//! DSN per message. Recipients of one message that fail at different
+//! times (on different connections, after different retries) still get
+//! separate DSNs: waiting for them would hold the sender's news back.
+//!
+//! # Crash ordering
+//! The flusher appends the DSN *before* the failed recipients' completion
+//! records, so a completion that survived a crash implies a DSN that
+//! survived too. A crash before the flush leaves the recipients live in
+//! the spool: they are attempted again after the restart (a duplicate
+//! attempt, never a lost bounce).
+//!
+//! Turned off with `[delivery] dsn = false`; then the callers complete the
+//! recipients themselves.
 
 // std
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, UNIX_EPOCH};
 
 // external
 use sluice_outcomes::dsn::{self, Action, DsnRecipient, DsnRequest, OriginalRecipient};
 use sluice_smtp::{EnhancedCode, MailParams, Mailbox, RcptParams, Reply, ReplyCode};
+use sluice_spool::Outcome as SpoolOutcome;
 
 // crate
 use crate::deliver::outcome::Said;
@@ -41,53 +59,180 @@ pub enum Why {
     Admin,
 }
 
-/// Queues a DSN about recipient `entry` to the message's sender, if the
-/// configuration, the sender and the recipient's NOTIFY allow one.
-/// Returns whether one was queued.
-pub fn queue(shared: &Shared, entry: &Entry, said: &Said<'_>, why: Why, now: u64) -> bool {
+/// A failed recipient waiting for its message's DSN (owned: the reply it
+/// got may come from a buffer that is gone by the flush).
+#[derive(Debug)]
+struct Failed {
+    entry: Entry,
+    code: u16,
+    enhanced: Option<String>,
+    text: String,
+    peer: Option<SocketAddr>,
+    why: Why,
+    /// The spool completion written after the DSN.
+    outcome: SpoolOutcome,
+    at: u64,
+}
+
+/// The shard's failed recipients waiting for the flusher, and the
+/// flusher's waker.
+#[derive(Debug, Default)]
+pub struct Batch {
+    failed: Vec<Failed>,
+    waker: Option<Waker>,
+    /// DSNs written by this shard, for unique `Message-ID`s.
+    written: u64,
+}
+
+impl Batch {
+    /// Recipients waiting for the flusher.
+    pub fn len(&self) -> usize {
+        self.failed.len()
+    }
+
+    /// Whether none wait.
+    pub fn is_empty(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Hands failed recipient `entry` to the shard's DSN batch, which writes
+/// the DSN (if the sender and the recipient's NOTIFY want one) and then
+/// the recipient's spool completion `outcome`. Returns `false` when DSNs
+/// are off: the caller then completes the recipient itself.
+pub fn queue(
+    shared: &Shared,
+    entry: &Entry,
+    said: &Said<'_>,
+    why: Why,
+    outcome: SpoolOutcome,
+    now: u64,
+) -> bool {
     if !shared.ctx.config.dsn_bounces {
         return false;
     }
-    match build_and_append(shared, entry, said, why, now) {
-        Ok(Some(pending)) => {
-            let spool = shared.ctx.spool.clone();
-            let queues = std::rc::Rc::clone(&shared.ctx.queues);
-            let acct = std::rc::Rc::clone(&shared.acct);
-            let shard = shared.ctx.index;
-            glommio::spawn_local(async move {
-                match spool.commit().await {
-                    Ok(()) => {
-                        let accepted =
-                            pending
-                                .env
-                                .accepted(pending.id, pending.rec, now, pending.expiry);
-                        queues.borrow_mut().enqueue(accepted);
-                        acct.metrics.borrow_mut().dsns_queued += 1;
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "shard {shard}: the bounce for message {} was not committed: {e}",
-                            pending.original
-                        );
-                        acct.metrics.borrow_mut().dsns_failed += 1;
-                    }
-                }
-            })
-            .detach();
-            true
-        }
-        Ok(None) => false,
-        Err(e) => {
-            log::warn!(
-                "shard {}: no bounce for message {} recipient {}: {e}",
-                shared.ctx.index,
-                entry.id,
-                entry.index
-            );
-            shared.acct.metrics.borrow_mut().dsns_failed += 1;
-            false
+    let mut batch = shared.bounces.borrow_mut();
+    batch.failed.push(Failed {
+        entry: *entry,
+        code: said.code,
+        enhanced: said.enhanced.map(str::to_owned),
+        text: said.text.to_owned(),
+        peer: said.peer,
+        why,
+        outcome,
+        at: now,
+    });
+    if let Some(w) = batch.waker.take() {
+        w.wake();
+    }
+    true
+}
+
+/// The shard's flusher: writes the batch whenever it has recipients (one
+/// DSN per message, then their completions) until the shard stops. The
+/// driver calls [`flush`] once more after its connections have drained.
+pub async fn flusher(shared: Rc<Shared>) {
+    loop {
+        std::future::poll_fn(|cx| {
+            let mut batch = shared.bounces.borrow_mut();
+            if !batch.failed.is_empty() || shared.ctx.stopping() {
+                Poll::Ready(())
+            } else {
+                batch.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        flush(&shared);
+        if shared.ctx.stopping() {
+            return;
         }
     }
+}
+
+/// Wakes the flusher (at shutdown, so it sees the stop).
+pub fn wake_flusher(shared: &Shared) {
+    if let Some(w) = shared.bounces.borrow_mut().waker.take() {
+        w.wake();
+    }
+}
+
+/// Writes every waiting recipient: per message, the DSN (appended to the
+/// spool, queued once its commit is durable), then the completions.
+pub fn flush(shared: &Shared) {
+    let mut failed = std::mem::take(&mut shared.bounces.borrow_mut().failed);
+    if failed.is_empty() {
+        return;
+    }
+    // Stable: each message's recipients keep their settling order.
+    failed.sort_by_key(|f| f.entry.id);
+    for group in failed.chunk_by(|a, b| a.entry.id == b.entry.id) {
+        let seq = {
+            let mut batch = shared.bounces.borrow_mut();
+            batch.written += 1;
+            batch.written
+        };
+        match build_and_append(shared, group, seq) {
+            Ok(Some(pending)) => enqueue_when_durable(shared, pending),
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!(
+                    "shard {}: no bounce for message {} ({} recipients): {e}",
+                    shared.ctx.index,
+                    group[0].entry.id,
+                    group.len()
+                );
+                shared.acct.metrics.borrow_mut().dsns_failed += 1;
+            }
+        }
+        for f in group {
+            if let Err(e) = shared
+                .ctx
+                .spool
+                .complete(f.entry.id, f.entry.index, f.outcome)
+            {
+                // The recipient stays live in the spool: after a restart
+                // it is attempted again (a duplicate, never a loss).
+                log::error!(
+                    "shard {}: recording {:?} for message {} recipient {}: {e}",
+                    shared.ctx.index,
+                    f.outcome,
+                    f.entry.id,
+                    f.entry.index
+                );
+                shared.count(|c| c.spool_errors += 1);
+            }
+        }
+    }
+}
+
+/// Hands an appended DSN to the queues once the group commit covering it
+/// is durable.
+fn enqueue_when_durable(shared: &Shared, pending: Pending) {
+    let spool = shared.ctx.spool.clone();
+    let queues = Rc::clone(&shared.ctx.queues);
+    let acct = Rc::clone(&shared.acct);
+    let shard = shared.ctx.index;
+    let now = pending.at;
+    glommio::spawn_local(async move {
+        match spool.commit().await {
+            Ok(()) => {
+                let accepted = pending
+                    .env
+                    .accepted(pending.id, pending.rec, now, pending.expiry);
+                queues.borrow_mut().enqueue(accepted);
+                acct.metrics.borrow_mut().dsns_queued += 1;
+            }
+            Err(e) => {
+                log::error!(
+                    "shard {shard}: the bounce for message {} was not committed: {e}",
+                    pending.original
+                );
+                acct.metrics.borrow_mut().dsns_failed += 1;
+            }
+        }
+    })
+    .detach();
 }
 
 /// A DSN appended to the spool, waiting for its commit.
@@ -97,19 +242,32 @@ struct Pending {
     id: u64,
     rec: sluice_spool::RecordRef,
     expiry: u64,
+    at: u64,
+}
+
+/// One failed recipient's DSN fields, owned.
+struct Reported {
+    address: String,
+    orcpt: Option<(String, String)>,
+    notify: Option<sluice_smtp::Notify>,
+    status: EnhancedCode,
+    diagnostic: Option<Reply>,
+    remote: Option<String>,
+    at: u64,
 }
 
 fn build_and_append(
     shared: &Shared,
-    entry: &Entry,
-    said: &Said<'_>,
-    why: Why,
-    now: u64,
+    group: &[Failed],
+    seq: u64,
 ) -> Result<Option<Pending>, String> {
+    let Some(first) = group.first() else {
+        return Ok(None);
+    };
     let record = shared
         .ctx
         .spool
-        .message(&shared.locate(entry))
+        .message(&shared.locate(&first.entry))
         .map_err(|e| format!("reading the original: {e}"))?;
     let parts = record
         .parts()
@@ -119,37 +277,61 @@ fn build_and_append(
         return Ok(None);
     }
     let sender = String::from_utf8_lossy(parts.sender);
-    let rcpt = parts
-        .recipients
-        .get(entry.index as usize)
-        .ok_or("recipient index outside the record")?;
-    let address = String::from_utf8_lossy(rcpt.address);
     let env_dsn = parse_envelope_dsn(parts.dsn).unwrap_or_default();
-    let rcpt_dsn = parse_recipient_dsn(rcpt.dsn).unwrap_or_default();
-    let status = status_of(said, why);
-    // The remote server's words, when there were any.
-    let diagnostic = said.peer.map(|_| reply_of(said));
-    let remote = said.peer.map(|p| p.ip().to_string());
+    let mut reported = Vec::with_capacity(group.len());
+    for f in group {
+        let Some(rcpt) = parts.recipients.get(f.entry.index as usize) else {
+            log::warn!(
+                "shard {}: message {} has no recipient {} (left out of its bounce)",
+                shared.ctx.index,
+                f.entry.id,
+                f.entry.index
+            );
+            continue;
+        };
+        let rcpt_dsn = parse_recipient_dsn(rcpt.dsn).unwrap_or_default();
+        let said = Said {
+            code: f.code,
+            enhanced: f.enhanced.as_deref(),
+            text: &f.text,
+            peer: f.peer,
+            tls: None,
+        };
+        reported.push(Reported {
+            address: String::from_utf8_lossy(rcpt.address).into_owned(),
+            orcpt: rcpt_dsn.orcpt,
+            notify: rcpt_dsn.notify,
+            status: status_of(&said, f.why),
+            // The remote server's words, when there were any.
+            diagnostic: f.peer.map(|_| reply_of(&said)),
+            remote: f.peer.map(|p| p.ip().to_string()),
+            at: f.at,
+        });
+    }
     let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-    let recipients = [DsnRecipient {
-        final_recipient: &address,
-        original_recipient: rcpt_dsn.orcpt.as_ref().map(|(t, a)| OriginalRecipient {
-            addr_type: t,
-            address: a,
-        }),
-        notify: rcpt_dsn.notify,
-        action: Action::Failed,
-        status,
-        diagnostic: diagnostic.as_ref(),
-        remote_mta: remote.as_deref(),
-        last_attempt: Some(at(now)),
-        will_retry_until: None,
-    }];
+    let recipients: Vec<DsnRecipient<'_>> = reported
+        .iter()
+        .map(|r| DsnRecipient {
+            final_recipient: &r.address,
+            original_recipient: r.orcpt.as_ref().map(|(t, a)| OriginalRecipient {
+                addr_type: t,
+                address: a,
+            }),
+            notify: r.notify,
+            action: Action::Failed,
+            status: r.status,
+            diagnostic: r.diagnostic.as_ref(),
+            remote_mta: r.remote.as_deref(),
+            last_attempt: Some(at(r.at)),
+            will_retry_until: None,
+        })
+        .collect();
+    let now = group.iter().map(|f| f.at).max().unwrap_or(first.at);
     let host = &shared.ctx.config.hostname;
     let from = format!("MAILER-DAEMON@{host}");
     let message_id = format!(
-        "<dsn.{now}.{}.{}.{}@{host}>",
-        shared.ctx.index, entry.id, entry.index
+        "<dsn.{now}.{}.{}.{seq}@{host}>",
+        shared.ctx.index, first.entry.id
     );
     let req = DsnRequest {
         reporting_mta: host,
@@ -164,7 +346,7 @@ fn build_and_append(
         original: parts.body,
     };
     let Some(dsn) = dsn::build(&req) else {
-        // NOTIFY=NEVER, or a NOTIFY without FAILURE.
+        // NOTIFY=NEVER, or a NOTIFY without FAILURE, for every recipient.
         return Ok(None);
     };
     let to = Mailbox::parse(&dsn.recipient)
@@ -183,11 +365,12 @@ fn build_and_append(
             .map_err(|e| format!("appending the bounce: {e}"))?
     };
     Ok(Some(Pending {
-        original: entry.id,
+        original: first.entry.id,
         env,
         id,
         rec,
         expiry,
+        at: now,
     }))
 }
 

@@ -112,6 +112,82 @@ print('ok')
     assert_eq!(kinds.get("r"), Some(&4), "{csv}");
 }
 
+/// Recipients of one message refused together (one transaction) get one
+/// DSN that lists them all, not one DSN each.
+#[test]
+fn recipients_failing_together_share_one_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(
+        dir.path(),
+        "sink",
+        &[
+            "--reject-local-part",
+            "nobody",
+            "--reject-local-part",
+            "gone",
+            "--reject-local-part",
+            "lost",
+        ],
+    );
+    let engine = Engine::start(dir.path(), sink.port, "", "");
+    let mut c = Smtp::connect(engine.port);
+    c.send(
+        "sender@origin.test",
+        &[
+            "ok@dest.test",
+            "nobody@dest.test",
+            "gone@dest.test",
+            "lost@dest.test",
+        ],
+        "m1",
+    );
+    c.quit();
+    wait_until("the DSN delivered to the sender", || {
+        engine
+            .records()
+            .iter()
+            .any(|r| r["type"] == "Delivery" && r["recipient"] == "sender@origin.test")
+    });
+    let records = engine.records();
+    assert_eq!(count(&records, "Bounce"), 3, "{records:#?}");
+    let dsns: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "Reception" && r["recipient"] == "sender@origin.test")
+        .collect();
+    assert_eq!(dsns.len(), 1, "one DSN for the message: {records:#?}");
+    let captured = sink.captured();
+    let reports: Vec<_> = captured
+        .iter()
+        .filter(|(_, t)| t.contains("multipart/report"))
+        .collect();
+    assert_eq!(reports.len(), 1, "one report at the sink");
+    let script = r#"
+import email, sys
+from email import policy
+m = email.message_from_bytes(open(sys.argv[1], 'rb').read(), policy=policy.default)
+status = [p for p in m.iter_parts() if p.get_content_type() == 'message/delivery-status']
+assert len(status) == 1, [p.get_content_type() for p in m.iter_parts()]
+# message/delivery-status: the per-message fields, then one block per recipient.
+blocks = [b for b in status[0].get_payload()]
+finals = sorted(str(b.get('Final-Recipient')) for b in blocks if b.get('Final-Recipient'))
+assert finals == ['rfc822; gone@dest.test', 'rfc822; lost@dest.test', 'rfc822; nobody@dest.test'], finals
+assert all(str(b.get('Action')) == 'failed' for b in blocks if b.get('Final-Recipient'))
+print('ok')
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&reports[0].0)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        reports[0].1
+    );
+}
+
 /// What a fault run produced.
 struct Run {
     expected: Vec<(u64, String)>,

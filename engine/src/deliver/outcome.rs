@@ -122,22 +122,23 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
 }
 
 fn complete(shared: &Shared, s: &Subject<'_>, outcome: SpoolOutcome) {
-    if let Err(e) = shared
-        .ctx
-        .spool
-        .complete(s.entry.id, s.entry.index, outcome)
-    {
+    complete_in_spool(shared, &s.entry, outcome);
+    shared.ctx.queues.borrow_mut().finish(s.dest);
+}
+
+/// Writes a recipient's completion record.
+fn complete_in_spool(shared: &Shared, entry: &Entry, outcome: SpoolOutcome) {
+    if let Err(e) = shared.ctx.spool.complete(entry.id, entry.index, outcome) {
         // The recipient stays live in the spool: after a restart it is
         // delivered again (a duplicate, never a loss).
         log::error!(
             "shard {}: recording {outcome:?} for message {} recipient {}: {e}",
             shared.ctx.index,
-            s.entry.id,
-            s.entry.index
+            entry.id,
+            entry.index
         );
         shared.count(|c| c.spool_errors += 1);
     }
-    shared.ctx.queues.borrow_mut().finish(s.dest);
 }
 
 /// Feeds an attempt outcome to the destination's backoff rules; returns
@@ -162,9 +163,19 @@ pub fn bounced(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
 }
 
 fn bounce(shared: &Shared, s: &Subject<'_>, said: &Said<'_>, now: u64) {
-    // The DSN is appended before the completion record (see `bounce`).
-    crate::bounce::queue(shared, &s.entry, said, Why::Failed, now);
-    complete(shared, s, SpoolOutcome::Failed);
+    // With DSNs on, the batch writes the completion after the DSN (see
+    // `crate::bounce`).
+    if !crate::bounce::queue(
+        shared,
+        &s.entry,
+        said,
+        Why::Failed,
+        SpoolOutcome::Failed,
+        now,
+    ) {
+        complete_in_spool(shared, &s.entry, SpoolOutcome::Failed);
+    }
+    shared.ctx.queues.borrow_mut().finish(s.dest);
     shared.count(|c| c.bounced += 1);
     log(shared, RecordKind::Bounce, s, Some(said), now);
 }
@@ -265,18 +276,15 @@ pub fn expire(shared: &Shared, dest: DestId, entry: Entry, now: u64) {
         peer: None,
         tls: None,
     };
-    crate::bounce::queue(shared, &entry, &said, Why::Expired, now);
-    if let Err(e) = shared
-        .ctx
-        .spool
-        .complete(entry.id, entry.index, SpoolOutcome::Expired)
-    {
-        log::error!(
-            "shard {}: recording the expiry of message {}: {e}",
-            shared.ctx.index,
-            entry.id
-        );
-        shared.count(|c| c.spool_errors += 1);
+    if !crate::bounce::queue(
+        shared,
+        &entry,
+        &said,
+        Why::Expired,
+        SpoolOutcome::Expired,
+        now,
+    ) {
+        complete_in_spool(shared, &entry, SpoolOutcome::Expired);
     }
     shared.count(|c| c.expired += 1);
     log(shared, RecordKind::Expiration, &s, Some(&said), now);
@@ -300,18 +308,8 @@ pub fn admin_bounce(shared: &Shared, dest: DestId, entry: Entry, reason: &str, n
         peer: None,
         tls: None,
     };
-    crate::bounce::queue(shared, &entry, &said, Why::Admin, now);
-    if let Err(e) = shared
-        .ctx
-        .spool
-        .complete(entry.id, entry.index, SpoolOutcome::Failed)
-    {
-        log::error!(
-            "shard {}: recording the admin bounce of message {}: {e}",
-            shared.ctx.index,
-            entry.id
-        );
-        shared.count(|c| c.spool_errors += 1);
+    if !crate::bounce::queue(shared, &entry, &said, Why::Admin, SpoolOutcome::Failed, now) {
+        complete_in_spool(shared, &entry, SpoolOutcome::Failed);
     }
     shared.count(|c| c.bounced += 1);
     log(shared, RecordKind::AdminBounce, &s, Some(&said), now);
