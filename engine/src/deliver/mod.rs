@@ -199,6 +199,9 @@ pub struct Shared {
     /// (the spool relocated the message), keyed by the spool's relocation
     /// count at build time.
     pub relocations: RefCell<Option<(u64, HashMap<u64, RecordRef>)>>,
+    /// Failed recipients waiting for their message's DSN
+    /// ([`crate::bounce`]).
+    pub bounces: RefCell<crate::bounce::Batch>,
 }
 
 impl Shared {
@@ -315,7 +318,9 @@ pub fn start_shared(
         sources,
         acct,
         relocations: RefCell::new(None),
+        bounces: RefCell::new(crate::bounce::Batch::default()),
     });
+    glommio::spawn_local(crate::bounce::flusher(Rc::clone(&shared))).detach();
     (glommio::spawn_local(drive(Rc::clone(&shared))), shared)
 }
 
@@ -375,6 +380,9 @@ async fn drive(shared: Rc<Shared>) -> DeliveryStats {
         shared.ctx.queues.borrow_mut().wake_all();
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    // Bounces settled by the last connections, before the log closes.
+    crate::bounce::flush(&shared);
+    crate::bounce::wake_flusher(&shared);
     shared.log.close();
     if let Err(e) = writer.await {
         log::error!("shard {index}: delivery log: {e}");
