@@ -249,8 +249,19 @@ pub struct RawSpool {
     /// `"none-unsafe"` (benchmarks only: acknowledged mail can be lost).
     #[serde(default = "default_durability")]
     pub durability: String,
+    /// Retired segment files kept (renamed, not deleted) as spares for the
+    /// next rotations; 0 deletes every retired segment.
+    #[serde(default = "default_spare_segments")]
+    pub spare_segments: usize,
 }
 
+/// Most spare segment files a shard may keep (each is a whole segment of
+/// disk).
+pub const SPARE_SEGMENTS_MAX: usize = 64;
+
+fn default_spare_segments() -> usize {
+    2
+}
 fn default_spool_dir() -> PathBuf {
     PathBuf::from("sluice-spool")
 }
@@ -275,6 +286,7 @@ impl Default for RawSpool {
             commit_window: default_commit_window(),
             commit_bytes: default_commit_bytes(),
             durability: default_durability(),
+            spare_segments: default_spare_segments(),
         }
     }
 }
@@ -412,6 +424,8 @@ pub struct Config {
     pub commit_bytes: u64,
     /// Durability mode.
     pub durability: Durability,
+    /// Segment files kept as spares (`spool.spare_segments`).
+    pub spare_segments: usize,
     /// Shaping rules file, resolved.
     pub shaping_file: Option<PathBuf>,
     /// Static routes in order.
@@ -610,6 +624,13 @@ impl Config {
             bad("spool.commit_bytes", r);
             0
         });
+        let spare_segments = raw.spool.spare_segments;
+        if spare_segments > SPARE_SEGMENTS_MAX {
+            bad(
+                "spool.spare_segments",
+                format!("{spare_segments} is more than the {SPARE_SEGMENTS_MAX} allowed"),
+            );
+        }
         let durability = match raw.spool.durability.as_str() {
             "fdatasync" => Durability::Fdatasync,
             "none-unsafe" => Durability::NoneUnsafe,
@@ -712,6 +733,7 @@ impl Config {
             commit_window,
             commit_bytes,
             durability,
+            spare_segments,
             shaping_file,
             routes,
             dns,
@@ -864,6 +886,7 @@ mod tests {
             relay_networks = ["10.0.0.0/8", "bogus"]
             [spool]
             durability = "maybe"
+            spare_segments = 1000
             [[route]]
             pattern = "*"
             hosts = ["127.0.0.1:2526", "sink"]
@@ -881,6 +904,7 @@ mod tests {
             "inject.message_size_max",
             "inject.recipients_max",
             "spool.durability",
+            "spool.spare_segments",
             "route[0].hosts[1]",
         ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");

@@ -304,6 +304,48 @@ fn disk_full_on_a_small_tmpfs() {
     drop(mnt);
 }
 
+/// With durability `none` (benchmarks) retired segments are recycled as
+/// spares too, so a long benchmark does not create a file per segment.
+#[test]
+fn reclamation_recycles_segments_without_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let cfg = SpoolConfig {
+        segment_bytes: 256 << 10,
+        free_bytes_reserve: 0,
+        durability: sluice_spool::Durability::None(
+            sluice_spool::NoSync::i_accept_losing_mail_on_crash(),
+        ),
+        ..SpoolConfig::default()
+    };
+    executor().run(async move {
+        let (spool, _) = Spool::open(FsStorage::open(&root, 0).unwrap(), cfg).unwrap();
+        let task = spool.spawn_sync_task();
+        for i in 0..2048u64 {
+            let (id, _) = spool.append(&msg(&body_for(i, 2000))).unwrap();
+            spool.commit().await.unwrap();
+            spool.complete(id, 0, sluice_spool::Outcome::Delivered).unwrap();
+            // A commit without sync is ready at once: let the driver and
+            // the blocking pool run, as network I/O would in the engine.
+            if i % 8 == 7 {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        for _ in 0..200 {
+            if spool.stats().recycled_installs >= 1 {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let st = spool.stats();
+        assert!(st.segments_created >= 12, "{st:?}");
+        assert!(st.segments_recycled >= 2, "{st:?}");
+        assert!(st.recycled_installs >= 1, "{st:?}");
+        spool.close();
+        task.await;
+    });
+}
+
 #[test]
 fn background_reclamation_relocates_and_deletes_on_real_files() {
     let dir = tempfile::tempdir().unwrap();

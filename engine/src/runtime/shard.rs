@@ -39,6 +39,7 @@ pub fn spool_config(config: &Config, index: u32) -> SpoolConfig {
                 sluice_spool::Durability::None(NoSync::i_accept_losing_mail_on_crash())
             }
         },
+        spare_segments: config.spare_segments,
         ..SpoolConfig::default()
     }
 }
