@@ -12,6 +12,8 @@
 #   MESSAGES  messages per run (default 200000)
 #   SHARDS    engine shards, cores 0..SHARDS-1 (default 1)
 # env: CONNECTIONS=32 injection connections; POSTFIX=1 also run Postfix;
+#      RATE=R open loop at R msgs/s for DURATION (default 30s) instead of
+#      MESSAGES as fast as replies allow (engine/bench/half-rate.sh uses it);
 #      PERF=1 record a perf profile of the engine (engine-perf.txt);
 #      OUT=dir for reports (default a temp dir, printed); BIN=target/release
 # Build first: cargo build --release --bins
@@ -69,9 +71,14 @@ if [ "${PERF:-0}" = 1 ]; then
   perf record -F 999 -g -p "$ENGINE_PID" -o "$OUT/perf.data" >/dev/null 2>&1 &
   PERF_PID=$!
 fi
+if [ -n "${RATE:-}" ]; then
+  LOAD=(--rate "$RATE" --duration "${DURATION:-30s}")
+else
+  LOAD=(--messages "$N")
+fi
 read -r U0 S0 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
 T0=$(date +%s.%N)
-"$BIN/sluice-bench" run --target "127.0.0.1:$IN_PORT" --messages "$N" \
+"$BIN/sluice-bench" run --target "127.0.0.1:$IN_PORT" "${LOAD[@]}" \
   --connections "$CONNECTIONS" --size 2k --recipients 1 --domains 1000 \
   --domain-shape zipf:1.1 --domain-suffix bench.test \
   --sink-summary "$OUT/sink.json" --sink-wait 120s \
