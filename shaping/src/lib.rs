@@ -70,6 +70,22 @@
 //! ever saw. A backoff restricts a limit at its home,
 //! which broadcasts the new value; shares are fractions, so they stay valid
 //! and every shard obeys the new value as soon as the broadcast arrives.
+//!
+//! # Reloading rules
+//!
+//! [`Shaper::replace_rules`] swaps a shard's rules while its leases,
+//! permits and modes stay live; the caller validates the file once and
+//! gives every shard the same rules and reload generation. A limit whose
+//! configured value changed is re-based at its home ([`lease::Message::Rebase`]:
+//! the newest generation wins, and every message carrying a base carries
+//! its generation, so a shard that has not reloaded yet cannot bring the
+//! old value back) and broadcast like a backoff change: shares are
+//! fractions, so granted leases run on at the new rate; a lowered
+//! connection maximum grants nothing until enough permits are released,
+//! and shards keep no spare permit until the home lends again. Limits the
+//! new rules no longer produce stay with the destinations holding them and
+//! are reclaimed when those go; a site in backoff keeps its mode if its new
+//! rules still have backoff rules, else it returns to normal at once.
 
 #![warn(missing_docs)]
 
@@ -83,4 +99,4 @@ pub mod sim;
 pub mod transport;
 pub mod units;
 
-pub use shaper::{Destination, Shaper};
+pub use shaper::{Destination, Reloaded, Shaper};

@@ -44,6 +44,79 @@ pub struct Destination {
 struct Registration {
     ids: Vec<LimitId>,
     released: Rc<RefCell<Vec<LimitId>>>,
+    origin: Rc<Origin>,
+}
+
+/// What a destination was resolved from: a reload asks the new rules what
+/// the limit keys it produced are worth now.
+#[derive(Debug)]
+struct Origin {
+    domain: String,
+    mx_hosts: Vec<String>,
+    source: Option<String>,
+}
+
+impl Origin {
+    fn rule(&self, cache: &mut RuleCache) -> Rc<EffectiveRule> {
+        let hosts: Vec<&str> = self.mx_hosts.iter().map(String::as_str).collect();
+        cache.effective(&self.domain, &hosts, self.source.as_deref())
+    }
+}
+
+/// What [`Shaper::replace_rules`] did on one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Limits whose configured value changed (their home now grants
+    /// under the new value and broadcasts it).
+    pub limits_changed: usize,
+    /// Limits the new rules no longer produce for the destinations that
+    /// use them: they keep their value until those destinations are
+    /// dropped, then they are reclaimed like any unused limit.
+    pub limits_unused: usize,
+    /// Sites in backoff or suspended whose new rules have no backoff rule:
+    /// back to normal at once.
+    pub modes_ended: usize,
+    /// Sites in backoff or suspended that keep their mode (their rules
+    /// still have backoff rules) until it ends by its own timer or rule.
+    pub modes_kept: usize,
+}
+
+/// The limits a rule draws on whose value comes from the rules (source and
+/// pool limits carry their value in their key and are left out): the site
+/// message rate (or the unrestricted one backoff needs), the connection
+/// limit and the connection rate.
+fn configured_limits(rule: &EffectiveRule) -> Vec<(String, LimitSpec)> {
+    let mut out = Vec::with_capacity(3);
+    match &rule.max_message_rate {
+        Some(limit) => out.push((limit.key.clone(), LimitSpec::Rate(limit.value))),
+        None if needs_site_rate(rule) => out.push((
+            format!("{}/max_message_rate", rule.site),
+            LimitSpec::Rate(UNRESTRICTED),
+        )),
+        None => {}
+    }
+    out.push((
+        rule.max_connections.key.clone(),
+        LimitSpec::Connections(rule.max_connections.value),
+    ));
+    if let Some(limit) = &rule.max_connection_rate {
+        out.push((limit.key.clone(), LimitSpec::Rate(limit.value)));
+    }
+    out
+}
+
+/// Whether backoff may restrict the site's message rate, which then needs
+/// a limit even when the rule sets no rate.
+fn needs_site_rate(rule: &EffectiveRule) -> bool {
+    rule.backoff.iter().any(|r| {
+        matches!(
+            r.action,
+            BackoffAction::Backoff {
+                max_message_rate: Some(_),
+                ..
+            } | BackoffAction::Backoff { aimd: Some(_), .. }
+        )
+    })
 }
 
 impl Drop for Registration {
@@ -60,6 +133,12 @@ struct SiteMode {
     limits: Vec<(Option<LimitId>, LimitId)>,
     /// Keeps those limits registered while the site is not in normal mode.
     holds: Vec<Rc<Registration>>,
+}
+
+impl SiteMode {
+    fn origin(&self) -> Option<&Rc<Origin>> {
+        self.holds.first().map(|r| &r.origin)
+    }
 }
 
 /// The (message rate, connections) restrictions a mode asks for.
@@ -85,6 +164,9 @@ pub struct Shaper {
     /// Mode changes made by timers in [`Shaper::poll`] (a backoff ending),
     /// by site, until [`Shaper::take_timed_changes`] collects them.
     timed_changes: Vec<(String, ModeChange)>,
+    /// The destination each configured limit key was first resolved for
+    /// (pruned to the keys still registered).
+    origins: HashMap<Box<str>, Rc<Origin>>,
 }
 
 impl Shaper {
@@ -96,6 +178,7 @@ impl Shaper {
             modes: HashMap::new(),
             timed_changes: Vec::new(),
             released: Rc::new(RefCell::new(Vec::new())),
+            origins: HashMap::new(),
         }
     }
 
@@ -111,19 +194,20 @@ impl Shaper {
         now: Nanos,
     ) -> Destination {
         let rule = self.cache.effective(domain, mx_hosts, source);
-        let mut message_limits = Vec::with_capacity(3);
-        let needs_site_rate = rule.backoff.iter().any(|r| {
-            matches!(
-                r.action,
-                BackoffAction::Backoff {
-                    max_message_rate: Some(_),
-                    ..
-                } | BackoffAction::Backoff { aimd: Some(_), .. }
-            )
+        let origin = Rc::new(Origin {
+            domain: domain.to_string(),
+            mx_hosts: mx_hosts.iter().map(|h| h.to_string()).collect(),
+            source: source.map(str::to_string),
         });
+        for (key, _) in configured_limits(&rule) {
+            if !self.origins.contains_key(key.as_str()) {
+                self.origins.insert(key.into(), Rc::clone(&origin));
+            }
+        }
+        let mut message_limits = Vec::with_capacity(3);
         let site_rate = match &rule.max_message_rate {
             Some(limit) => Some(self.lease.rate_limit(&limit.key, limit.value, now)),
-            None if needs_site_rate => {
+            None if needs_site_rate(&rule) => {
                 let key = format!("{}/max_message_rate", rule.site);
                 Some(self.lease.rate_limit(&key, UNRESTRICTED, now))
             }
@@ -164,8 +248,100 @@ impl Shaper {
             registration: Rc::new(Registration {
                 ids,
                 released: Rc::clone(&self.released),
+                origin,
             }),
         }
+    }
+
+    /// Replaces the rules with `rules` (already validated) while leases,
+    /// permits and modes stay live. `generation` numbers the reload and
+    /// must be the same on every shard and larger than any before (the
+    /// engine uses the reload's time in nanoseconds).
+    ///
+    /// - The rule cache starts over: [`Shaper::destination`] resolves
+    ///   under the new rules from now on. Destinations resolved before keep
+    ///   their old rule (drop and resolve them again to see the new one).
+    /// - Every limit this shard registered is looked up again under the
+    ///   new rules for the destination it was first resolved for; when its
+    ///   value changed, this shard asks with the new value and the home
+    ///   takes it (the newest generation wins) and broadcasts it. Rate
+    ///   shares are fractions, so a lease already granted runs on at the
+    ///   new rate from the moment the broadcast arrives; until then (one
+    ///   pump of the message channels) a shard spends at the old rate. A
+    ///   lowered connection maximum grants no permit until enough are
+    ///   released (those in use may stay above it until they close;
+    ///   releasing them never underflows), and spare lent permits go home
+    ///   at once.
+    /// - A limit the new rules no longer produce keeps its value for the
+    ///   destinations still holding it and is reclaimed when they are
+    ///   dropped.
+    /// - A site in backoff or suspended keeps its mode (and restrictions)
+    ///   until its timer or a rule ends it if its new rules still have
+    ///   backoff rules; otherwise it returns to normal at once (reported by
+    ///   [`Shaper::take_timed_changes`]).
+    pub fn replace_rules(&mut self, rules: Rules, generation: u64, now: Nanos) -> Reloaded {
+        let mut done = Reloaded::default();
+        self.cache = RuleCache::new(rules, RULE_CACHE_ENTRIES_MAX);
+        self.lease.set_generation(generation);
+        let lease = &self.lease;
+        self.origins.retain(|key, _| lease.id(key).is_some());
+        let origins: Vec<(Box<str>, Rc<Origin>)> = self
+            .origins
+            .iter()
+            .map(|(k, o)| (k.clone(), Rc::clone(o)))
+            .collect();
+        for (key, origin) in origins {
+            let Some(id) = self.lease.id(&key) else {
+                continue;
+            };
+            let rule = origin.rule(&mut self.cache);
+            let now_value = configured_limits(&rule)
+                .into_iter()
+                .find(|(k, _)| **k == *key)
+                .map(|(_, spec)| spec);
+            match now_value {
+                Some(spec) => {
+                    if self.lease.rebase(id, spec, now) {
+                        done.limits_changed += 1;
+                    }
+                }
+                None => done.limits_unused += 1,
+            }
+        }
+        let mut ended = Vec::new();
+        for (name, site) in &self.modes {
+            let keeps = site
+                .origin()
+                .is_some_and(|o| !o.rule(&mut self.cache).backoff.is_empty());
+            if keeps {
+                done.modes_kept += 1;
+            } else {
+                ended.push(name.clone());
+            }
+        }
+        for name in ended {
+            let Some(site) = self.modes.remove(&name) else {
+                continue;
+            };
+            done.modes_ended += 1;
+            for &(rate, connections) in &site.limits {
+                self.restrict(rate, connections, None, None, now);
+            }
+            self.timed_changes.push((
+                name,
+                ModeChange {
+                    at: now,
+                    rule: None,
+                    mode: Mode::Normal,
+                },
+            ));
+        }
+        done
+    }
+
+    /// The generation of the rules in force (`0`: the rules given at start).
+    pub fn generation(&self) -> u64 {
+        self.lease.generation()
     }
 
     /// May one message go to `destination` now?
@@ -302,6 +478,13 @@ impl Shaper {
         let released = std::mem::take(&mut *self.released.borrow_mut());
         for id in released {
             self.lease.unregister(id);
+        }
+        let polled_len = self.lease.limits();
+        if self.origins.len() > 2 * polled_len + 64 {
+            // Amortised: keys of reclaimed limits go once they outnumber
+            // the live ones.
+            let lease = &self.lease;
+            self.origins.retain(|key, _| lease.id(key).is_some());
         }
         self.lease.poll(now)
     }

@@ -17,12 +17,17 @@ pub(crate) struct ConnSlot {
     pub key: Box<str>,
     pub home: u32,
     pub base: u32,
+    /// The rules generation `base` comes from.
+    pub generation: u64,
     pub max: u32,
     pub epoch: u64,
     pub held: u32,
     pub in_use: u32,
     pub requested: bool,
     pub recalled: bool,
+    /// The maximum went down and the home has not lent since: permits
+    /// held here may count over it, so none is kept spare.
+    pub shrunk: bool,
     pub last_activity: Nanos,
     pub next_wake: Nanos,
     pub home_state: Option<Box<ConnHome>>,
@@ -53,6 +58,7 @@ impl ConnSlot {
             key,
             home,
             base,
+            generation: 0,
             max: base,
             // A home numbers its versions by time (see `next_epoch`).
             epoch: if home == shard { now.0 } else { 0 },
@@ -60,6 +66,7 @@ impl ConnSlot {
             in_use: 0,
             requested: false,
             recalled: false,
+            shrunk: false,
             last_activity: now,
             next_wake: Nanos::MAX,
             home_state,
@@ -86,7 +93,11 @@ impl ConnSlot {
         let spare = self.held - self.in_use;
         if spare == 0 {
             0
-        } else if self.recalled || self.held > self.max || now >= self.last_activity.plus(idle) {
+        } else if self.recalled
+            || self.shrunk
+            || self.held > self.max
+            || now >= self.last_activity.plus(idle)
+        {
             spare
         } else {
             0

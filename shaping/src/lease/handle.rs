@@ -14,8 +14,57 @@ fn next_epoch(epoch: u64, now: Nanos) -> u64 {
 }
 
 impl ShardShaper {
-    fn slot_for(&mut self, key: &str, base: LimitSpec, now: Nanos) -> u32 {
-        self.register(key, base, now, false).0
+    fn slot_for(&mut self, key: &str, base: LimitSpec, generation: u64, now: Nanos) -> u32 {
+        self.register(key, base, generation, now, false).0
+    }
+
+    /// A configured value from rules of `generation`: taken when newer
+    /// than the slot's. The home publishes the new effective value; any
+    /// other shard keeps it for its own requests and tells the home.
+    /// Returns whether the value changed.
+    pub(super) fn adopt_base(
+        &mut self,
+        id: u32,
+        base: LimitSpec,
+        generation: u64,
+        now: Nanos,
+    ) -> bool {
+        let (changed, home, key) = match (&mut self.slots[id as usize], base) {
+            (Slot::Rate(s), LimitSpec::Rate(rate)) if generation > s.generation => {
+                s.generation = generation;
+                let changed = s.base != rate;
+                s.base = rate;
+                (changed, s.home, s.key.clone())
+            }
+            (Slot::Conn(s), LimitSpec::Connections(max)) if generation > s.generation => {
+                s.generation = generation;
+                let changed = s.base != max;
+                s.base = max;
+                if s.home != self.shard && max < s.max {
+                    // Lower at once, without waiting for the home's word
+                    // (stricter is always safe), and keep no spare permit.
+                    s.max = max;
+                    s.shrunk = true;
+                }
+                (changed, s.home, s.key.clone())
+            }
+            _ => return false,
+        };
+        if changed {
+            if home == self.shard {
+                self.publish(id, now);
+            } else {
+                self.stage(
+                    home,
+                    Message::Rebase {
+                        key,
+                        base,
+                        generation,
+                    },
+                );
+            }
+        }
+        changed
     }
 
     pub(super) fn handle(&mut self, message: Message, now: Nanos) {
@@ -24,9 +73,10 @@ impl ShardShaper {
                 key,
                 from,
                 base,
+                generation,
                 demand_milli,
             } => {
-                let id = self.slot_for(&key, LimitSpec::Rate(base), now);
+                let id = self.slot_for(&key, LimitSpec::Rate(base), generation, now);
                 if let Slot::Rate(RateSlot {
                     home_state: Some(home),
                     ..
@@ -65,9 +115,10 @@ impl ShardShaper {
                 key,
                 from,
                 base,
+                generation,
                 want,
             } => {
-                let id = self.slot_for(&key, LimitSpec::Connections(base), now);
+                let id = self.slot_for(&key, LimitSpec::Connections(base), generation, now);
                 if let Slot::Conn(slot) = &mut self.slots[id as usize] {
                     if let Some(home) = &mut slot.home_state {
                         let grants = home.request(from, want);
@@ -85,6 +136,9 @@ impl ShardShaper {
                     if let Slot::Conn(slot) = &mut self.slots[id as usize] {
                         slot.held += count;
                         slot.requested = false;
+                        // The home lends only within its maximum: the
+                        // books are back under it.
+                        slot.shrunk = false;
                         // Fresh permits are for this shard's waiting demand:
                         // they get a full idle period before going back.
                         slot.recalled = false;
@@ -121,10 +175,22 @@ impl ShardShaper {
                 key,
                 from,
                 base,
+                generation,
                 spec,
             } => {
-                let id = self.slot_for(&key, base, now);
+                let id = self.slot_for(&key, base, generation, now);
                 self.restrict_at_home(id, from, spec, now);
+            }
+            Message::Rebase {
+                key,
+                base,
+                generation,
+            } => {
+                // A limit the home does not hold needs no change: whoever
+                // creates it next brings its own (generation-stamped) base.
+                if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
+                    self.adopt_base(id, base, generation, now);
+                }
             }
             Message::LimitChange { key, epoch, spec } => {
                 if let Some(LimitId(id)) = self.ids.get(&*key).copied() {
@@ -132,6 +198,14 @@ impl ShardShaper {
                         (Slot::Rate(slot), LimitSpec::Rate(rate)) => slot.adopt(epoch, rate, now),
                         (Slot::Conn(slot), LimitSpec::Connections(max)) if epoch >= slot.epoch => {
                             slot.epoch = epoch;
+                            if max < slot.max {
+                                // Until the home grants again, every permit
+                                // that goes idle here goes home at once: a
+                                // spare one kept could be handed out while
+                                // other shards' permits still count over
+                                // the lower maximum.
+                                slot.shrunk = true;
+                            }
                             slot.max = max;
                         }
                         _ => {}
@@ -175,7 +249,7 @@ impl ShardShaper {
     }
 
     fn restrict_at_home(&mut self, id: u32, from: u32, spec: Option<LimitSpec>, now: Nanos) {
-        let (key, epoch, change, participants) = match &mut self.slots[id as usize] {
+        match &mut self.slots[id as usize] {
             Slot::Rate(slot) => {
                 let Some(home) = &mut slot.home_state else {
                     return;
@@ -184,6 +258,31 @@ impl ShardShaper {
                 home.restrictions[from as usize] = match spec {
                     Some(LimitSpec::Rate(rate)) => Some(rate),
                     _ => None,
+                };
+            }
+            Slot::Conn(slot) => {
+                let Some(home) = &mut slot.home_state else {
+                    return;
+                };
+                home.mark_known(from);
+                home.restrictions[from as usize] = match spec {
+                    Some(LimitSpec::Connections(max)) => Some(max),
+                    _ => None,
+                };
+            }
+            Slot::Free => return,
+        }
+        self.publish(id, now);
+    }
+
+    /// On the home: recomputes the effective value from the base and the
+    /// restrictions and, when it changed, broadcasts it to every
+    /// participant (and itself) and serves waiting permit requests.
+    fn publish(&mut self, id: u32, now: Nanos) {
+        let (key, epoch, change, participants) = match &mut self.slots[id as usize] {
+            Slot::Rate(slot) => {
+                let Some(home) = &mut slot.home_state else {
+                    return;
                 };
                 let Some(rate) = home.recompute(slot.base) else {
                     return;
@@ -200,11 +299,6 @@ impl ShardShaper {
             Slot::Conn(slot) => {
                 let Some(home) = &mut slot.home_state else {
                     return;
-                };
-                home.mark_known(from);
-                home.restrictions[from as usize] = match spec {
-                    Some(LimitSpec::Connections(max)) => Some(max),
-                    _ => None,
                 };
                 let Some(max) = home.recompute(slot.base) else {
                     return;

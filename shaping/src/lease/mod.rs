@@ -100,6 +100,8 @@ pub enum Message {
         from: u32,
         /// The configured limit, in case the home has not seen the key.
         base: Rate,
+        /// The rules generation `base` comes from (see [`Message::Rebase`]).
+        generation: u64,
         /// Recent demand in thousandths of a token per second.
         demand_milli: u64,
     },
@@ -129,6 +131,8 @@ pub enum Message {
         from: u32,
         /// The configured maximum, in case the home has not seen the key.
         base: u32,
+        /// The rules generation `base` comes from (see [`Message::Rebase`]).
+        generation: u64,
         /// How many it would like.
         want: u32,
     },
@@ -167,8 +171,24 @@ pub enum Message {
         from: u32,
         /// The configured value, in case the home has not seen the key.
         base: LimitSpec,
+        /// The rules generation `base` comes from (see [`Message::Rebase`]).
+        generation: u64,
         /// The restriction.
         spec: Option<LimitSpec>,
+    },
+    /// The rules were reloaded and a limit's configured value changed: the
+    /// home takes `base` if `generation` is newer than the generation of
+    /// the value it has, recomputes the effective value (restrictions still
+    /// apply) and broadcasts it like a restriction. Every message that
+    /// carries a base carries its generation too, so a request from a shard
+    /// that has not reloaded yet never brings an old value back.
+    Rebase {
+        /// The limit key.
+        key: Box<str>,
+        /// The new configured value.
+        base: LimitSpec,
+        /// The rules generation it comes from.
+        generation: u64,
     },
     /// The home announces a limit's new value to every participant.
     LimitChange {
@@ -235,6 +255,10 @@ pub struct ShaperStats {
     pub permits_granted: u64,
 }
 
+// Slots sit inline in one vector and a rate slot is read on every acquire:
+// boxing it would add a pointer chase to the hot path to save a few bytes
+// per (rarer) connection slot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Slot {
     Rate(RateSlot),
@@ -262,6 +286,8 @@ pub struct ShardShaper {
     outbox: Vec<Envelope>,
     wakeups: BinaryHeap<Reverse<(Nanos, u32)>>,
     stats: ShaperStats,
+    /// The generation of the rules new registrations come from.
+    generation: u64,
 }
 
 impl ShardShaper {
@@ -285,6 +311,7 @@ impl ShardShaper {
             outbox: Vec::new(),
             wakeups: BinaryHeap::new(),
             stats: ShaperStats::default(),
+            generation: 0,
         }
     }
 
@@ -302,13 +329,62 @@ impl ShardShaper {
     /// configured value. Each call counts one user; pair it with
     /// [`ShardShaper::unregister`] so idle limits can be reclaimed.
     pub fn rate_limit(&mut self, key: &str, rate: Rate, now: Nanos) -> LimitId {
-        self.register(key, LimitSpec::Rate(rate), now, true)
+        self.register(key, LimitSpec::Rate(rate), self.generation, now, true)
     }
 
     /// Registers (or finds) a connection limit under `key`; counts one user
     /// like [`ShardShaper::rate_limit`].
     pub fn connection_limit(&mut self, key: &str, max: u32, now: Nanos) -> LimitId {
-        self.register(key, LimitSpec::Connections(max), now, true)
+        self.register(key, LimitSpec::Connections(max), self.generation, now, true)
+    }
+
+    /// The generation of the rules this shard registers limits from: `0`
+    /// at start, then whatever [`ShardShaper::set_generation`] said.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Rules of generation `generation` replace the old ones: limits
+    /// registered from now on carry it (every shard must be given the same,
+    /// increasing number for the same reload; the engine uses the reload's
+    /// time).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = self.generation.max(generation);
+    }
+
+    /// The limit registered under `key`, if any.
+    pub fn id(&self, key: &str) -> Option<LimitId> {
+        self.ids.get(key).copied()
+    }
+
+    /// Users of `limit` on this shard (destinations holding it).
+    pub fn users(&self, limit: LimitId) -> u32 {
+        self.users.get(limit.0 as usize).copied().unwrap_or(0)
+    }
+
+    /// The configured value of a limit as this shard knows it (its home
+    /// applies restrictions on top), `None` once reclaimed.
+    pub fn base(&self, limit: LimitId) -> Option<LimitSpec> {
+        match self.slots.get(limit.0 as usize)? {
+            Slot::Rate(s) => Some(LimitSpec::Rate(s.base)),
+            Slot::Conn(s) => Some(LimitSpec::Connections(s.base)),
+            Slot::Free => None,
+        }
+    }
+
+    /// The rules were reloaded (see [`ShardShaper::set_generation`]) and
+    /// `limit`'s configured value is now `base`: this shard asks with it
+    /// from now on, and the home takes it ([`Message::Rebase`]) and
+    /// broadcasts the new effective value, which every shard obeys when it
+    /// arrives: rate shares are fractions, so a lease already granted runs
+    /// on at the new rate; a lowered connection maximum stops new permits
+    /// until enough are released, and spare permits go home at once.
+    /// Returns whether the value changed; a `base` of the other kind (rate
+    /// for a connection limit) is ignored.
+    pub fn rebase(&mut self, limit: LimitId, base: LimitSpec, now: Nanos) -> bool {
+        let changed = self.adopt_base(limit.0, base, self.generation, now);
+        self.dispatch(now);
+        changed
     }
 
     /// One user of `limit` is done with it. When no user is left and the
@@ -332,6 +408,7 @@ impl ShardShaper {
         &mut self,
         key: &str,
         spec: LimitSpec,
+        generation: u64,
         now: Nanos,
         user: bool,
     ) -> LimitId {
@@ -339,26 +416,24 @@ impl ShardShaper {
             if user {
                 self.users[id.0 as usize] += 1;
             }
+            // A value from newer rules than the one this slot has (a
+            // request from a shard that reloaded, a registration after a
+            // reload): the home takes it.
+            self.adopt_base(id.0, spec, generation, now);
             return id;
         }
         let home = limit_home(key, self.shards);
         let slot = match spec {
-            LimitSpec::Rate(rate) => Slot::Rate(RateSlot::new(
-                key.into(),
-                home,
-                rate,
-                self.shard,
-                self.shards,
-                now,
-            )),
-            LimitSpec::Connections(max) => Slot::Conn(ConnSlot::new(
-                key.into(),
-                home,
-                max,
-                self.shard,
-                self.shards,
-                now,
-            )),
+            LimitSpec::Rate(rate) => {
+                let mut slot = RateSlot::new(key.into(), home, rate, self.shard, self.shards, now);
+                slot.generation = generation;
+                Slot::Rate(slot)
+            }
+            LimitSpec::Connections(max) => {
+                let mut slot = ConnSlot::new(key.into(), home, max, self.shard, self.shards, now);
+                slot.generation = generation;
+                Slot::Conn(slot)
+            }
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -488,6 +563,7 @@ impl ShardShaper {
                 key: slot.key.clone(),
                 from: self.shard,
                 base: slot.base,
+                generation: slot.generation,
                 want: slot.want(),
             };
             let to = slot.home;
@@ -521,9 +597,14 @@ impl ShardShaper {
     /// the home applies the most restrictive value any shard asks for and
     /// broadcasts it.
     pub fn restrict(&mut self, limit: LimitId, spec: Option<LimitSpec>, now: Nanos) {
-        let (key, home, base) = match &self.slots[limit.0 as usize] {
-            Slot::Rate(s) => (s.key.clone(), s.home, LimitSpec::Rate(s.base)),
-            Slot::Conn(s) => (s.key.clone(), s.home, LimitSpec::Connections(s.base)),
+        let (key, home, base, generation) = match &self.slots[limit.0 as usize] {
+            Slot::Rate(s) => (s.key.clone(), s.home, LimitSpec::Rate(s.base), s.generation),
+            Slot::Conn(s) => (
+                s.key.clone(),
+                s.home,
+                LimitSpec::Connections(s.base),
+                s.generation,
+            ),
             Slot::Free => return,
         };
         let from = self.shard;
@@ -533,6 +614,7 @@ impl ShardShaper {
                 key,
                 from,
                 base,
+                generation,
                 spec,
             },
         );

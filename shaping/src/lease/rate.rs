@@ -39,6 +39,8 @@ pub(crate) struct RateSlot {
     pub key: Box<str>,
     pub home: u32,
     pub base: Rate,
+    /// The rules generation `base` comes from.
+    pub generation: u64,
     pub epoch: u64,
     pub bucket: TokenBucket,
     current: Option<Lease>,
@@ -87,6 +89,7 @@ impl RateSlot {
             key,
             home,
             base,
+            generation: 0,
             // A home numbers its versions by time (see `next_epoch`).
             epoch: if home == shard { now.0 } else { 0 },
             bucket: TokenBucket::empty(base, 0, 0, now),
@@ -223,6 +226,7 @@ impl RateSlot {
             key: self.key.clone(),
             from: shard,
             base: self.base,
+            generation: self.generation,
             demand_milli: demand,
         }
     }
