@@ -299,3 +299,164 @@ max_message_rate = "2/s burst 1"
     );
     assert_eq!(two.ids().len(), 7, "{:?}", two.ids());
 }
+
+/// RFC 5321 §5.1: a host that refuses the session (a `421` greeting, or
+/// `554`, which another MX may well not say) is skipped like one that
+/// refuses the TCP connection: the next MX gets the mail and nothing is
+/// deferred. When every host refuses, the recipients are deferred with
+/// the last host's reply.
+#[test]
+fn refused_greetings_try_the_next_mx_and_defer_only_when_all_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let busy = Sink::start_with(
+        dir.path(),
+        "busy",
+        "127.0.0.2",
+        port,
+        &["--reject", "connect:421=1"],
+    );
+    let good = Sink::start(dir.path(), "good", "127.0.0.3", port);
+    let closed = Sink::start_with(
+        dir.path(),
+        "closed",
+        "127.0.0.4",
+        port,
+        &["--reject", "connect:554=1"],
+    );
+    let dns = Dns::start(
+        dir.path(),
+        &json!({ "records": [
+            ["busy.test", "MX", 300, 10, "mx-busy.test."],
+            ["busy.test", "MX", 300, 20, "mx-good.test."],
+            ["closed.test", "MX", 300, 10, "mx-closed.test."],
+            ["closed.test", "MX", 300, 20, "mx-good.test."],
+            // Both refuse; the 421 host is the last one tried.
+            ["refuse.test", "MX", 300, 10, "mx-closed.test."],
+            ["refuse.test", "MX", 300, 20, "mx-busy.test."],
+            ["mx-busy.test", "A", 300, "127.0.0.2"],
+            ["mx-good.test", "A", 300, "127.0.0.3"],
+            ["mx-closed.test", "A", 300, "127.0.0.4"],
+        ]}),
+    );
+    let inject_port = free_port().unwrap();
+    let cfg = write_config(dir.path(), inject_port, &dns_section(dns.port, port));
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let ids: Vec<String> = (0..6).map(|n| format!("skip-{n}")).collect();
+    let rcpts: Vec<[String; 1]> = (0..6)
+        .map(|n| [format!("u{n}@{}.test", ["busy", "closed"][n % 2])])
+        .collect();
+    let rcpt_refs: Vec<[&str; 1]> = rcpts.iter().map(|[r]| [r.as_str()]).collect();
+    let mut msgs: Vec<Msg<'_>> = ids
+        .iter()
+        .zip(&rcpt_refs)
+        .map(|(id, rcpts)| Msg {
+            id,
+            rcpts,
+            headers: "",
+        })
+        .collect();
+    msgs.push(Msg {
+        id: "refused",
+        rcpts: &["u@refuse.test"],
+        headers: "",
+    });
+    inject(inject_port, &msgs);
+    for [rcpt] in &rcpts {
+        let r = wait_for(dir.path(), rcpt, "Delivery");
+        assert_eq!(r["peer"], format!("127.0.0.3:{port}"), "{r}");
+    }
+    let deferred = wait_for(dir.path(), "u@refuse.test", "TransientFailure");
+    // The refusing hosts were connected to (beyond the test's readiness
+    // probe; the engine connects from 127.0.0.1 too, unbound).
+    let accepted = |sink: &Sink| {
+        std::fs::read_to_string(&sink.peers)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_until("the refusing hosts tried", || {
+        accepted(&busy) > 1 && accepted(&closed) > 1
+    });
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    // The last host's reply: the 421 of 127.0.0.2.
+    assert_eq!(deferred["code"], 421, "{deferred}");
+    assert_eq!(deferred["peer"], format!("127.0.0.2:{port}"), "{deferred}");
+    for [rcpt] in &rcpts {
+        let kinds: Vec<_> = records_for(dir.path(), rcpt)
+            .into_iter()
+            .map(|r| r["type"].clone())
+            .collect();
+        assert_eq!(kinds, ["Reception", "Delivery"], "{rcpt}: nothing deferred");
+    }
+    let mut got = good.ids();
+    got.sort();
+    assert_eq!(got, ids, "every message at the next MX");
+    assert!(busy.ids().is_empty() && closed.ids().is_empty());
+}
+
+/// An MX assignment lasts as long as its DNS answers: with 2 s TTLs a
+/// changed address is used for mail injected after they expired; with
+/// 300 s TTLs the domain is not asked again and keeps its old address.
+#[test]
+fn mx_assignments_follow_the_answers_ttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let three = Sink::start(dir.path(), "three", "127.0.0.3", port);
+    let zone = |short_ip: &str, long_ip: &str| {
+        json!({ "records": [
+            ["short.test", "MX", 2, 10, "mx.short.test."],
+            ["mx.short.test", "A", 2, short_ip],
+            ["long.test", "MX", 300, 10, "mx.long.test."],
+            ["mx.long.test", "A", 300, long_ip],
+        ]})
+    };
+    let dns = Dns::start(dir.path(), &zone("127.0.0.2", "127.0.0.2"));
+    let inject_port = free_port().unwrap();
+    let section = format!("{}mx_refresh_min = \"1s\"\n", dns_section(dns.port, port));
+    let cfg = write_config(dir.path(), inject_port, &section);
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    inject(
+        inject_port,
+        &[Msg {
+            id: "first",
+            rcpts: &["u@short.test", "u@long.test"],
+            headers: "",
+        }],
+    );
+    for rcpt in ["u@short.test", "u@long.test"] {
+        let r = wait_for(dir.path(), rcpt, "Delivery");
+        assert_eq!(r["peer"], format!("127.0.0.2:{port}"), "{r}");
+    }
+    let long_asked = dns.asked("long.test");
+    assert_eq!(long_asked, 1, "one MX question for long.test");
+    dns.set_zone(&zone("127.0.0.3", "127.0.0.3"));
+    // Past the short TTLs (a wait, not a timing assertion).
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    inject(
+        inject_port,
+        &[Msg {
+            id: "second",
+            rcpts: &["v@short.test", "v@long.test"],
+            headers: "",
+        }],
+    );
+    let short = wait_for(dir.path(), "v@short.test", "Delivery");
+    let long = wait_for(dir.path(), "v@long.test", "Delivery");
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    assert_eq!(short["peer"], format!("127.0.0.3:{port}"), "{short}");
+    assert_eq!(long["peer"], format!("127.0.0.2:{port}"), "{long}");
+    assert!(dns.asked("short.test") >= 2, "short.test asked again");
+    assert_eq!(
+        dns.asked("long.test"),
+        long_asked,
+        "long.test not asked again"
+    );
+    assert!(
+        three.ids().contains(&"second".to_string()),
+        "{:?}",
+        three.ids()
+    );
+    assert!(two.ids().contains(&"first".to_string()));
+}

@@ -2,16 +2,20 @@
 """A scripted DNS server (Python dnslib) for tests/tests/mx.rs: serves a
 zone given as JSON on 127.0.0.1, UDP and TCP on one port.
 
-Usage: mx_dns.py ZONE.json
+Usage: mx_dns.py ZONE.json [QUERY_LOG]
 ZONE.json: {"records": [[name, type, ttl, value...]...], "servfail": [names]}
   type MX: value is preference, exchange ("." for a null MX)
   type A / AAAA: value is the address
 Names not in the zone get NXDOMAIN with an SOA; names listed in
-"servfail" get SERVFAIL. Prints "PORT <n>" once listening and serves until
-stdin closes (the test holds the pipe, so the server dies with the test).
+"servfail" get SERVFAIL. The zone file is read again whenever it changes
+(tests rewrite it to change an answer). With QUERY_LOG, every question
+is appended to that file as "name TYPE" before it is answered. Prints
+"PORT <n>" once listening and serves until stdin closes (the test holds
+the pipe, so the server dies with the test).
 """
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -41,6 +45,34 @@ def load(path):
     return zone, servfail
 
 
+class Zone:
+    """The zone file, read again when its modification time changes."""
+
+    def __init__(self, path, log):
+        self.path = path
+        self.log = log
+        self.lock = threading.Lock()
+        self.stamp = None
+        self.zone, self.servfail = {}, set()
+
+    def current(self):
+        with self.lock:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns)
+            if stamp != self.stamp:
+                self.zone, self.servfail = load(self.path)
+                self.stamp = stamp
+            return self.zone, self.servfail
+
+    def answer(self, data):
+        zone, servfail = self.current()
+        if self.log:
+            q = DNSRecord.parse(data).q
+            with self.lock, open(self.log, "a") as f:
+                f.write(f"{str(q.qname).lower().rstrip('.')} {QTYPE[q.qtype]}\n")
+        return answer(data, zone, servfail)
+
+
 def answer(data, zone, servfail):
     request = DNSRecord.parse(data)
     reply = request.reply()
@@ -60,16 +92,16 @@ def answer(data, zone, servfail):
     return reply.pack()
 
 
-def serve_udp(sock, zone, servfail):
+def serve_udp(sock, zone):
     while True:
         data, peer = sock.recvfrom(4096)
         try:
-            sock.sendto(answer(data, zone, servfail), peer)
+            sock.sendto(zone.answer(data), peer)
         except Exception as e:  # a malformed query: ignore it
             print(f"udp: {e}", file=sys.stderr)
 
 
-def serve_tcp(listener, zone, servfail):
+def serve_tcp(listener, zone):
     while True:
         conn, _ = listener.accept()
         try:
@@ -80,7 +112,7 @@ def serve_tcp(listener, zone, servfail):
                 if not chunk:
                     break
                 data += chunk
-            out = answer(data, zone, servfail)
+            out = zone.answer(data)
             conn.sendall(len(out).to_bytes(2, "big") + out)
         except Exception as e:
             print(f"tcp: {e}", file=sys.stderr)
@@ -89,7 +121,8 @@ def serve_tcp(listener, zone, servfail):
 
 
 def main():
-    zone, servfail = load(sys.argv[1])
+    zone = Zone(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    zone.current()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     port = udp.getsockname()[1]
@@ -98,7 +131,7 @@ def main():
     tcp.bind(("127.0.0.1", port))
     tcp.listen(16)
     for target, sock in ((serve_udp, udp), (serve_tcp, tcp)):
-        threading.Thread(target=target, args=(sock, zone, servfail), daemon=True).start()
+        threading.Thread(target=target, args=(sock, zone), daemon=True).start()
     print(f"PORT {port}", flush=True)
     sys.stdin.read()
 

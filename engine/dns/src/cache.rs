@@ -71,11 +71,22 @@ impl Cache {
     /// The cached answer for `name` (normalised) and `qtype`, if present
     /// and not expired at `now`.
     pub fn get(&mut self, name: &str, qtype: QueryType, now: Instant) -> Option<Lookup> {
+        self.get_with_ttl(name, qtype, now)
+            .map(|(lookup, _)| lookup)
+    }
+
+    /// Like [`Cache::get`], with the time the answer stays valid.
+    pub fn get_with_ttl(
+        &mut self,
+        name: &str,
+        qtype: QueryType,
+        now: Instant,
+    ) -> Option<(Lookup, Duration)> {
         let found = self.index[qtype.index()].get(name).copied().and_then(|i| {
             let slot = &mut self.slots[i];
             if now < slot.expires {
                 slot.referenced = true;
-                Some(slot.lookup.clone())
+                Some((slot.lookup.clone(), slot.expires - now))
             } else {
                 None
             }
@@ -91,12 +102,8 @@ impl Cache {
     /// caps. Answers without a TTL, or with a TTL of zero, are not stored
     /// (and replace nothing).
     pub fn insert(&mut self, name: &str, qtype: QueryType, parsed: &Parsed, now: Instant) {
-        let cap = match parsed.lookup {
-            Lookup::NoData | Lookup::NxDomain => self.config.negative_ttl_max,
-            Lookup::Records(_) | Lookup::Alias(_) => self.config.ttl_max,
-        };
-        let ttl = match parsed.ttl {
-            Some(ttl) if !ttl.is_zero() => ttl.min(cap),
+        let ttl = match self.ttl_of(parsed) {
+            Some(ttl) if !ttl.is_zero() => ttl,
             _ => return,
         };
         let expires = now + ttl;
@@ -129,6 +136,16 @@ impl Cache {
             self.index.iter().map(HashMap::len).sum::<usize>(),
             self.slots.len()
         );
+    }
+
+    /// The TTL this cache gives `parsed`: its own, capped by
+    /// `ttl_max` (positive) or `negative_ttl_max` (NXDOMAIN, NODATA).
+    pub fn ttl_of(&self, parsed: &Parsed) -> Option<Duration> {
+        let cap = match parsed.lookup {
+            Lookup::NoData | Lookup::NxDomain => self.config.negative_ttl_max,
+            Lookup::Records(_) | Lookup::Alias(_) => self.config.ttl_max,
+        };
+        parsed.ttl.map(|ttl| ttl.min(cap))
     }
 
     /// CLOCK sweep: at most two passes (the first clears every bit).

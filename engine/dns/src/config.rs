@@ -17,6 +17,8 @@
 //! ipv6 = true
 //! prefer_ipv6 = false
 //! mx_hosts_max = 16
+//! mx_refresh_min = "30s"     # a domain's MX resolution is kept for its
+//! mx_refresh_max = "1h"      #   TTLs, within these bounds
 //! allow_loopback = false     # tests set this
 //! allow_private = false
 //! allow_link_local = false
@@ -68,6 +70,12 @@ pub struct RawDnsConfig {
     pub prefer_ipv6: Option<bool>,
     /// MX hosts kept per domain.
     pub mx_hosts_max: Option<usize>,
+    /// Shortest time a domain's MX resolution is kept (TTLs below it are
+    /// raised to it).
+    pub mx_refresh_min: Option<String>,
+    /// Longest time a domain's MX resolution is kept (TTLs above it are
+    /// lowered to it).
+    pub mx_refresh_max: Option<String>,
     /// Allow loopback addresses from MX lookups.
     pub allow_loopback: Option<bool>,
     /// Allow private (RFC 1918, RFC 6598, ULA) addresses.
@@ -196,6 +204,16 @@ impl RawDnsConfig {
             &self.negative_ttl_max,
             &mut config.cache.negative_ttl_max,
         );
+        duration(
+            "mx_refresh_min",
+            &self.mx_refresh_min,
+            &mut config.mx.refresh_min,
+        );
+        duration(
+            "mx_refresh_max",
+            &self.mx_refresh_max,
+            &mut config.mx.refresh_max,
+        );
         let mut count =
             |key: &str, value: Option<usize>, min: usize, max: usize, target: &mut usize| {
                 if let Some(n) = value {
@@ -237,6 +255,15 @@ impl RawDnsConfig {
             &mut config.mx.hosts_max,
         );
         let mx: &mut MxConfig = &mut config.mx;
+        if mx.refresh_min > mx.refresh_max {
+            bad(
+                "mx_refresh_min",
+                format!(
+                    "{:?} is longer than mx_refresh_max ({:?})",
+                    mx.refresh_min, mx.refresh_max
+                ),
+            );
+        }
         mx.ipv4 = self.ipv4.unwrap_or(mx.ipv4);
         mx.ipv6 = self.ipv6.unwrap_or(mx.ipv6);
         mx.prefer_ipv6 = self.prefer_ipv6.unwrap_or(mx.prefer_ipv6);
@@ -315,6 +342,8 @@ mod tests {
             negative_ttl_max = "5m"
             ipv6 = false
             mx_hosts_max = 4
+            mx_refresh_min = "5s"
+            mx_refresh_max = "10m"
             allow_loopback = true
             provider_suffixes = ["Google.COM."]
         "#)
@@ -337,6 +366,8 @@ mod tests {
         assert_eq!(c.cache.negative_ttl_max, Duration::from_secs(300));
         assert!(!c.mx.ipv6 && c.mx.ipv4);
         assert_eq!(c.mx.hosts_max, 4);
+        assert_eq!(c.mx.refresh_min, Duration::from_secs(5));
+        assert_eq!(c.mx.refresh_max, Duration::from_secs(600));
         assert!(c.mx.policy.allow_loopback && !c.mx.policy.allow_private);
         assert_eq!(
             c.mx.site_rules.provider_suffixes,
@@ -350,6 +381,7 @@ mod tests {
             nameservers = ["127.0.0.1", "nonsense"]
             timeout = "5 parsecs"
             attempts = 9
+            mx_refresh_min = "2h"
             ipv4 = false
             ipv6 = false
             provider_suffixes = ["a..b"]
@@ -363,6 +395,7 @@ mod tests {
                 "dns.nameservers[1]",
                 "dns.timeout",
                 "dns.attempts",
+                "dns.mx_refresh_min",
                 "dns.ipv4",
                 "dns.provider_suffixes[0]"
             ]

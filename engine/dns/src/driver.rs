@@ -196,10 +196,23 @@ impl Resolver {
         config: &MxConfig,
         rng: &mut R,
     ) -> MxOutcome {
+        self.resolve_mx_ttl(domain, config, rng).await.0
+    }
+
+    /// [`Resolver::resolve_mx_with`], also returning how long the outcome
+    /// holds: the smallest remaining TTL of the answers it used (MX and
+    /// addresses, negative answers by their SOA, as cached), `None` when
+    /// no answer carried one (e.g. a temporary failure).
+    pub async fn resolve_mx_ttl<R: Rng>(
+        &self,
+        domain: &str,
+        config: &MxConfig,
+        rng: &mut R,
+    ) -> (MxOutcome, Option<Duration>) {
         let mut lookup = MxLookup::new(domain, config);
         loop {
             match lookup.step() {
-                Step::Done(outcome) => return outcome,
+                Step::Done(outcome) => return (outcome, lookup.ttl()),
                 // Every asked question is answered below before `step`
                 // runs again, so waiting with nothing outstanding would be
                 // a bug in this loop.
@@ -210,14 +223,15 @@ impl Resolver {
                         .map(|q| {
                             let resolver = self.clone();
                             glommio::spawn_local(async move {
-                                let result = resolver.lookup(&q).await;
+                                let result = resolver.lookup_ttl(&q).await;
                                 (q, result)
                             })
                         })
                         .collect();
                     for task in tasks {
                         let (q, result) = task.await;
-                        lookup.answer(&q, result, rng);
+                        let ttl = result.as_ref().ok().and_then(|(_, ttl)| *ttl);
+                        lookup.answer_with_ttl(&q, result.map(|(l, _)| l), ttl, rng);
                     }
                 }
             }
@@ -227,15 +241,24 @@ impl Resolver {
     /// Answers one question from the cache, by joining an identical
     /// query in flight, or by asking the name servers.
     pub async fn lookup(&self, question: &Question) -> Result<Lookup, TempError> {
+        self.lookup_ttl(question).await.map(|(lookup, _)| lookup)
+    }
+
+    /// [`Resolver::lookup`] with how long the answer stays valid (the
+    /// cache's remaining TTL; `None`: not cacheable).
+    pub async fn lookup_ttl(
+        &self,
+        question: &Question,
+    ) -> Result<(Lookup, Option<Duration>), TempError> {
         let inner = &self.inner;
-        if let Some(hit) =
+        if let Some((hit, ttl)) =
             inner
                 .cache
                 .borrow_mut()
-                .get(&question.name, question.qtype, inner.clock.now())
+                .get_with_ttl(&question.name, question.qtype, inner.clock.now())
         {
             inner.bump(|s| s.cache_hits += 1);
-            return Ok(hit);
+            return Ok((hit, Some(ttl)));
         }
         let existing = inner.inflight.borrow().get(question).cloned();
         if let Some(flight) = existing {
@@ -257,13 +280,10 @@ impl Resolver {
         };
         let result = self.query_servers(question).await;
         let result = result.map(|parsed| {
-            inner.cache.borrow_mut().insert(
-                &question.name,
-                question.qtype,
-                &parsed,
-                inner.clock.now(),
-            );
-            parsed.lookup
+            let mut cache = inner.cache.borrow_mut();
+            cache.insert(&question.name, question.qtype, &parsed, inner.clock.now());
+            let ttl = cache.ttl_of(&parsed);
+            (parsed.lookup, ttl)
         });
         guard.result = result.clone();
         result
@@ -438,17 +458,20 @@ fn wire_to_temp(e: WireError) -> TempError {
     }
 }
 
+/// An answer with how long it stays valid (see [`Resolver::lookup_ttl`]).
+type TimedLookup = Result<(Lookup, Option<Duration>), TempError>;
+
 /// A query in flight that other lookups of the same question wait on.
 #[derive(Default)]
 struct Flight {
-    result: RefCell<Option<Result<Lookup, TempError>>>,
+    result: RefCell<Option<TimedLookup>>,
     wakers: RefCell<Vec<Waker>>,
 }
 
 struct FlightWait(Rc<Flight>);
 
 impl Future for FlightWait {
-    type Output = Result<Lookup, TempError>;
+    type Output = TimedLookup;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(result) = self.0.result.borrow().as_ref() {
@@ -466,7 +489,7 @@ struct FlightGuard<'a> {
     inner: &'a Inner,
     question: &'a Question,
     flight: Rc<Flight>,
-    result: Result<Lookup, TempError>,
+    result: TimedLookup,
 }
 
 impl Drop for FlightGuard<'_> {

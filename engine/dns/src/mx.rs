@@ -27,6 +27,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use rand::Rng;
 use sluice_smtp::{EnhancedCode, Reply, ReplyCode};
@@ -54,6 +55,23 @@ pub struct MxConfig {
     pub cname_hops_max: usize,
     /// How hosts roll up into sites.
     pub site_rules: SiteRules,
+    /// Shortest time a resolution is kept before it is asked again, however
+    /// short its TTLs (records with TTL 0 would otherwise be asked for
+    /// every recipient).
+    pub refresh_min: Duration,
+    /// Longest time a resolution is kept, however long its TTLs.
+    pub refresh_max: Duration,
+}
+
+impl MxConfig {
+    /// How long a resolution whose answers hold for `ttl` (see
+    /// [`MxLookup::ttl`]) is used before it is asked again: the TTL within
+    /// [`MxConfig::refresh_min`]..=[`MxConfig::refresh_max`];
+    /// `refresh_min` when no answer carried a TTL.
+    pub fn refresh_after(&self, ttl: Option<Duration>) -> Duration {
+        let max = self.refresh_max.max(self.refresh_min);
+        ttl.unwrap_or(self.refresh_min).clamp(self.refresh_min, max)
+    }
 }
 
 impl Default for MxConfig {
@@ -66,6 +84,8 @@ impl Default for MxConfig {
             hosts_max: 16,
             cname_hops_max: 8,
             site_rules: SiteRules::default(),
+            refresh_min: Duration::from_secs(30),
+            refresh_max: Duration::from_secs(3600),
         }
     }
 }
@@ -178,6 +198,8 @@ pub struct MxLookup<'c> {
     config: &'c MxConfig,
     domain: String,
     state: State,
+    /// The smallest TTL of the answers used so far.
+    ttl: Option<Duration>,
 }
 
 impl<'c> MxLookup<'c> {
@@ -205,7 +227,16 @@ impl<'c> MxLookup<'c> {
             config,
             domain,
             state,
+            ttl: None,
         }
+    }
+
+    /// How long the answers used so far hold: the smallest TTL given to
+    /// [`MxLookup::answer_with_ttl`] with an answer the lookup used (MX,
+    /// CNAME and address answers, negative ones included); `None` when
+    /// none came with a TTL.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
     }
 
     /// The normalised domain being resolved.
@@ -259,6 +290,24 @@ impl<'c> MxLookup<'c> {
         result: Result<Lookup, TempError>,
         rng: &mut R,
     ) {
+        self.answer_with_ttl(question, result, None, rng);
+    }
+
+    /// [`MxLookup::answer`] with the time the answer stays valid (e.g. the
+    /// cache's remaining TTL); the lookup keeps the smallest of those it
+    /// used (see [`MxLookup::ttl`]).
+    pub fn answer_with_ttl<R: Rng>(
+        &mut self,
+        question: &Question,
+        result: Result<Lookup, TempError>,
+        ttl: Option<Duration>,
+        rng: &mut R,
+    ) {
+        if self.outstanding(question) {
+            if let Some(ttl) = ttl {
+                self.ttl = Some(self.ttl.map_or(ttl, |t| t.min(ttl)));
+            }
+        }
         let config = self.config;
         match &mut self.state {
             State::Done(_) => {}
@@ -332,6 +381,19 @@ impl<'c> MxLookup<'c> {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether `question` is one the lookup waits for.
+    fn outstanding(&self, question: &Question) -> bool {
+        match &self.state {
+            State::Done(_) => false,
+            State::Mx { name, asked, .. } => {
+                *asked && question.qtype == QueryType::Mx && question.name == *name
+            }
+            State::Hosts { hosts, .. } => hosts.iter().flat_map(|h| &h.families).any(|f| {
+                !f.done && f.asked && f.qtype == question.qtype && f.name == question.name
+            }),
         }
     }
 

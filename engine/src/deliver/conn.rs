@@ -19,8 +19,8 @@ use glommio::timer::Timer;
 use sluice_shaping::config::TlsPolicy as ShapingTls;
 use sluice_shaping::lease::Permit;
 use sluice_smtp::client::{
-    BodyEncoding, ClientConfig, ClientEvent, ClientSession, Envelope, Failure, Outcome, QueueError,
-    Recipient, TimeoutClass, TlsPolicy,
+    BodyEncoding, ClientConfig, ClientEvent, ClientSession, CloseCause, Envelope, Failure, Outcome,
+    QueueError, Recipient, TimeoutClass, TlsPolicy,
 };
 use sluice_smtp::{DotStuffer, Notify, Reply, Ret};
 use sluice_spool::fs::FsSegment;
@@ -63,17 +63,19 @@ struct Txn {
 
 /// Runs one connection of `site` to completion. Its pool slot was taken by
 /// the driver; it is released here.
+///
+/// RFC 5321 §5.1: the site's hosts are tried in order until one gives a
+/// session: the next one when a connect is refused or times out, and also
+/// when the server refuses the session before it is ready (any non-`220`
+/// greeting, `554` included as Postfix does, since another MX may well
+/// accept; a `421` or a refused HELO; a greeting timeout; a close; a
+/// required TLS that fails). Each host is tried at most once per
+/// connection. Only when every host refused are the site's waiting
+/// recipients deferred, with the last host's reply.
 pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
-    match connect(&shared, site).await {
-        Ok((stream, peer, source)) => {
-            connect_succeeded(&shared, site);
-            shared.count(|c| c.connections += 1);
-            // A source's EHLO name replaces the configured host name.
-            let ehlo = source.map(|s| s.ehlo);
-            let mut conn = Conn::new(Rc::clone(&shared), site, peer, ehlo);
-            conn.run(stream).await;
-        }
-        Err(reason) => {
+    match walk(&shared, site).await {
+        Ok(()) => {}
+        Err(refusal) => {
             let now = now_unix_ms();
             connect_failed(&shared, site, now);
             shared.count(|c| c.connect_failures += 1);
@@ -81,7 +83,7 @@ pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
             // recipients are deferred (like a 4xx), not left to wait.
             let alone = shared.pools.borrow()[site as usize].active <= 1;
             if alone {
-                defer_ready(&shared, site, &reason, now).await;
+                defer_ready(&shared, site, &refusal, now).await;
             }
         }
     }
@@ -91,12 +93,42 @@ pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
     connection_ended(&shared, site);
 }
 
-/// Connects to the site's hosts in order (the next one when one refuses
-/// or times out; RFC 5321 §5.1), from the site's source when it has one.
-async fn connect(
-    shared: &Shared,
-    site: SiteId,
-) -> Result<(TcpStream, SocketAddr, Option<Chosen>), String> {
+/// Why a host gave no session: what the recipients' deferral says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: u16,
+    enhanced: Option<String>,
+    text: String,
+    peer: Option<SocketAddr>,
+}
+
+impl Refusal {
+    /// A failure on our side of the connection (connect, bind, source).
+    fn local(text: String) -> Refusal {
+        Refusal {
+            code: 451,
+            enhanced: Some("4.4.1".into()),
+            text,
+            peer: None,
+        }
+    }
+}
+
+/// How a connection to one host ended.
+enum Ended {
+    /// The session got ready (whatever happened after).
+    Served,
+    /// The opportunistic STARTTLS handshake failed: the driver's next
+    /// connection goes in the clear (the host is remembered).
+    TlsFallback,
+    /// The host gave no session: try the next one.
+    Refused(Refusal),
+}
+
+/// Walks the site's hosts in order (from a random one of the equally
+/// preferred first ones), from the site's source when it has one, until
+/// one serves a session. `Err` carries the last host's refusal.
+async fn walk(shared: &Rc<Shared>, site: SiteId) -> Result<(), Refusal> {
     let (mut hosts, spread) = {
         let q = shared.ctx.queues.borrow();
         (q.hosts(site).to_vec(), q.sites().spread(site))
@@ -106,32 +138,69 @@ async fn connect(
         let first = (shared.random() % spread as u64) as usize;
         hosts[..spread].rotate_left(first);
     }
-    let source = site_source(shared, site)?;
-    let mut last = String::from("the route has no hosts");
+    let source = site_source(shared, site).map_err(Refusal::local)?;
+    let mut last = Refusal::local(String::from("the route has no hosts"));
     for addr in hosts {
-        let connected = match &source {
-            None => TcpStream::connect_timeout(addr, shared.settings.connect_timeout)
-                .await
-                .map_err(|e| e.to_string()),
-            Some(src) if src.bind.is_ipv4() != addr.is_ipv4() => {
-                last = format!(
-                    "source {} ({}) cannot reach {addr}: other address family",
-                    src.name, src.bind
-                );
+        if shared.ctx.stopping() {
+            // Nothing is deferred for a shutdown: the recipients wait.
+            return Ok(());
+        }
+        let stream = match connect(shared, source.as_ref(), addr).await {
+            Ok(stream) => stream,
+            Err(text) => {
+                last = Refusal::local(text);
                 continue;
             }
-            Some(src) => connect_from(src.bind, addr, shared.settings.connect_timeout).await,
         };
-        match connected {
-            Ok(s) => {
-                // Small pipelined writes must not wait for Nagle.
-                let _ = s.set_nodelay(true);
-                return Ok((s, addr, source));
+        shared.count(|c| c.connections += 1);
+        // A source's EHLO name replaces the configured host name.
+        let ehlo = source.as_ref().map(|s| s.ehlo.clone());
+        let mut conn = Conn::new(Rc::clone(shared), site, addr, ehlo);
+        match conn.run(stream).await {
+            Ended::Served | Ended::TlsFallback => {
+                connect_succeeded(shared, site);
+                return Ok(());
             }
-            Err(e) => last = format!("connect to {addr}: {e}"),
+            Ended::Refused(refusal) => {
+                log::info!(
+                    "shard {}: {addr} refused the session ({} {}); trying the next host",
+                    shared.ctx.index,
+                    refusal.code,
+                    refusal.text
+                );
+                last = refusal;
+            }
         }
     }
     Err(last)
+}
+
+/// Connects to one host, from `source` when given.
+async fn connect(
+    shared: &Shared,
+    source: Option<&Chosen>,
+    addr: SocketAddr,
+) -> Result<TcpStream, String> {
+    let connected = match source {
+        None => TcpStream::connect_timeout(addr, shared.settings.connect_timeout)
+            .await
+            .map_err(|e| e.to_string()),
+        Some(src) if src.bind.is_ipv4() != addr.is_ipv4() => {
+            return Err(format!(
+                "source {} ({}) cannot reach {addr}: other address family",
+                src.name, src.bind
+            ));
+        }
+        Some(src) => connect_from(src.bind, addr, shared.settings.connect_timeout).await,
+    };
+    match connected {
+        Ok(s) => {
+            // Small pipelined writes must not wait for Nagle.
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Err(e) => Err(format!("connect to {addr}: {e}")),
+    }
 }
 
 /// The source a new connection of `site` binds (see [`super::source`]).
@@ -212,14 +281,14 @@ async fn connect_from(
     }
 }
 
-async fn defer_ready(shared: &Shared, site: SiteId, reason: &str, now: u64) {
+async fn defer_ready(shared: &Shared, site: SiteId, refusal: &Refusal, now: u64) {
     let mut batch = Vec::new();
     let mut left = CONNECT_FAIL_DEFER_MAX;
     let said = Said {
-        code: 451,
-        enhanced: Some("4.4.1"),
-        text: reason,
-        peer: None,
+        code: refusal.code,
+        enhanced: refusal.enhanced.as_deref(),
+        text: &refusal.text,
+        peer: refusal.peer,
         tls: None,
     };
     while left > 0 {
@@ -266,9 +335,10 @@ struct Conn {
     tls_pending: bool,
     /// Why TLS failed on this connection (the text of the deferrals).
     tls_failure: Option<String>,
-    /// Opportunistic TLS failed: unsent transactions go back to their
-    /// queues for a cleartext connection instead of counting an attempt.
+    /// Opportunistic TLS failed: the next connection goes in the clear.
     tls_fallback: bool,
+    /// Why the session closed, once it did.
+    closed: Option<CloseCause>,
 }
 
 /// How long a host whose STARTTLS handshake failed is sent to in the clear
@@ -362,6 +432,7 @@ impl Conn {
             tls_pending: false,
             tls_failure: None,
             tls_fallback: false,
+            closed: None,
         }
     }
 
@@ -442,11 +513,15 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, mut stream: TcpStream) {
+    /// Runs the session on `stream`. Transactions are taken only once the
+    /// session is ready (nothing could be sent before the EHLO reply
+    /// anyway), so a host that refuses the session has none to give back,
+    /// and the caller can try the next host.
+    async fn run(&mut self, mut stream: TcpStream) -> Ended {
         // Bounded: each pass either waits for I/O or work with a timeout,
         // or the session closes; the session's timers bound every wait.
         loop {
-            if !self.quitting {
+            if !self.quitting && self.ever_ready {
                 self.fill();
             }
             if !self.quitting && self.session.is_ready() && self.session.transactions_pending() == 0
@@ -535,6 +610,13 @@ impl Conn {
                     }
                 }
             }
+        }
+        if self.ever_ready {
+            Ended::Served
+        } else if self.tls_fallback {
+            Ended::TlsFallback
+        } else {
+            Ended::Refused(self.refusal())
         }
     }
 
@@ -749,7 +831,7 @@ impl Conn {
                     self.settle(id, index, &outcome, now)
                 }
                 ClientEvent::TransactionDone { id } => self.txns.retain(|t| t.env_id != id),
-                ClientEvent::Closed(_) => {}
+                ClientEvent::Closed(cause) => self.closed = Some(cause),
             }
         }
     }
@@ -798,19 +880,14 @@ impl Conn {
                 };
                 outcome::bounced(&self.shared, &s, &said, now);
             }
-            Outcome::TempFail(Failure::NotSent) if self.ever_ready || self.tls_fallback => {
-                // Never attempted on this connection: back to the front of
-                // its queue, attempts unchanged.
+            Outcome::TempFail(Failure::NotSent) => {
+                // Never attempted on this connection (transactions are
+                // queued only once it is ready): back to the front of its
+                // queue, attempts unchanged.
                 self.shared.ctx.queues.borrow_mut().requeue(s.dest, s.entry);
             }
             Outcome::TempFail(f) => {
-                let (code, enh, text) = match (&self.tls_failure, f) {
-                    // RFC 3463 X.7.5: cryptographic failure.
-                    (Some(reason), Failure::NotSent | Failure::ConnectionLost) => {
-                        (451, Some("4.7.5".to_string()), reason.clone())
-                    }
-                    _ => failure_parts(f, false),
-                };
+                let (code, enh, text) = failure_parts(f, false);
                 let said = Said {
                     code,
                     enhanced: enh.as_deref(),
@@ -820,6 +897,58 @@ impl Conn {
                 };
                 outcome::deferred(&self.shared, &s, &said, now);
             }
+        }
+    }
+
+    /// What a session that closed before it was ready says to the
+    /// recipients deferred for it. A `5xx` there is reported as a `4xx`
+    /// (its code kept in the text): the host refused this session, the
+    /// recipients are retried later, and another host may accept them.
+    fn refusal(&self) -> Refusal {
+        let peer = Some(self.peer);
+        let simple = |enhanced: &str, text: String| Refusal {
+            code: 451,
+            enhanced: Some(enhanced.to_string()),
+            text,
+            peer,
+        };
+        match (&self.closed, &self.tls_failure) {
+            // RFC 3463 X.7.5: cryptographic failure.
+            (_, Some(reason)) => simple("4.7.5", reason.clone()),
+            (Some(CloseCause::ServerClosed(reply)), None) => {
+                let code = reply.code.value();
+                let enhanced = reply.enhanced.map(|e| e.to_string());
+                if code >= 500 {
+                    let enhanced = enhanced.map(|e| format!("4{}", &e[1..]));
+                    Refusal {
+                        code: 451,
+                        enhanced: enhanced.or_else(|| Some("4.4.2".into())),
+                        text: format!("session refused: {code} {}", reply.text),
+                        peer,
+                    }
+                } else {
+                    Refusal {
+                        code,
+                        enhanced,
+                        text: reply.text.to_string(),
+                        peer,
+                    }
+                }
+            }
+            (Some(CloseCause::TimedOut(class)), None) => simple(
+                "4.4.2",
+                format!("timed out waiting for the {} reply", class_name(*class)),
+            ),
+            (Some(CloseCause::Protocol(fault)), None) => {
+                simple("4.5.0", format!("protocol error: {fault}"))
+            }
+            (Some(CloseCause::TlsUnavailable), None) => {
+                simple("4.7.10", "TLS required but unavailable".into())
+            }
+            (Some(CloseCause::ConnectionLost | CloseCause::Quit) | None, None) => simple(
+                "4.4.2",
+                "connection closed before the session was ready".into(),
+            ),
         }
     }
 

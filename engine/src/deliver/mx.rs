@@ -8,7 +8,11 @@
 //!   site's connections and limits. Addresses keep the resolver's order
 //!   (preference, equal preferences shuffled, the domain's own A/AAAA only
 //!   without any MX); connections try them in turn when one refuses or
-//!   times out. The assignment is refreshed after [`MX_REFRESH`].
+//!   times out. The assignment lasts as long as the answers it came from:
+//!   the smallest TTL of the MX, CNAME and address answers (negative ones
+//!   by their SOA minimum), kept within `[dns] mx_refresh_min` (30 s) and
+//!   `mx_refresh_max` (1 h); then the next recipient to become ready sends
+//!   the destination back to be resolved again.
 //! - permanent failure (NXDOMAIN `550 5.1.2`, null MX `556 5.1.10`, no
 //!   usable address `550 5.4.4`, hosts only at loopback, private or
 //!   unspecified addresses the `[dns]` policy refuses): every ready
@@ -24,7 +28,6 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 // external
 use rand::rngs::SmallRng;
@@ -38,12 +41,6 @@ use crate::queue::{DestId, Entry, UNROUTED};
 
 /// Resolutions in flight per shard at most.
 pub const RESOLVING_MAX: usize = 64;
-/// How long a destination keeps its MX site before it is resolved again.
-/// The resolver's cache honours the records' TTLs, so a refresh costs a
-/// network query only once they have expired; this bounds how long a
-/// changed MX set goes unnoticed (TTLs shorter than this are honoured to
-/// within this interval).
-pub const MX_REFRESH: Duration = Duration::from_secs(60);
 
 /// The shard's MX state.
 pub struct Mx {
@@ -96,10 +93,10 @@ pub(crate) fn resolve_unrouted(shared: &Rc<Shared>) {
 async fn resolve(shared: Rc<Shared>, dest: DestId) {
     let domain = shared.ctx.queues.borrow().domain(dest).to_string();
     let mut rng = SmallRng::seed_from_u64(shared.random());
-    let outcome = shared
+    let (outcome, ttl) = shared
         .mx
         .resolver
-        .resolve_mx_with(&domain, &shared.mx.rules, &mut rng)
+        .resolve_mx_ttl(&domain, &shared.mx.rules, &mut rng)
         .await;
     let now = now_unix_ms();
     match outcome {
@@ -118,7 +115,9 @@ async fn resolve(shared: Rc<Shared>, dest: DestId) {
                 .map(|h| h.addrs.len())
                 .sum();
             let names = hosts.into_iter().map(|h| h.name).collect();
-            let until = now.saturating_add(MX_REFRESH.as_millis() as u64);
+            // Kept as long as its answers hold (within the [dns] bounds).
+            let keep = shared.mx.rules.refresh_after(ttl);
+            let until = now.saturating_add(keep.as_millis().min(u128::from(u64::MAX)) as u64);
             let assigned = shared.ctx.queues.borrow_mut().assign_mx(
                 dest,
                 site.as_str(),

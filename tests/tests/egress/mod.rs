@@ -27,6 +27,12 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(dir: &Path, name: &str, ip: &str, port: u16) -> Sink {
+        Sink::start_with(dir, name, ip, port, &[])
+    }
+
+    /// Like [`Sink::start`], with more `sluice-sink` flags (e.g. a fault
+    /// profile: `--reject connect:421=1`).
+    pub fn start_with(dir: &Path, name: &str, ip: &str, port: u16, extra: &[&str]) -> Sink {
         let ids = dir.join(format!("{name}-ids.txt"));
         let peers = dir.join(format!("{name}-peers.txt"));
         let capture = dir.join(format!("{name}-capture"));
@@ -40,6 +46,7 @@ impl Sink {
             .arg(&peers)
             .arg("--capture")
             .arg(&capture)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let process = Process::spawn("sluice-sink", cmd).expect("start the sink");
@@ -232,12 +239,17 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 pub struct Dns {
     child: Child,
     pub port: u16,
+    /// The zone file (rewrite it with [`Dns::set_zone`]).
+    pub zone: PathBuf,
+    /// Every question asked, one `name TYPE` line each.
+    pub queries: PathBuf,
 }
 
 impl Dns {
     /// Serves `zone` (see `mx_dns.py`) on a free 127.0.0.1 port.
     pub fn start(dir: &Path, zone: &serde_json::Value) -> Dns {
         let path = dir.join("zone.json");
+        let queries = dir.join("dns-queries.txt");
         std::fs::write(&path, zone.to_string()).expect("write the zone");
         // Next to this file, as compiled (not the library's notion of the
         // workspace, which another checkout sharing the target dir may set).
@@ -245,6 +257,7 @@ impl Dns {
         let mut child = Command::new("python3")
             .arg(script)
             .arg(&path)
+            .arg(&queries)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -261,7 +274,28 @@ impl Dns {
             .strip_prefix("PORT ")
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("mx_dns.py said {line:?}"));
-        Dns { child, port }
+        Dns {
+            child,
+            port,
+            zone: path,
+            queries,
+        }
+    }
+
+    /// Replaces the zone; the server reads it again at its next question.
+    pub fn set_zone(&self, zone: &serde_json::Value) {
+        // Written aside and renamed: the server never reads half a file.
+        let tmp = self.zone.with_extension("tmp");
+        std::fs::write(&tmp, zone.to_string()).expect("write the zone");
+        std::fs::rename(&tmp, &self.zone).expect("replace the zone");
+    }
+
+    /// How many questions for `name` (any type) were asked so far.
+    pub fn asked(&self, name: &str) -> usize {
+        lines(&self.queries)
+            .iter()
+            .filter(|l| l.split(' ').next() == Some(name))
+            .count()
     }
 }
 

@@ -426,6 +426,52 @@ fn stray_answers_are_ignored() {
     assert_eq!(lookup.step(), Step::Wait);
 }
 
+/// The lookup keeps the smallest TTL of the answers it used (MX, address
+/// and negative answers), ignores stray answers' TTLs, and the refresh
+/// interval is that TTL within the configured bounds.
+#[test]
+fn ttl_is_the_smallest_of_the_answers_used() {
+    use std::time::Duration;
+    let config = MxConfig::default();
+    let mut rng = SmallRng::seed_from_u64(3);
+    let mut lookup = MxLookup::new("ttl.test", &config);
+    let secs = |s: u64| Some(Duration::from_secs(s));
+    assert_eq!(lookup.ttl(), None);
+    let Step::Ask(first) = lookup.step() else {
+        panic!("asks MX first")
+    };
+    // A stray answer's TTL does not count.
+    lookup.answer_with_ttl(
+        &Question::new("other.test", QueryType::A),
+        addrs(&["192.0.2.9"]),
+        secs(1),
+        &mut rng,
+    );
+    assert_eq!(lookup.ttl(), None);
+    lookup.answer_with_ttl(&first[0], mx(&[(10, "mx.ttl.test")]), secs(300), &mut rng);
+    assert_eq!(lookup.ttl(), secs(300));
+    let Step::Ask(hosts) = lookup.step() else {
+        panic!("asks addresses")
+    };
+    for q in &hosts {
+        let (answer, ttl) = match q.qtype {
+            QueryType::A => (addrs(&["192.0.2.1"]), secs(120)),
+            // NODATA, cached by its SOA's minimum.
+            _ => (Ok(Lookup::NoData), secs(60)),
+        };
+        lookup.answer_with_ttl(q, answer, ttl, &mut rng);
+    }
+    assert!(matches!(
+        lookup.step(),
+        Step::Done(MxOutcome::Resolved { .. })
+    ));
+    assert_eq!(lookup.ttl(), secs(60));
+    assert_eq!(config.refresh_after(secs(60)), Duration::from_secs(60));
+    assert_eq!(config.refresh_after(secs(2)), config.refresh_min);
+    assert_eq!(config.refresh_after(None), config.refresh_min);
+    assert_eq!(config.refresh_after(secs(86_400)), config.refresh_max);
+}
+
 mod properties {
     use proptest::prelude::*;
 
