@@ -508,7 +508,21 @@ mod admin {
                 v["bounce_rules"].as_str().unwrap_or(""),
                 v["patterns"]
             );
-            println!("shaping:      {}", v["shaping"].as_str().unwrap_or(""));
+            let s = &v["shaping"];
+            match s.as_str() {
+                Some(text) => println!("shaping:      {text}"),
+                None => println!(
+                    "shaping:      reloaded from {} on {} shard(s): {} limit(s) changed, \
+                     {} no longer used (kept until their destinations go), \
+                     {} backoff mode(s) ended, {} kept",
+                    s["file"].as_str().unwrap_or(""),
+                    s["shards"],
+                    s["limits_changed"],
+                    s["limits_unused"],
+                    s["modes_ended"],
+                    s["modes_kept"]
+                ),
+            }
         }))
     }
 

@@ -48,6 +48,21 @@ pub struct ShardSnapshot {
     pub log: LogStats,
     /// Latency, bounces by site and category, DSNs.
     pub acct: DeliveryMetrics,
+    /// Bounce rules reloads applied.
+    pub bounce_rules_reloads: u64,
+    /// Shaping reloads and the size of the shaping state.
+    pub shaping: ShapingCounts,
+}
+
+/// A shard's shaping reloads and state size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShapingCounts {
+    /// Shaping rules reloads applied.
+    pub reloads: u64,
+    /// Shaping destinations cached now.
+    pub destinations: u64,
+    /// Limits the shard's shaper holds now.
+    pub limits: u64,
 }
 
 fn esc(v: &str) -> String {
@@ -105,6 +120,13 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
         "counter",
         "Messages answered 4xx/5xx by injection (spool faults, no room).",
         |s| s.inject.failed,
+    );
+    o.per_shard(
+        shards,
+        "sluice_unknown_tenant_messages_total",
+        "counter",
+        "Messages whose tenant header named a tenant without a [tenants] table (accepted as a free label).",
+        |s| s.inject.unknown_tenants,
     );
     o.per_shard(
         shards,
@@ -458,6 +480,35 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
         "counter",
         "Bytes written to accounting log files.",
         |s| s.log.bytes_written,
+    );
+    // Reloads and shaping state.
+    o.per_shard(
+        shards,
+        "sluice_bounce_rules_reloads_total",
+        "counter",
+        "Bounce rules reloads applied (sluice reload).",
+        |s| s.bounce_rules_reloads,
+    );
+    o.per_shard(
+        shards,
+        "sluice_shaping_reloads_total",
+        "counter",
+        "Shaping rules reloads applied (sluice reload).",
+        |s| s.shaping.reloads,
+    );
+    o.per_shard(
+        shards,
+        "sluice_shaping_destinations",
+        "gauge",
+        "Shaping destinations cached (swept when unused for 30 s).",
+        |s| s.shaping.destinations,
+    );
+    o.per_shard(
+        shards,
+        "sluice_shaping_limits",
+        "gauge",
+        "Shaping limits held (registered, or lent as their home shard).",
+        |s| s.shaping.limits,
     );
     o.0
 }

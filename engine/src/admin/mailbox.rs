@@ -85,10 +85,13 @@ pub enum Command {
         /// Spool id on this shard.
         id: u64,
     },
-    /// Replace the bounce rules.
+    /// Replace the bounce rules and, when given, the shaping rules.
     Reload {
-        /// The compiled rules.
+        /// The compiled bounce rules.
         rules: Box<sluice_outcomes::Classifier>,
+        /// The validated shaping rules, with the reload's generation (the
+        /// same on every shard, see `Shaper::replace_rules`).
+        shaping: Option<(Box<sluice_shaping::config::Rules>, u64)>,
     },
 }
 
@@ -303,9 +306,21 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
             Answer::Json(serde_json::json!({"domain": domain, "site": name}))
         }
         Command::Inspect { id } => inspect(h, id, now),
-        Command::Reload { rules } => {
+        Command::Reload { rules, shaping } => {
             h.delivery.acct.set_rules(*rules);
-            Answer::Json(serde_json::json!({"bounce_rules": "reloaded"}))
+            let shaped = match (shaping, &h.delivery.shaping) {
+                (Some((rules, generation)), Some(s)) => {
+                    let done = s.reload(*rules, generation);
+                    serde_json::json!({
+                        "limits_changed": done.limits_changed,
+                        "limits_unused": done.limits_unused,
+                        "modes_ended": done.modes_ended,
+                        "modes_kept": done.modes_kept,
+                    })
+                }
+                _ => serde_json::Value::Null,
+            };
+            Answer::Json(serde_json::json!({"bounce_rules": "reloaded", "shaping": shaped}))
         }
     }
 }
@@ -340,6 +355,14 @@ pub fn snapshot(h: &ShardHandles) -> ShardSnapshot {
         spool_bytes: segments * d.ctx.config.segment_bytes,
         log: d.log.stats(),
         acct: d.acct.metrics.borrow().clone(),
+        bounce_rules_reloads: d.acct.reloads.get(),
+        shaping: d.shaping.as_ref().map_or_else(Default::default, |s| {
+            crate::metrics::ShapingCounts {
+                reloads: s.reloads(),
+                destinations: s.cached() as u64,
+                limits: s.limits() as u64,
+            }
+        }),
     }
 }
 

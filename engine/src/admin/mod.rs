@@ -125,6 +125,7 @@ impl Admin {
         settings: &AdminSettings,
         shards: Vec<SyncSender<mailbox::Request>>,
         bounce_rules: Option<PathBuf>,
+        shaping_rules: Option<PathBuf>,
         stop: Arc<AtomicBool>,
     ) -> Option<Admin> {
         let listen = settings.listen?;
@@ -143,6 +144,7 @@ impl Admin {
             settings: settings.clone(),
             shards,
             bounce_rules,
+            shaping_rules,
             stop,
         };
         let thread = std::thread::Builder::new()

@@ -13,16 +13,24 @@
 //! - `POST /api/bounce` `{"domain", "who", "why", "for_s"?}`;
 //! - `POST /api/reroute` `{"domain", "to": ["HOST:PORT", ...]}`;
 //! - `GET /api/inspect?id=s<k>.<n>`;
-//! - `POST /api/reload`: bounce rules re-read and applied on every shard.
+//! - `POST /api/reload`: the bounce rules and the `[delivery] shaping`
+//!   file re-read and validated here, once; on any problem (answered
+//!   `422` naming the file, key and reason) nothing changes anywhere,
+//!   else every shard swaps both (shaping: `Shaper::replace_rules`, limits
+//!   re-based under live leases and permits, cached destinations
+//!   dropped) and the answer counts what changed on how many shards.
 
 // std
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
+
+// external
+use sluice_shaping::config::Rules;
 
 // crate
 use super::mailbox::{Answer, Command, Request, REPLY_TIMEOUT};
@@ -44,8 +52,35 @@ pub struct Server {
     pub shards: Vec<SyncSender<Request>>,
     /// The bounce rules file to re-read on reload (`None`: the shipped rules).
     pub bounce_rules: Option<PathBuf>,
+    /// The shaping rules file to re-read on reload (`None`: built-in rules
+    /// from `[delivery]`, which only a restart changes).
+    pub shaping_rules: Option<PathBuf>,
     /// Set to stop.
     pub stop: Arc<AtomicBool>,
+}
+
+/// What `reload` did to the shaping rules, summed over the shards'
+/// answers.
+fn shaping_summary(file: Option<&Path>, answers: &[serde_json::Value]) -> serde_json::Value {
+    let Some(file) = file else {
+        return serde_json::json!(
+            "not reloaded: no [delivery] shaping file; the built-in rules from [delivery] change only with a restart"
+        );
+    };
+    let reloaded: Vec<&serde_json::Value> = answers
+        .iter()
+        .map(|a| &a["shaping"])
+        .filter(|s| s.is_object())
+        .collect();
+    let sum = |k: &str| reloaded.iter().filter_map(|s| s[k].as_u64()).sum::<u64>();
+    serde_json::json!({
+        "file": file.display().to_string(),
+        "shards": reloaded.len(),
+        "limits_changed": sum("limits_changed"),
+        "limits_unused": sum("limits_unused"),
+        "modes_ended": sum("modes_ended"),
+        "modes_kept": sum("modes_kept"),
+    })
 }
 
 /// A parsed request.
@@ -257,19 +292,33 @@ impl Server {
                         )
                     }
                 };
+                // Both files are validated before any shard changes.
+                let shaping = match self.shaping_rules.as_deref().map(Rules::load) {
+                    None => None,
+                    Some(Ok(r)) => Some(r),
+                    Some(Err(e)) => {
+                        return json(
+                            422,
+                            serde_json::json!({"error": format!("shaping rules: {e}\nnothing was reloaded; the old rules stay")}),
+                        )
+                    }
+                };
                 let file = self
                     .bounce_rules
                     .as_ref()
                     .map_or("(shipped rules)".to_string(), |p| p.display().to_string());
+                // Same on every shard, above any earlier reload's.
+                let generation = crate::deliver::shape::now_nanos().0;
                 match self.all(|| Command::Reload {
                     rules: Box::new(rules.clone()),
+                    shaping: shaping.clone().map(|r| (Box::new(r), generation)),
                 }) {
-                    Ok(_) => json(
+                    Ok(answers) => json(
                         200,
                         serde_json::json!({
                             "bounce_rules": file,
                             "patterns": rules.pattern_count(),
-                            "shaping": "not reloaded: shaping rules apply at start (restart to change them)",
+                            "shaping": shaping_summary(self.shaping_rules.as_deref(), &answers),
                         }),
                     ),
                     Err(e) => json(503, serde_json::json!({"error": e})),

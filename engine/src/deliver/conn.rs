@@ -205,9 +205,12 @@ async fn connect(
 
 /// The source a new connection of `site` binds (see [`super::source`]).
 fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> {
-    let Some(rules) = &shared.sources else {
+    // The shaper's rules, so a reload's sources and pools apply to the
+    // next connection.
+    let Some(shaping) = &shared.shaping else {
         return Ok(None);
     };
+    let rules = shaping.rules();
     let q = shared.ctx.queues.borrow();
     let named = q.sites().pool(site).map(str::to_owned);
     // A message's named pool wins; otherwise the rule of the domain at the
@@ -221,7 +224,7 @@ fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> 
     };
     drop(q);
     super::source::choose(
-        rules,
+        &rules,
         named.as_deref(),
         rule_pool.as_deref(),
         shared.random(),

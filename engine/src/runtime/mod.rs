@@ -397,6 +397,7 @@ impl Engine {
             &config.admin,
             admin_tx,
             config.bounce_rules_file.clone(),
+            config.shaping_file.clone(),
             Arc::clone(&stop),
         );
         if let Some(a) = &admin {
