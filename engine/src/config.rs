@@ -127,6 +127,10 @@ pub struct RawConfig {
     /// may have, the mail exchangers' port (see `sluice_dns::config`).
     #[serde(default)]
     pub dns: sluice_dns::RawDnsConfig,
+    /// Tenants (`[tenants.NAME]`: `users`, `header_override`, `pool`,
+    /// `dsn`); see `crate::inject::tenant`.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, crate::inject::tenant::RawTenant>,
 }
 
 fn default_cores() -> RawCores {
@@ -181,6 +185,14 @@ pub struct RawInject {
     /// Refuse MAIL before AUTH (`530 5.7.0`), relay networks included.
     #[serde(default)]
     pub auth_required: bool,
+    /// Header naming the message's tenant, removed before spooling
+    /// (default `X-Tenant`; `""`: not read).
+    #[serde(default = "default_tenant_header")]
+    pub tenant_header: String,
+    /// Header naming the message's campaign, removed before spooling
+    /// (default `X-Campaign`; `""`: not read).
+    #[serde(default = "default_campaign_header")]
+    pub campaign_header: String,
 }
 
 fn default_listen() -> String {
@@ -207,6 +219,12 @@ fn default_idle_timeout() -> String {
 fn default_min_data_rate() -> u64 {
     1024
 }
+fn default_tenant_header() -> String {
+    "X-Tenant".into()
+}
+fn default_campaign_header() -> String {
+    "X-Campaign".into()
+}
 
 impl Default for RawInject {
     fn default() -> Self {
@@ -225,6 +243,8 @@ impl Default for RawInject {
             implicit_tls_listen: None,
             auth_users: None,
             auth_required: false,
+            tenant_header: default_tenant_header(),
+            campaign_header: default_campaign_header(),
         }
     }
 }
@@ -452,6 +472,8 @@ pub struct Config {
     pub dsn_bounces: bool,
     /// Admin listener settings.
     pub admin: crate::admin::AdminSettings,
+    /// Tenant and campaign headers and `[tenants.*]`.
+    pub tenants: crate::inject::tenant::Tenants,
 }
 
 impl Config {
@@ -712,6 +734,12 @@ impl Config {
             }
         };
         let mx_port = raw.dns.smtp_port();
+        let tenants = crate::inject::tenant::Tenants::from_raw(
+            &raw.inject.tenant_header,
+            &raw.inject.campaign_header,
+            &raw.tenants,
+            &mut bad,
+        );
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -747,7 +775,21 @@ impl Config {
             bounce_rules,
             dsn_bounces: raw.delivery.dsn.unwrap_or(true),
             admin,
+            tenants,
         })
+    }
+
+    /// Whether a failure of a message of `tenant` (the spool record's
+    /// tenant field; empty: none) bounces to its sender: the tenant's
+    /// `[tenants.NAME] dsn`, else `[delivery] dsn`.
+    pub fn dsn_for_tenant(&self, tenant: &[u8]) -> bool {
+        self.tenants.dsn_for(tenant, self.dsn_bounces)
+    }
+
+    /// Whether any message can get a DSN (`[delivery] dsn`, or a tenant
+    /// turns it on): the cheap test before looking up a message's tenant.
+    pub fn dsn_possible(&self) -> bool {
+        self.tenants.any_dsn(self.dsn_bounces)
     }
 
     /// The first static route whose pattern matches `domain`.
@@ -924,6 +966,32 @@ mod tests {
         assert!(!sub.matches("badexample.com"));
         assert!(parse_pattern("exa mple.com").is_err());
         assert!(DomainPattern::Exact("example.com".into()).matches("EXAMPLE.com"));
+    }
+
+    #[test]
+    fn tenants_validate_under_their_keys_and_decide_dsn() {
+        let text = r#"
+            [delivery]
+            dsn = true
+            [tenants.acme]
+            users = ["alice"]
+            dsn = false
+            [tenants.beta]
+            users = ["alice"]
+        "#;
+        let ConfigError::Invalid { problems, .. } =
+            Config::parse("t.toml", text, None).unwrap_err()
+        else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems[0].key, "tenants.beta.users[0]", "{problems:?}");
+        let c = Config::parse("t.toml", "[tenants.acme]\ndsn = false\n", None).unwrap();
+        assert!(!c.dsn_for_tenant(b"acme"));
+        assert!(c.dsn_for_tenant(b"other") && c.dsn_for_tenant(b""));
+        assert_eq!(c.tenants.tenant_header, b"x-tenant");
+        assert_eq!(c.tenants.campaign_header, b"x-campaign");
+        let err = Config::parse("t.toml", "[tenants.acme]\nusers = 1\n", None).unwrap_err();
+        assert!(err.to_string().contains("tenants.acme.users"), "{err}");
     }
 
     #[test]

@@ -74,7 +74,9 @@ enum Command {
     /// Print the embedded default configuration (a documented starting point).
     DefaultConfig,
     /// Queue summary of a running engine: ready, scheduled, in flight,
-    /// received, delivered, bounced, per shard and in total.
+    /// received, delivered, bounced, per shard and in total, then the
+    /// standing orders (suspended destinations and tenants with who and
+    /// why, timed bounces, reroutes).
     Queues(AdminTarget),
     /// Top destinations of a running engine by depth, with the age of the
     /// oldest message, the last error and any suspension.
@@ -85,17 +87,23 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Suspend delivery to a destination (recipient domain) on every
-    /// shard; queued and arriving recipients wait (their max age still
-    /// applies) until `sluice resume` or the end of --for.
+    /// Suspend delivery to a destination (recipient domain), or of a
+    /// tenant's mail (--tenant) to every destination, on every shard;
+    /// queued and arriving recipients wait (their max age still applies)
+    /// until `sluice resume` or the end of --for. Kept in the spool
+    /// directory's admin-state.json: a restart keeps it.
     Suspend {
-        /// The recipient domain.
-        dest: String,
-        /// Who suspends it (shown in `sluice top`).
-        #[arg(long)]
+        /// The recipient domain (or use --tenant).
+        #[arg(required_unless_present = "tenant", conflicts_with = "tenant")]
+        dest: Option<String>,
+        /// Suspend this tenant's mail instead of a destination.
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// Who suspends it (shown in `sluice top` and `sluice queues`).
+        #[arg(long, visible_alias = "by")]
         who: String,
-        /// Why (shown in `sluice top`).
-        #[arg(long)]
+        /// Why (shown in `sluice top` and `sluice queues`).
+        #[arg(long, visible_alias = "reason")]
         why: String,
         /// Resume by itself after this long (`30m`, `2h`); default: until resumed.
         #[arg(long = "for", value_name = "DURATION")]
@@ -103,10 +111,15 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Resume delivery to a suspended destination.
+    /// Resume delivery to a suspended destination, or of a suspended
+    /// tenant (--tenant).
     Resume {
-        /// The recipient domain.
-        dest: String,
+        /// The recipient domain (or use --tenant).
+        #[arg(required_unless_present = "tenant", conflicts_with = "tenant")]
+        dest: Option<String>,
+        /// Resume this tenant's mail instead of a destination.
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -209,6 +222,7 @@ fn main() -> ExitCode {
         Command::Top { limit, target } => admin::top(&target, limit),
         Command::Suspend {
             dest,
+            tenant,
             who,
             why,
             duration,
@@ -216,11 +230,21 @@ fn main() -> ExitCode {
         } => admin::order(
             &target,
             "/api/suspend",
-            &dest,
+            &admin::Subject::of(dest, tenant),
             Some((&who, &why)),
             duration.as_deref(),
         ),
-        Command::Resume { dest, target } => admin::order(&target, "/api/resume", &dest, None, None),
+        Command::Resume {
+            dest,
+            tenant,
+            target,
+        } => admin::order(
+            &target,
+            "/api/resume",
+            &admin::Subject::of(dest, tenant),
+            None,
+            None,
+        ),
         Command::Bounce {
             queue,
             duration,
@@ -230,7 +254,7 @@ fn main() -> ExitCode {
         } => admin::order(
             &target,
             "/api/bounce",
-            &queue,
+            &admin::Subject::Domain(queue),
             Some((&who, &why)),
             duration.as_deref(),
         ),
@@ -368,7 +392,55 @@ mod admin {
                 row(s["shard"].to_string(), s);
             }
             row("total".into(), &v["total"]);
+            print_orders(&v["orders"]);
         }))
+    }
+
+    /// The standing orders of `/api/queues`, one line each.
+    fn print_orders(o: &serde_json::Value) {
+        let order = |s: &serde_json::Value| {
+            let until = s["until_ms"]
+                .as_u64()
+                .map(|u| {
+                    let left = u.saturating_sub(sluice_engine::deliver::now_unix_ms());
+                    format!(", {}s left", left / 1000)
+                })
+                .unwrap_or_default();
+            format!(
+                "by {} ({}){until}",
+                s["who"].as_str().unwrap_or(""),
+                s["why"].as_str().unwrap_or("")
+            )
+        };
+        let mut lines = Vec::new();
+        for (key, what) in [
+            ("suspended", "destination"),
+            ("suspended_tenants", "tenant"),
+            ("bouncing", "bouncing"),
+        ] {
+            for (name, s) in o[key].as_object().into_iter().flatten() {
+                let verb = if key == "bouncing" { "" } else { "suspended " };
+                lines.push(format!("{what} {name}: {verb}{}", order(s)));
+            }
+        }
+        for (name, hops) in o["rerouted"].as_object().into_iter().flatten() {
+            let hops: Vec<&str> = hops
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str())
+                .collect();
+            lines.push(format!(
+                "destination {name}: rerouted to {}",
+                hops.join(",")
+            ));
+        }
+        if !lines.is_empty() {
+            println!("\nstanding orders:");
+            for l in lines {
+                println!("  {l}");
+            }
+        }
     }
 
     pub fn top(t: &AdminTarget, limit: usize) -> ExitCode {
@@ -396,9 +468,15 @@ mod admin {
                     let oldest = r["oldest_age_s"]
                         .as_f64()
                         .map_or("-".to_string(), |s| format!("{s:.0}s"));
+                    let name = match (r["domain"].as_str(), r["tenant"].as_str()) {
+                        (Some(d), Some(t)) => format!("{d} [{t}]"),
+                        (Some(d), None) => d.to_string(),
+                        (None, Some(t)) => format!("tenant {t}"),
+                        (None, None) => String::new(),
+                    };
                     println!(
                         "{:<28} {:>5} {:>7} {:>9} {:>10}  {}",
-                        r["domain"].as_str().unwrap_or(""),
+                        name,
                         r["shard"],
                         r["depth"].as_u64().unwrap_or(0),
                         oldest,
@@ -410,10 +488,29 @@ mod admin {
         )
     }
 
+    /// What an order is about.
+    pub enum Subject {
+        /// A destination (recipient domain).
+        Domain(String),
+        /// A tenant.
+        Tenant(String),
+    }
+
+    impl Subject {
+        /// From the positional destination or `--tenant` (clap makes sure
+        /// exactly one is given).
+        pub fn of(dest: Option<String>, tenant: Option<String>) -> Subject {
+            match tenant {
+                Some(t) => Subject::Tenant(t),
+                None => Subject::Domain(dest.unwrap_or_default()),
+            }
+        }
+    }
+
     pub fn order(
         t: &AdminTarget,
         path: &str,
-        dest: &str,
+        subject: &Subject,
         who_why: Option<(&str, &str)>,
         duration: Option<&str>,
     ) -> ExitCode {
@@ -425,7 +522,10 @@ mod admin {
                 return ExitCode::from(2);
             }
         };
-        let mut body = serde_json::json!({"domain": dest});
+        let (mut body, dest) = match subject {
+            Subject::Domain(d) => (serde_json::json!({"domain": d}), d.clone()),
+            Subject::Tenant(n) => (serde_json::json!({"tenant": n}), format!("tenant {n}")),
+        };
         if let Some((who, why)) = who_why {
             body["who"] = who.into();
             body["why"] = why.into();

@@ -123,6 +123,13 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
     );
     o.per_shard(
         shards,
+        "sluice_unknown_tenant_messages_total",
+        "counter",
+        "Messages whose tenant header named a tenant without a [tenants] table (accepted as a free label).",
+        |s| s.inject.unknown_tenants,
+    );
+    o.per_shard(
+        shards,
         "sluice_recipients_received_total",
         "counter",
         "Recipients of accepted messages (Reception records), bounces included.",

@@ -76,6 +76,7 @@ fn a_million_deferred_recipients_fit_the_budget() {
             expiry_unix_ms: 0,
             sender: String::new(),
             pool: None,
+            tenant: None,
             domains: vec![DomainRecipients {
                 domain,
                 recipients: vec![AcceptedRecipient {

@@ -6,8 +6,12 @@
 //! costs nothing measurable and keeps the shard free of locks). A request
 //! carries its own reply channel; the admin thread waits at most
 //! [`REPLY_TIMEOUT`] per shard. The task also keeps the operator's
-//! standing orders: suspended destinations stay parked, and queues being
-//! bounced "for a duration" have new arrivals bounced as they come.
+//! standing orders: suspended destinations and tenants stay parked, and
+//! queues being bounced "for a duration" have new arrivals bounced as
+//! they come (they are held meanwhile, so none slips out between two
+//! turns). The orders in force at start come from the state file
+//! (`admin::state`) and are applied by [`Orders::from_state`] before
+//! delivery starts.
 
 // std
 use std::cell::RefCell;
@@ -17,7 +21,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Duration;
 
 // external
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 // crate
 use crate::accounting::read_facts;
@@ -60,6 +64,22 @@ pub enum Command {
     Resume {
         /// The recipient domain.
         domain: String,
+    },
+    /// Hold every recipient of a tenant, on every destination.
+    SuspendTenant {
+        /// The tenant.
+        tenant: String,
+        /// Who asked.
+        who: String,
+        /// Why.
+        why: String,
+        /// Until when (ms since the Unix epoch); `None`: until resumed.
+        until_ms: Option<u64>,
+    },
+    /// Release a tenant.
+    ResumeTenant {
+        /// The tenant.
+        tenant: String,
     },
     /// Bounce every queued recipient of a destination, and new arrivals
     /// until `until_ms`.
@@ -115,7 +135,8 @@ pub struct Request {
 }
 
 /// A standing suspension.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Suspension {
     /// Who suspended it.
     pub who: String,
@@ -141,17 +162,46 @@ pub struct ShardHandles {
     pub shutdown: Shutdown,
 }
 
+/// The operator's orders in force on a shard, with who and why (the
+/// queues hold what they mean: `queue::admin`).
 #[derive(Default)]
-struct Orders {
+pub struct Orders {
     suspended: HashMap<String, Suspension>,
+    suspended_tenants: HashMap<String, Suspension>,
     bouncing: HashMap<String, Suspension>,
     rerouted: HashMap<String, String>,
 }
 
+impl Orders {
+    /// Applies the orders of the state file to the queues (called after
+    /// the spool is restored, before delivery starts) and keeps them.
+    pub fn from_state(state: &super::state::AdminState, q: &mut Queues, now: u64) -> Orders {
+        let park = |until: Option<u64>| until.unwrap_or(now + PARK_AHEAD.as_millis() as u64);
+        let mut orders = Orders::default();
+        for (domain, s) in &state.suspended {
+            q.hold_domain(domain, park(s.until_ms));
+            orders.suspended.insert(domain.clone(), s.clone());
+        }
+        for (domain, s) in &state.bouncing {
+            q.hold_domain(domain, park(s.until_ms));
+            orders.bouncing.insert(domain.clone(), s.clone());
+        }
+        for (tenant, s) in &state.suspended_tenants {
+            q.hold_tenant(tenant, park(s.until_ms));
+            orders.suspended_tenants.insert(tenant.clone(), s.clone());
+        }
+        for (domain, hosts) in &state.rerouted {
+            let site = q.reroute_domain(domain, hosts.clone());
+            orders.rerouted.insert(domain.clone(), q.sites().name(site));
+        }
+        orders
+    }
+}
+
 /// The shard's mailbox task: answers requests and keeps standing orders
-/// until the shard stops.
-pub async fn serve(h: ShardHandles, rx: Receiver<Request>) {
-    let orders = RefCell::new(Orders::default());
+/// (starting with `orders`) until the shard stops.
+pub async fn serve(h: ShardHandles, rx: Receiver<Request>, orders: Orders) {
+    let orders = RefCell::new(orders);
     while !h.shutdown.is_set() {
         while let Ok(req) = rx.try_recv() {
             let answer = handle(&h, &orders, req.command).await;
@@ -165,45 +215,41 @@ pub async fn serve(h: ShardHandles, rx: Receiver<Request>) {
 
 async fn keep_orders(h: &ShardHandles, orders: &RefCell<Orders>) {
     let now = now_unix_ms();
-    let (suspended, bouncing) = {
-        let mut o = orders.borrow_mut();
+    let bouncing = {
+        let mut guard = orders.borrow_mut();
+        let o = &mut *guard;
         // Expired orders end.
-        let mut released = Vec::new();
-        o.suspended.retain(|d, s| {
-            let keep = s.until_ms.is_none_or(|u| u > now);
-            if !keep {
-                released.push(d.clone());
-            }
-            keep
-        });
-        o.bouncing
-            .retain(|_, s| s.until_ms.is_some_and(|u| u > now));
+        let expire = |map: &mut HashMap<String, Suspension>| {
+            let mut ended = Vec::new();
+            map.retain(|d, s| {
+                let keep = s.until_ms.is_none_or(|u| u > now);
+                if !keep {
+                    ended.push(d.clone());
+                }
+                keep
+            });
+            ended
+        };
+        let mut released = expire(&mut o.suspended);
+        released.extend(expire(&mut o.bouncing));
+        let released_tenants = expire(&mut o.suspended_tenants);
         let mut q = h.queues.borrow_mut();
         for d in released {
-            if let Some(dest) = q.find(&d) {
-                q.release(dest, now);
+            // Held while suspended or bouncing.
+            if !o.suspended.contains_key(&d) && !o.bouncing.contains_key(&d) {
+                q.release_domain(&d, now);
             }
         }
-        (
-            o.suspended
-                .iter()
-                .map(|(d, s)| (d.clone(), s.until_ms))
-                .collect::<Vec<_>>(),
-            o.bouncing
-                .iter()
-                .map(|(d, s)| (d.clone(), format!("bounced by {}: {}", s.who, s.why)))
-                .collect::<Vec<_>>(),
-        )
+        for t in released_tenants {
+            q.release_tenant(&t, now);
+        }
+        o.bouncing
+            .iter()
+            .map(|(d, s)| (d.clone(), format!("bounced by {}: {}", s.who, s.why)))
+            .collect::<Vec<_>>()
     };
-    for (domain, until) in suspended {
-        let mut q = h.queues.borrow_mut();
-        if let Some(dest) = q.find(&domain) {
-            if !q.is_held(dest) {
-                // The destination appeared after the order.
-                q.hold(dest, until.unwrap_or(now + PARK_AHEAD.as_millis() as u64));
-            }
-        }
-    }
+    // Destinations made after an order are held as they are made
+    // (`queue::admin::Standing`); their arrivals are parked here or by `take`.
     h.queues
         .borrow_mut()
         .park_held(now + PARK_AHEAD.as_millis() as u64);
@@ -212,17 +258,19 @@ async fn keep_orders(h: &ShardHandles, orders: &RefCell<Orders>) {
     }
 }
 
-/// Bounces every queued recipient of `domain`; returns how many.
+/// Bounces every queued recipient of `domain` (every pool and tenant);
+/// returns how many.
 async fn bounce_queued(h: &ShardHandles, domain: &str, reason: &str, now: u64) -> usize {
-    let Some(dest) = h.queues.borrow().find(domain) else {
-        return 0;
-    };
-    let entries = h.queues.borrow_mut().remove_all(dest);
-    let n = entries.len();
-    for (i, e) in entries.into_iter().enumerate() {
-        outcome::admin_bounce(&h.delivery, dest, e, reason, now);
-        if i % BOUNCE_BUDGET == BOUNCE_BUDGET - 1 {
-            glommio::yield_if_needed().await;
+    let dests = h.queues.borrow().domain_dests(domain);
+    let mut n = 0;
+    for dest in dests {
+        let entries = h.queues.borrow_mut().remove_all(dest);
+        for e in entries {
+            outcome::admin_bounce(&h.delivery, dest, e, reason, now);
+            n += 1;
+            if n % BOUNCE_BUDGET == 0 {
+                glommio::yield_if_needed().await;
+            }
         }
     }
     n
@@ -240,14 +288,10 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
             until_ms,
         } => {
             let domain = domain.to_ascii_lowercase();
-            let parked = {
-                let mut q = h.queues.borrow_mut();
-                let dest = q.destination(&domain);
-                q.hold(
-                    dest,
-                    until_ms.unwrap_or(now + PARK_AHEAD.as_millis() as u64),
-                )
-            };
+            let parked = h.queues.borrow_mut().hold_domain(
+                &domain,
+                until_ms.unwrap_or(now + PARK_AHEAD.as_millis() as u64),
+            );
             orders.borrow_mut().suspended.insert(
                 domain.clone(),
                 Suspension {
@@ -261,10 +305,17 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
         }
         Command::Resume { domain } => {
             let domain = domain.to_ascii_lowercase();
-            let was = orders.borrow_mut().suspended.remove(&domain).is_some();
-            let released = {
-                let mut q = h.queues.borrow_mut();
-                q.find(&domain).map_or(0, |d| q.release(d, now))
+            let (was, bouncing) = {
+                let mut o = orders.borrow_mut();
+                (
+                    o.suspended.remove(&domain).is_some(),
+                    o.bouncing.contains_key(&domain),
+                )
+            };
+            let released = if bouncing {
+                0 // still held for its bounce order
+            } else {
+                h.queues.borrow_mut().release_domain(&domain, now)
             };
             Answer::Json(
                 serde_json::json!({"domain": domain, "was_suspended": was, "released": released}),
@@ -278,6 +329,10 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
         } => {
             let domain = domain.to_ascii_lowercase();
             let reason = format!("bounced by {who}: {why}");
+            if let Some(until) = until_ms {
+                // Held until the order ends: nothing slips out between turns.
+                h.queues.borrow_mut().hold_domain(&domain, until);
+            }
             let n = bounce_queued(h, &domain, &reason, now).await;
             if until_ms.is_some() {
                 orders.borrow_mut().bouncing.insert(
@@ -295,8 +350,7 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
         Command::Reroute { domain, hosts } => {
             let domain = domain.to_ascii_lowercase();
             let mut q = h.queues.borrow_mut();
-            let dest = q.destination(&domain);
-            let site = q.reroute(dest, hosts);
+            let site = q.reroute_domain(&domain, hosts);
             let name = q.sites().name(site);
             drop(q);
             orders
@@ -304,6 +358,38 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
                 .rerouted
                 .insert(domain.clone(), name.clone());
             Answer::Json(serde_json::json!({"domain": domain, "site": name}))
+        }
+        Command::SuspendTenant {
+            tenant,
+            who,
+            why,
+            until_ms,
+        } => {
+            let parked = h.queues.borrow_mut().hold_tenant(
+                &tenant,
+                until_ms.unwrap_or(now + PARK_AHEAD.as_millis() as u64),
+            );
+            orders.borrow_mut().suspended_tenants.insert(
+                tenant.clone(),
+                Suspension {
+                    who,
+                    why,
+                    since_ms: now,
+                    until_ms,
+                },
+            );
+            Answer::Json(serde_json::json!({"tenant": tenant, "suspended": true, "parked": parked}))
+        }
+        Command::ResumeTenant { tenant } => {
+            let was = orders
+                .borrow_mut()
+                .suspended_tenants
+                .remove(&tenant)
+                .is_some();
+            let released = h.queues.borrow_mut().release_tenant(&tenant, now);
+            Answer::Json(
+                serde_json::json!({"tenant": tenant, "was_suspended": was, "released": released}),
+            )
         }
         Command::Inspect { id } => inspect(h, id, now),
         Command::Reload { rules, shaping } => {
@@ -378,11 +464,16 @@ fn top(h: &ShardHandles, orders: &Orders, now: u64) -> serde_json::Value {
             (f.arrival_ms > 0).then_some(f.arrival_ms)
         });
         let err = errors.get(&s.domain);
-        let susp = orders.suspended.get(&s.domain);
+        let susp = orders.suspended.get(&s.domain).or_else(|| {
+            s.tenant
+                .as_ref()
+                .and_then(|t| orders.suspended_tenants.get(t))
+        });
         let rerouted = orders.rerouted.get(&s.domain);
         rows.push(serde_json::json!({
             "shard": h.delivery.ctx.index,
             "domain": s.domain,
+            "tenant": s.tenant,
             "site": q.sites().name(s.site),
             "depth": s.ready + s.scheduled,
             "ready": s.ready,
@@ -406,6 +497,23 @@ fn top(h: &ShardHandles, orders: &Orders, now: u64) -> serde_json::Value {
     for (d, s) in &orders.bouncing {
         rows.push(serde_json::json!({
             "shard": h.delivery.ctx.index, "domain": d, "bouncing": s,
+        }));
+    }
+    // One row per suspended tenant: its recipients held on this shard.
+    for (t, s) in &orders.suspended_tenants {
+        let (mut depth, mut ready, mut scheduled) = (0, 0, 0);
+        for x in q
+            .summaries()
+            .iter()
+            .filter(|x| x.tenant.as_ref() == Some(t))
+        {
+            depth += x.ready + x.scheduled;
+            ready += x.ready;
+            scheduled += x.scheduled;
+        }
+        rows.push(serde_json::json!({
+            "shard": h.delivery.ctx.index, "tenant": t, "depth": depth, "ready": ready,
+            "scheduled": scheduled, "suspended": s,
         }));
     }
     serde_json::Value::Array(rows)

@@ -12,6 +12,7 @@
 
 pub mod mailbox;
 pub mod server;
+pub mod state;
 
 // std
 use std::net::{IpAddr, SocketAddr};
@@ -127,6 +128,7 @@ impl Admin {
         bounce_rules: Option<PathBuf>,
         shaping_rules: Option<PathBuf>,
         stop: Arc<AtomicBool>,
+        state: state::Store,
     ) -> Option<Admin> {
         let listen = settings.listen?;
         let listener = match std::net::TcpListener::bind(listen) {
@@ -146,6 +148,7 @@ impl Admin {
             bounce_rules,
             shaping_rules,
             stop,
+            state,
         };
         let thread = std::thread::Builder::new()
             .name("sluice-admin".into())

@@ -8,8 +8,9 @@
 //! - `GET /api/queues`: totals per shard and in all;
 //! - `GET /api/top?limit=N`: destinations by depth, with the oldest
 //!   message's age, the last error and any suspension;
-//! - `POST /api/suspend` `{"domain", "who", "why", "for_s"?}`;
-//! - `POST /api/resume` `{"domain"}`;
+//! - `POST /api/suspend` `{"domain", "who", "why", "for_s"?}`, or
+//!   `{"tenant", ...}` to hold a tenant's mail on every destination;
+//! - `POST /api/resume` `{"domain"}` or `{"tenant"}`;
 //! - `POST /api/bounce` `{"domain", "who", "why", "for_s"?}`;
 //! - `POST /api/reroute` `{"domain", "to": ["HOST:PORT", ...]}`;
 //! - `GET /api/inspect?id=s<k>.<n>`;
@@ -57,6 +58,8 @@ pub struct Server {
     pub shaping_rules: Option<PathBuf>,
     /// Set to stop.
     pub stop: Arc<AtomicBool>,
+    /// The standing orders and their file (`admin::state`).
+    pub state: super::state::Store,
 }
 
 /// What `reload` did to the shaping rules, summed over the shards'
@@ -171,7 +174,11 @@ impl Server {
                 Err(e) => (503, "text/plain", format!("{e}\n").into_bytes()),
             },
             ("GET", "/api/queues") => match self.snapshots() {
-                Ok(snaps) => json(200, queues_json(&snaps)),
+                Ok(snaps) => {
+                    let mut v = queues_json(&snaps);
+                    v["orders"] = self.state.orders_json(crate::deliver::now_unix_ms());
+                    json(200, v)
+                }
                 Err(e) => json(503, serde_json::json!({"error": e})),
             },
             ("GET", "/api/top") => {
@@ -188,6 +195,35 @@ impl Server {
                         rows.truncate(limit);
                         json(200, serde_json::Value::Array(rows))
                     }
+                    Err(e) => json(503, serde_json::json!({"error": e})),
+                }
+            }
+            ("POST", "/api/suspend") | ("POST", "/api/resume") if !s("tenant").is_empty() => {
+                let tenant = s("tenant");
+                if !crate::inject::tenant::valid_tenant(tenant.as_bytes()) {
+                    return json(
+                        400,
+                        serde_json::json!({"error": format!("`{tenant}` is not a tenant name (1 to 64 visible ASCII characters)")}),
+                    );
+                }
+                let (who, why, until_ms) = (s("who"), s("why"), until());
+                let suspend = req.path == "/api/suspend";
+                let cmd = || {
+                    if suspend {
+                        Command::SuspendTenant {
+                            tenant: tenant.clone(),
+                            who: who.clone(),
+                            why: why.clone(),
+                            until_ms,
+                        }
+                    } else {
+                        Command::ResumeTenant {
+                            tenant: tenant.clone(),
+                        }
+                    }
+                };
+                match self.all(cmd) {
+                    Ok(a) => json(200, serde_json::json!({"shards": a})),
                     Err(e) => json(503, serde_json::json!({"error": e})),
                 }
             }
@@ -364,6 +400,9 @@ impl Server {
                 Err(_) => return Err(format!("shard {i} did not answer within {REPLY_TIMEOUT:?}")),
             }
         }
+        // Every shard carried it out: the order goes to the state file
+        // (a write failure is said on stderr; the order stays in force).
+        let _ = self.state.record(&command(), crate::deliver::now_unix_ms());
         Ok(out)
     }
 

@@ -172,6 +172,7 @@ fn inject(s: &Setup, n: usize, domain: &str) {
             expiry_unix_ms: now + 3_600_000,
             sender: "from@origin.test".into(),
             pool: None,
+            tenant: None,
             domains: vec![DomainRecipients {
                 domain: domain.into(),
                 recipients: vec![AcceptedRecipient {

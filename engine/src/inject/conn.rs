@@ -40,6 +40,9 @@ struct Completions {
     ready: RefCell<VecDeque<(ReplyToken, Reply)>>,
     waker: RefCell<Option<Waker>>,
     in_flight: Cell<usize>,
+    /// The user the last successful AUTH named (its tenant, if any, is
+    /// the message's: `inject::tenant`).
+    user: RefCell<Option<String>>,
 }
 
 impl Completions {
@@ -310,6 +313,7 @@ impl Conn {
                     self.handshake(inj, stream).await?;
                     // Everything learned before TLS is forgotten.
                     self.session.tls_established();
+                    self.replies.user.take();
                     self.helo.clear();
                     self.esmtp = false;
                     self.sasl = Sasl::Idle;
@@ -379,6 +383,7 @@ impl Conn {
             let reply = if ok {
                 inj.auth_throttle.borrow_mut().succeeded(ip);
                 log::info!("shard {}: {ip} authenticated as {user}", inj.shard);
+                replies.user.replace(Some(user));
                 Reply::fixed(235, (2, 7, 0), "Authentication successful")
             } else {
                 let delay = inj.auth_throttle.borrow_mut().failed(ip, now_unix_ms());
@@ -474,11 +479,36 @@ impl Conn {
         );
         let arrival = now_unix_ms();
         let expiry = arrival.saturating_add(inj.expiry_after.as_millis() as u64);
-        // X-virtualMTA: removed before signing and spooling, its value
-        // kept in the record (inject/vmta.rs); only header bytes move.
+        // X-virtualMTA and the tenant and campaign headers: removed before
+        // signing and spooling, their values kept in the record
+        // (inject/vmta.rs); only header bytes move.
         let room = inj.signer.as_ref().map_or(0, |s| s.room());
-        let (pool, room) = super::vmta::strip(&mut self.body, room);
+        let tenants = &inj.config.tenants;
+        let names: [&[u8]; 3] = [
+            super::vmta::VMTA,
+            &tenants.tenant_header,
+            &tenants.campaign_header,
+        ];
+        let mut values = [None, None, None];
+        let room = super::vmta::strip_fields(&mut self.body, room, &names, &mut values);
+        let [pool, tenant, campaign] = values;
         self.env.set_pool(pool.as_deref());
+        let user = self
+            .session
+            .is_authenticated()
+            .then(|| self.replies.user.borrow().clone())
+            .flatten();
+        let resolved = tenants.resolve(user.as_deref(), tenant.as_deref());
+        if self.env.pool().is_empty() {
+            // Pool by tenant: when the message names none.
+            self.env
+                .set_pool(resolved.pool.as_deref().map(str::as_bytes));
+        }
+        self.env.set_tenant(&resolved.tenant);
+        self.env.set_campaign(campaign.as_deref());
+        if resolved.unknown {
+            inj.unknown_tenant(&resolved.tenant);
+        }
         let list = self.env.spool_recipients();
         // DKIM: once per message, over the bytes exactly as stored and
         // sent; the record starts at the signature (or after the headroom).

@@ -42,6 +42,10 @@ pub struct Envelope {
     /// The source pool named by `X-virtualMTA` (stored in the record's
     /// queue field; empty when none).
     pool: Vec<u8>,
+    /// The tenant (`inject::tenant`; empty when none).
+    tenant: Vec<u8>,
+    /// The campaign label (empty when none).
+    campaign: Vec<u8>,
 }
 
 impl Envelope {
@@ -80,6 +84,8 @@ impl Envelope {
         self.smtputf8 = false;
         self.recipients.clear();
         self.pool.clear();
+        self.tenant.clear();
+        self.campaign.clear();
     }
 
     /// Sets the source pool the message asked for (`X-virtualMTA`);
@@ -88,6 +94,29 @@ impl Envelope {
         self.pool.clear();
         if let Some(p) = pool.filter(|p| crate::deliver::source::valid_name(p)) {
             self.pool.extend_from_slice(p);
+        }
+    }
+
+    /// The source pool set so far (empty: none).
+    pub fn pool(&self) -> &[u8] {
+        &self.pool
+    }
+
+    /// Sets the message's tenant; names that are not 1 to 64 visible
+    /// ASCII characters are ignored.
+    pub fn set_tenant(&mut self, tenant: &[u8]) {
+        self.tenant.clear();
+        if super::tenant::valid_tenant(tenant) {
+            self.tenant.extend_from_slice(tenant);
+        }
+    }
+
+    /// Sets the message's campaign; labels that are not 1 to 128
+    /// printable ASCII characters are ignored.
+    pub fn set_campaign(&mut self, campaign: Option<&[u8]>) {
+        self.campaign.clear();
+        if let Some(c) = campaign.filter(|c| super::tenant::valid_campaign(c)) {
+            self.campaign.extend_from_slice(c);
         }
     }
 
@@ -137,8 +166,8 @@ impl Envelope {
         NewMessage {
             sender: self.sender.as_bytes(),
             dsn: &self.dsn,
-            tenant: b"",
-            campaign: b"",
+            tenant: &self.tenant,
+            campaign: &self.campaign,
             queue: &self.pool,
             recipients,
             arrival_unix_ms,
@@ -181,6 +210,8 @@ impl Envelope {
             expiry_unix_ms,
             sender: self.sender.clone(),
             pool: (!self.pool.is_empty()).then(|| String::from_utf8_lossy(&self.pool).into_owned()),
+            tenant: (!self.tenant.is_empty())
+                .then(|| String::from_utf8_lossy(&self.tenant).into_owned()),
             domains,
         }
     }

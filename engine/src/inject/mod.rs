@@ -27,6 +27,7 @@ mod conn;
 pub mod envelope;
 pub mod recovering;
 pub mod security;
+pub mod tenant;
 pub mod vmta;
 
 // std
@@ -93,7 +94,12 @@ pub struct Injector {
     stats: RefCell<InjectStats>,
     /// Failed AUTH attempts per client address.
     pub(crate) auth_throttle: RefCell<auth::Throttle>,
+    /// Unknown tenant names already said on stderr (bounded).
+    unknown_said: RefCell<std::collections::HashSet<Vec<u8>>>,
 }
+
+/// Unknown tenant names a shard says once each on stderr, at most.
+const UNKNOWN_TENANTS_SAID_MAX: usize = 256;
 
 /// Counters of one shard's injection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,6 +112,9 @@ pub struct InjectStats {
     pub accepted: u64,
     /// Messages answered `4xx`/`5xx` by injection (spool faults, no room).
     pub failed: u64,
+    /// Messages whose tenant header named a tenant without a
+    /// `[tenants.NAME]` table (accepted as a free label).
+    pub unknown_tenants: u64,
 }
 
 /// What to do with a new connection.
@@ -199,6 +208,7 @@ impl Injector {
             poison_logged: Cell::new(false),
             stats: RefCell::new(InjectStats::default()),
             auth_throttle: RefCell::new(auth::Throttle::default()),
+            unknown_said: RefCell::new(std::collections::HashSet::new()),
         })
     }
 
@@ -243,6 +253,25 @@ impl Injector {
             ));
         }
         Admission::Serve
+    }
+
+    /// Counts a message whose tenant has no `[tenants.NAME]` table, and
+    /// says the name once (the first [`UNKNOWN_TENANTS_SAID_MAX`] names).
+    pub fn unknown_tenant(&self, tenant: &[u8]) {
+        self.stats.borrow_mut().unknown_tenants += 1;
+        let mut said = self.unknown_said.borrow_mut();
+        if said.len() < UNKNOWN_TENANTS_SAID_MAX && said.insert(tenant.to_vec()) {
+            log::info!(
+                "shard {}: tenant `{}` has no [tenants] table; accepted as a free label{}",
+                self.shard,
+                String::from_utf8_lossy(tenant),
+                if said.len() == UNKNOWN_TENANTS_SAID_MAX {
+                    " (further unknown tenants are counted, not said)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 
     /// Logs, once per shard, that the spool stopped accepting and why.

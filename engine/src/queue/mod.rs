@@ -17,6 +17,11 @@
 //! - A message may name a source pool (`X-virtualMTA`, stored in the
 //!   record's queue field): its recipients go to the destination
 //!   `(domain, pool)`, whose site is the pool's variant of the domain's.
+//! - A message of a tenant (spool record's tenant field) queues in the
+//!   destination `(domain, pool, tenant)`, in the same site as the
+//!   tenant-less one: a tenant costs a destination per domain it sends
+//!   to, never a byte per queued recipient, and an operator holds a
+//!   tenant by holding its destinations (`admin`).
 //! - One **scheduled** heap per shard holds every deferred recipient keyed
 //!   by its next attempt time (never later than its expiry); one timer per
 //!   shard sleeps until [`Queues::next_due`], never one per message.
@@ -93,6 +98,9 @@ pub struct Accepted {
     pub sender: String,
     /// The source pool (or source) the message asked for, if any.
     pub pool: Option<String>,
+    /// The message's tenant, if any (its recipients queue apart from
+    /// other tenants' so a tenant can be held: `admin`).
+    pub tenant: Option<String>,
     /// Recipients grouped by domain.
     pub domains: Vec<DomainRecipients>,
 }
@@ -123,6 +131,8 @@ struct Destination {
     domain: Box<str>,
     /// The source pool its messages asked for.
     pool: Option<Box<str>>,
+    /// The tenant of its messages.
+    tenant: Option<Box<str>>,
     site: SiteId,
     /// Its recipients in flight (moved with it when it changes site).
     in_flight: usize,
@@ -136,6 +146,10 @@ struct Destination {
     /// ready work.
     in_ring: bool,
 }
+
+// A tenant costs one destination per domain it sends to (see
+// ARCHITECTURE.md, "Tenants queue in their own destinations").
+const _: () = assert!(std::mem::size_of::<Destination>() <= 128);
 
 /// Per-site state the queues keep: which destinations have ready work and
 /// who waits for it.
@@ -171,6 +185,9 @@ pub struct Queues {
     on_enqueue: Option<EnqueueHook>,
     /// Destinations an operator suspended: `take` skips them (`admin`).
     held: std::collections::HashSet<DestId>,
+    /// Operator orders by domain and tenant, applied to destinations
+    /// made later too (`admin`).
+    standing: admin::Standing,
 }
 
 /// Observer of [`Queues::enqueue`].
@@ -210,6 +227,7 @@ impl Queues {
             max_age_of: None,
             on_enqueue: None,
             held: std::collections::HashSet::new(),
+            standing: admin::Standing::default(),
         }
     }
 
@@ -227,7 +245,8 @@ impl Queues {
             (hook.0)(&msg);
         }
         for group in &msg.domains {
-            let dest = self.destination_in(&group.domain, msg.pool.as_deref());
+            let dest =
+                self.destination_for(&group.domain, msg.pool.as_deref(), msg.tenant.as_deref());
             self.refresh_if_stale(dest, msg.arrival_unix_ms);
             let expiry = self.expiry_in(dest, msg.arrival_unix_ms, msg.expiry_unix_ms);
             for r in &group.recipients {
@@ -269,6 +288,18 @@ impl Queues {
     /// The destination for `domain` in source pool `pool`, created (and
     /// routed) on first use.
     pub fn destination_in(&mut self, domain: &str, pool: Option<&str>) -> DestId {
+        self.destination_for(domain, pool, None)
+    }
+
+    /// The destination for `domain` in source pool `pool` for `tenant`,
+    /// created (and routed, and held or rerouted by standing operator
+    /// orders) on first use.
+    pub fn destination_for(
+        &mut self,
+        domain: &str,
+        pool: Option<&str>,
+        tenant: Option<&str>,
+    ) -> DestId {
         let lower;
         let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = domain.to_ascii_lowercase();
@@ -277,12 +308,16 @@ impl Queues {
             domain
         };
         let pooled;
-        // A space never occurs in a domain, so the pooled key cannot
-        // collide with a plain one.
-        let key = match pool {
-            None => domain,
-            Some(p) => {
+        // A space never occurs in a domain, nor a space or a tab in a pool
+        // or tenant name (visible ASCII), so the keys cannot collide.
+        let key = match (pool, tenant) {
+            (None, None) => domain,
+            (Some(p), None) => {
                 pooled = format!("{domain} {p}");
+                pooled.as_str()
+            }
+            (p, Some(t)) => {
+                pooled = format!("{domain} {}\t{t}", p.unwrap_or(""));
                 pooled.as_str()
             }
         };
@@ -299,6 +334,7 @@ impl Queues {
         self.dests.push(Destination {
             domain: domain.into(),
             pool: pool.map(Into::into),
+            tenant: tenant.map(Into::into),
             site,
             in_flight: 0,
             mx_until_unix_ms: 0,
@@ -307,6 +343,7 @@ impl Queues {
             in_ring: false,
         });
         self.dest_by_domain.insert(key.into(), id);
+        self.apply_standing(id);
         id
     }
 
@@ -682,6 +719,11 @@ impl Queues {
     /// The domain of a destination.
     pub fn domain(&self, dest: DestId) -> &str {
         &self.dests[dest as usize].domain
+    }
+
+    /// The tenant of a destination's messages.
+    pub fn tenant_of(&self, dest: DestId) -> Option<&str> {
+        self.dests[dest as usize].tenant.as_deref()
     }
 
     /// The source pool a destination's messages asked for.

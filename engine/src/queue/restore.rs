@@ -59,6 +59,7 @@ impl Queues {
         // The record's queue field holds the source pool the message asked
         // for (X-virtualMTA), empty when none.
         let pool = (!parts.queue.is_empty()).then(|| String::from_utf8_lossy(parts.queue));
+        let tenant = (!parts.tenant.is_empty()).then(|| String::from_utf8_lossy(parts.tenant));
         let mut queued = 0;
         for &index in &live.pending {
             let Some(r) = parts.recipients.get(index as usize) else {
@@ -69,7 +70,7 @@ impl Queues {
                 });
             };
             let domain = String::from_utf8_lossy(domain_of(r.address));
-            let dest = self.destination_in(&domain, pool.as_deref());
+            let dest = self.destination_for(&domain, pool.as_deref(), tenant.as_deref());
             let expiry = self.expiry_in(
                 dest,
                 parts.fixed.arrival_unix_ms,

@@ -45,6 +45,7 @@ fn msg(id: u64, groups: &[(&str, &[u32])]) -> Accepted {
         expiry_unix_ms: 0,
         sender: "s@x.test".into(),
         pool: None,
+        tenant: None,
         domains: groups
             .iter()
             .map(|(d, idx)| DomainRecipients {

@@ -321,6 +321,9 @@ impl Engine {
         let active = ActiveRules::load(&config, count)?;
         let helpers = helpers::record(&cores);
         create_spool_dir(&config.spool_dir)?;
+        // Standing admin orders, read once; every shard applies them.
+        let admin_state =
+            crate::admin::state::load(&config.spool_dir, crate::deliver::now_unix_ms());
         let sets = bind_all(config.listen, config.shard_port_base, count)?;
         let listen = sets[0].shared.local_addr().map_err(|source| ListenError {
             addr: config.listen,
@@ -352,6 +355,7 @@ impl Engine {
             let index = index as u32;
             let config = config.clone();
             let stop_flag = Arc::clone(&stop);
+            let admin_state = admin_state.clone();
             let shaping = ShapingLink {
                 rules: active.rules.clone(),
                 link,
@@ -369,6 +373,7 @@ impl Engine {
                         shaping,
                         Arc::clone(&stop_flag),
                         mailbox,
+                        admin_state,
                     )
                     .await;
                     if r.is_err() {
@@ -399,6 +404,7 @@ impl Engine {
             config.bounce_rules_file.clone(),
             config.shaping_file.clone(),
             Arc::clone(&stop),
+            crate::admin::state::Store::new(config.spool_dir.clone(), admin_state),
         );
         if let Some(a) = &admin {
             log::info!(

@@ -58,6 +58,8 @@ fn now_unix_ms() -> u64 {
 }
 
 /// Runs shard `index` until the stop flag is set.
+// Each argument is a distinct per-shard handle built by `Engine::start`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     index: u32,
     count: u32,
@@ -66,6 +68,7 @@ pub(crate) async fn run(
     shaping: ShapingLink,
     stop: Arc<AtomicBool>,
     mailbox: std::sync::mpsc::Receiver<crate::admin::mailbox::Request>,
+    admin_state: crate::admin::state::AdminState,
 ) -> Result<ShardReport, String> {
     let responder = Responder::start(index, listeners.into_vec(), RECOVERING_REPLY)
         .map_err(|e| format!("starting the recovering responder: {e}"))?;
@@ -102,6 +105,13 @@ pub(crate) async fn run(
             max_age_rules.effective(domain, &[], None).max_age
         }));
     let recovered = restore(index, &spool, &queues).await;
+    // The operator's standing orders (suspensions, reroutes, timed
+    // bounces) are in force before delivery starts (admin::state).
+    let orders = crate::admin::mailbox::Orders::from_state(
+        &admin_state,
+        &mut queues.borrow_mut(),
+        now_unix_ms(),
+    );
     let shutdown = Shutdown::new();
     let ctx = ShardContext {
         index,
@@ -144,6 +154,7 @@ pub(crate) async fn run(
             shutdown: shutdown.clone(),
         },
         mailbox,
+        orders,
     ));
     log::info!("shard {index}: serving ({recovered} message(s) restored, {refused} connection(s) refused while recovering)");
 
