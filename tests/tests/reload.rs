@@ -18,10 +18,12 @@
 
 mod ops;
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use ops::{wait_until, Engine, Sink, Smtp};
+use ops::{loopback, wait_until, Engine, Sink, Smtp};
+use sluice_tests::free_port;
 
 const TIGHT: &str = "[domain.\"slow.test\"]\nmax_message_rate = \"1/s burst 1\"\n";
 const LOOSE: &str = "[domain.\"slow.test\"]\nmax_message_rate = \"5000/s burst 100\"\n";
@@ -39,7 +41,11 @@ fn delivered_to(e: &Engine, domain: &str) -> usize {
 }
 
 fn inject(engine: &Engine, domain: &str, tag: &str, n: usize) {
-    let mut c = Smtp::connect(engine.port);
+    inject_at(engine.port, domain, tag, n);
+}
+
+fn inject_at(port: u16, domain: &str, tag: &str, n: usize) {
+    let mut c = Smtp::connect(port);
     for i in 0..n {
         c.send(
             "from@origin.test",
@@ -162,4 +168,70 @@ fn reload_refuses_a_broken_shaping_file_and_the_old_rules_keep_applying() {
     wait_until("all 100 delivered after the fixed file", || {
         delivered_to(&engine, "slow.test") == 100
     });
+}
+
+/// Two consecutive free ports (`shard_port_base` and `+1`).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let base = free_port().expect("free port");
+        if base == u16::MAX {
+            continue;
+        }
+        let a = TcpListener::bind(loopback(base));
+        let b = TcpListener::bind(loopback(base + 1));
+        if a.is_ok() && b.is_ok() {
+            return base;
+        }
+    }
+    panic!("no two consecutive free ports on 127.0.0.1");
+}
+
+/// Two shards, each holding a queue for the domain (messages injected on
+/// each shard's own port), so its rate is leased across shards: the tight
+/// limit holds over both, and one reload loosens it on both.
+#[test]
+fn reload_reaches_every_shard_of_a_leased_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(&file, TIGHT).unwrap();
+    let sink = Sink::start(dir.path(), "sink", &[]);
+    let base = free_port_pair();
+    let engine = Engine::start_on(
+        dir.path(),
+        sink.port,
+        "[0, 1]",
+        &format!("shard_port_base = {base}"),
+        &format!("dsn = false\nshaping = \"{}\"", file.display()),
+        "",
+    );
+    engine.wait_admin();
+    inject_at(base, "slow.test", "a", 100);
+    inject_at(base + 1, "slow.test", "b", 100);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let before = delivered_to(&engine, "slow.test");
+    assert!(
+        before <= 25,
+        "{before} of 200 delivered under 1/s across two shards"
+    );
+    std::fs::write(&file, LOOSE).unwrap();
+    let (ok, out, err) = engine.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("on 2 shard(s)"), "{out}");
+    wait_until("all 200 delivered from both shards after loosening", || {
+        delivered_to(&engine, "slow.test") == 200
+    });
+    assert_eq!(
+        metric(&engine, "sluice_shaping_reloads_total"),
+        2,
+        "one per shard"
+    );
+    // Both shards held the domain's queue (so its limit was leased).
+    for shard in [0, 1] {
+        let from_shard = engine
+            .records()
+            .iter()
+            .filter(|r| r["type"] == "Delivery" && r["shard"] == shard)
+            .count();
+        assert_eq!(from_shard, 100, "deliveries from shard {shard}");
+    }
 }

@@ -99,15 +99,29 @@ impl Engine {
     /// Starts `sluice run` routing every domain to `route_port`, with
     /// `extra` appended to the configuration (sections of your own).
     pub fn start(dir: &Path, route_port: u16, delivery_extra: &str, extra: &str) -> Engine {
+        Engine::start_on(dir, route_port, "[0]", "", delivery_extra, extra)
+    }
+
+    /// Like [`Engine::start`], with one shard per CPU of `cores` (TOML,
+    /// e.g. `"[0, 1]"`) and `inject_extra` in `[inject]`.
+    pub fn start_on(
+        dir: &Path,
+        route_port: u16,
+        cores: &str,
+        inject_extra: &str,
+        delivery_extra: &str,
+        extra: &str,
+    ) -> Engine {
         let port = free_port().expect("free port for sluice");
         let admin_port = free_port().expect("free port for the admin listener");
         let config = dir.join("sluice.toml");
         let text = format!(
             r#"hostname = "sluice.test"
-cores = [0]
+cores = {cores}
 [inject]
 listen = "127.0.0.1:{port}"
 message_size_max = "1MiB"
+{inject_extra}
 [spool]
 dir = "{spool}"
 segment_size = "4MiB"
