@@ -296,6 +296,7 @@ fn build_and_append(
             text: &f.text,
             peer: f.peer,
             tls: None,
+            local: None,
         };
         reported.push(Reported {
             address: String::from_utf8_lossy(rcpt.address).into_owned(),
@@ -420,6 +421,7 @@ mod tests {
             text: "no\r\nsuch user",
             peer: None,
             tls: None,
+            local: None,
         }
     }
 

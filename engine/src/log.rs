@@ -30,9 +30,12 @@
 //!   `Expiration` or `AdminBounce`;
 //! - `id` (spool message id), `sender` (reverse path, `""` for `<>`),
 //!   `recipient`, `queue` (recipient domain), `site` (next hop; `null`
-//!   for receptions: the site is chosen at delivery), `source` (the
-//!   source pool, PowerMTA's virtual MTA: the message's `X-virtualMTA` or
-//!   the site's pool; `null` when none),
+//!   for receptions: the site is chosen at delivery), `pool` (the source
+//!   pool, PowerMTA's virtual MTA: the message's `X-virtualMTA` or the
+//!   rule's pool; `null` when none), `source` (the `[source.NAME]` the
+//!   attempt's connection bound; `null` when unbound or without a
+//!   connection), `source_ip` (our address on that connection, bound or
+//!   chosen by the kernel; `null` without a connection),
 //!   `size` (bytes as spooled, `Received:` included);
 //! - `code`, `enhanced`, `text`: the reply (CR/LF removed) that decided
 //!   the event, or the one we synthesized (`null` for receptions);
@@ -109,9 +112,12 @@ pub struct LogRecord<'a> {
     pub queue: &'a str,
     /// The site (next hop or `unrouted`); `None` for receptions.
     pub site: Option<&'a str>,
-    /// The site's source pool (virtual MTA), if any; the bound source
-    /// address of the connection is not recorded here.
+    /// The site's source pool (virtual MTA), if any.
+    pub pool: Option<&'a str>,
+    /// The source the attempt's connection bound (`[source.NAME]`).
     pub source: Option<&'a str>,
+    /// Our address on the attempt's connection (PowerMTA `dlvSourceIp`).
+    pub source_ip: Option<std::net::IpAddr>,
     /// Bytes of the message as spooled.
     pub size: u64,
     /// Reply code, if a reply was received or synthesized.
@@ -166,7 +172,8 @@ impl LogRecord<'_> {
             recipient: Cow::Borrowed(self.recipient),
             queue: Cow::Borrowed(self.queue),
             site: self.site.map(Cow::Borrowed),
-            source: self.source.map(Cow::Borrowed),
+            // PowerMTA's `vmta` column: the pool.
+            source: self.pool.map(Cow::Borrowed),
             size_bytes: self.size,
             response: self.code.map(|code| ResponseRecord {
                 code,
@@ -178,7 +185,7 @@ impl LogRecord<'_> {
             }),
             peer_host: None,
             peer_addr: self.peer.map(|p| p.ip()),
-            local_addr: None,
+            local_addr: self.source_ip,
             created_unix_ms: self.arrival_ms,
             event_unix_ms: self.at_ms,
             attempts: self.attempt,
@@ -715,7 +722,9 @@ mod tests {
             recipient: "a\"b@x.test",
             queue: "x.test",
             site: Some("127.0.0.1:25"),
+            pool: None,
             source: None,
+            source_ip: None,
             size: 1234,
             code: Some(451),
             enhanced: Some("4.4.0"),
@@ -781,7 +790,7 @@ mod tests {
             assert_eq!(v["size"], 1234);
             assert_eq!(v["category"], "routing-errors");
             assert!(v["peer"].is_null());
-            assert!(v["source"].is_null());
+            assert!(v["source"].is_null() && v["pool"].is_null() && v["source_ip"].is_null());
         }
         assert_eq!(one_line("a\r\nb"), "a  b");
         assert!(log.take_csv().is_none());
@@ -802,6 +811,9 @@ mod tests {
                 enhanced: Some("5.1.1"),
                 text: "no such user",
                 category: Some(Category::BadMailbox),
+                pool: Some("p1"),
+                source: Some("s2"),
+                source_ip: Some("127.0.0.2".parse().unwrap()),
                 ..rec(8)
             });
             log.close();
@@ -823,6 +835,19 @@ mod tests {
                 rows[2].contains("smtp;550 5.1.1 no such user"),
                 "{}",
                 rows[2]
+            );
+            // vmta is the pool, dlvSourceIp the bound address.
+            assert!(rows[2].contains(",p1,127.0.0.2,"), "{}", rows[2]);
+            let bounce: serde_json::Value =
+                serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+            assert_eq!(
+                (&bounce["pool"], &bounce["source"], &bounce["source_ip"]),
+                (
+                    &serde_json::json!("p1"),
+                    &serde_json::json!("s2"),
+                    &serde_json::json!("127.0.0.2")
+                ),
+                "{bounce}"
             );
             assert_eq!(
                 log.stats().bytes_written,

@@ -153,3 +153,106 @@ fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
     );
     assert!(!sink.ids().contains(&"unknown".to_string()));
 }
+
+/// Deliveries of a pool of two equally weighted sources, by source, from
+/// the delivery log (`source` is the bound `[source.NAME]`, `source_ip`
+/// its address, `pool` the pool), with or without a message rate on s3.
+fn split_by_source(s3_rate: Option<&str>) -> (usize, usize) {
+    const MESSAGES: usize = 80;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let sink = Sink::start(dir.path(), "sink", "127.0.0.1", port);
+    let rate = s3_rate
+        .map(|r| format!("max_message_rate = \"{r}\"\n"))
+        .unwrap_or_default();
+    // Connections retire after two transactions, so the weighted draw of
+    // a source happens many times.
+    let rules_text = format!(
+        r#"
+[default]
+pool = "both"
+max_deliveries_per_connection = 2
+
+[source.s2]
+bind = "127.0.0.2"
+ehlo = "s2.sluice.test"
+
+[source.s3]
+bind = "127.0.0.3"
+ehlo = "s3.sluice.test"
+{rate}
+[pool.both]
+sources = {{ s2 = 1, s3 = 1 }}
+"#
+    );
+    let rules = dir.path().join("shaping.toml");
+    std::fs::write(&rules, rules_text).unwrap();
+    let inject_port = free_port().unwrap();
+    let extra = format!(
+        "shaping = \"{}\"\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{port}\"]\n",
+        rules.display()
+    );
+    let cfg = write_config(dir.path(), inject_port, &extra);
+    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let ids: Vec<String> = (0..MESSAGES).map(|n| format!("split-{n}")).collect();
+    let rcpts: Vec<String> = (0..MESSAGES).map(|n| format!("u{n}@split.test")).collect();
+    let rcpt_refs: Vec<[&str; 1]> = rcpts.iter().map(|r| [r.as_str()]).collect();
+    let msgs: Vec<Msg<'_>> = ids
+        .iter()
+        .zip(&rcpt_refs)
+        .map(|(id, rcpts)| Msg {
+            id,
+            rcpts,
+            headers: "",
+        })
+        .collect();
+    inject(inject_port, &msgs);
+    wait_until("every message delivered", || sink.ids().len() >= MESSAGES);
+    let mut deliveries = Vec::new();
+    wait_until("every delivery logged", || {
+        deliveries = egress::log_records(dir.path())
+            .into_iter()
+            .filter(|r| r["type"] == "Delivery")
+            .collect();
+        deliveries.len() >= MESSAGES
+    });
+    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    let mut counts = (0, 0);
+    for d in &deliveries {
+        assert_eq!(d["pool"], "both", "{d}");
+        match (d["source"].as_str(), d["source_ip"].as_str()) {
+            (Some("s2"), Some("127.0.0.2")) => counts.0 += 1,
+            (Some("s3"), Some("127.0.0.3")) => counts.1 += 1,
+            _ => panic!("a delivery from no pool source: {d}"),
+        }
+    }
+    assert!(
+        sink.peers()
+            .iter()
+            .all(|p| p == "127.0.0.2" || p == "127.0.0.3"),
+        "{:?}",
+        sink.peers()
+    );
+    counts
+}
+
+/// A source's own message rate (`[source.NAME] max_message_rate`) holds
+/// for the connections bound to it: with 1/s on s3, s2 carries nearly
+/// all of the pool's mail; without it the weights (1:1) split it.
+#[test]
+fn a_source_rate_limits_its_share_of_the_pool() {
+    let (s2, s3) = split_by_source(Some("1/s"));
+    eprintln!("s3 at 1/s: s2 {s2}, s3 {s3}");
+    assert!(
+        s3 * 4 < s2,
+        "s3 limited to 1/s still carried {s3} of {} deliveries (s2 {s2})",
+        s2 + s3
+    );
+    let (s2, s3) = split_by_source(None);
+    eprintln!("no limit: s2 {s2}, s3 {s3}");
+    let total = s2 + s3;
+    assert!(
+        s2 * 5 >= total && s3 * 5 >= total,
+        "equal weights without a limit split {s2}:{s3}"
+    );
+}

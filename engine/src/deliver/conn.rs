@@ -3,7 +3,7 @@
 //! timeout armed. Every protocol decision is the session's.
 
 // std
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -18,6 +18,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use sluice_shaping::config::TlsPolicy as ShapingTls;
 use sluice_shaping::lease::Permit;
+use sluice_shaping::Destination;
 use sluice_smtp::client::{
     BodyEncoding, ClientConfig, ClientEvent, ClientSession, CloseCause, Envelope, Failure, Outcome,
     QueueError, Recipient, TimeoutClass, TlsPolicy,
@@ -27,9 +28,12 @@ use sluice_spool::fs::FsSegment;
 use sluice_spool::Body;
 
 // crate
-use super::outcome::{self, Said, Subject};
+use super::outcome::{self, Local, Said, Subject};
 use super::source::Chosen;
-use super::{connect_failed, connect_succeeded, connection_ended, now_unix_ms, Shared};
+use super::{
+    connect_failed, connect_succeeded, connection_ended, now_unix_ms, source_available,
+    source_waits, Shared,
+};
 use crate::inject::envelope::{parse_envelope_dsn, parse_recipient_dsn};
 use crate::queue::{DestId, Entry, SiteId};
 use crate::tls::{server_name, Tls, TlsInfo};
@@ -41,6 +45,9 @@ const READ_BUFFER_BYTES: usize = 64 << 10;
 const WRITE_BUFFER_BYTES: usize = 16 << 10;
 /// Connect failures defer at most this many ready recipients per failure.
 const CONNECT_FAIL_DEFER_MAX: usize = 100_000;
+/// Source-bound shaping destinations a connection keeps (one per queue
+/// destination it sent to; cleared when full).
+const SHAPED_MAX: usize = 256;
 
 /// A transaction queued in the session.
 struct Txn {
@@ -72,8 +79,22 @@ struct Txn {
 /// required TLS that fails). Each host is tried at most once per
 /// connection. Only when every host refused are the site's waiting
 /// recipients deferred, with the last host's reply.
-pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
-    match walk(&shared, site).await {
+///
+/// `source` is the source the driver chose for this connection (see
+/// [`site_source`]; its permit was taken for that source's destination,
+/// `shaped`, which the connection keeps using).
+pub async fn run(
+    shared: Rc<Shared>,
+    site: SiteId,
+    permit: Option<Permit>,
+    source: Result<Option<Chosen>, String>,
+    shaped: Option<(DestId, Destination)>,
+) {
+    let walked = match &source {
+        Ok(chosen) => walk(&shared, site, chosen.as_ref(), shaped).await,
+        Err(reason) => Err(Refusal::local(reason.clone())),
+    };
+    match walked {
         Ok(()) => {}
         Err(refusal) => {
             let now = now_unix_ms();
@@ -83,7 +104,8 @@ pub async fn run(shared: Rc<Shared>, site: SiteId, permit: Option<Permit>) {
             // recipients are deferred (like a 4xx), not left to wait.
             let alone = shared.pools.borrow()[site as usize].active <= 1;
             if alone {
-                defer_ready(&shared, site, &refusal, now).await;
+                let chosen = source.as_ref().ok().and_then(Option::as_ref);
+                defer_ready(&shared, site, &refusal, chosen, now).await;
             }
         }
     }
@@ -128,7 +150,12 @@ enum Ended {
 /// Walks the site's hosts in order (from a random one of the equally
 /// preferred first ones), from the site's source when it has one, until
 /// one serves a session. `Err` carries the last host's refusal.
-async fn walk(shared: &Rc<Shared>, site: SiteId) -> Result<(), Refusal> {
+async fn walk(
+    shared: &Rc<Shared>,
+    site: SiteId,
+    source: Option<&Chosen>,
+    shaped: Option<(DestId, Destination)>,
+) -> Result<(), Refusal> {
     let (mut hosts, spread) = {
         let q = shared.ctx.queues.borrow();
         (q.hosts(site).to_vec(), q.sites().spread(site))
@@ -138,14 +165,13 @@ async fn walk(shared: &Rc<Shared>, site: SiteId) -> Result<(), Refusal> {
         let first = (shared.random() % spread as u64) as usize;
         hosts[..spread].rotate_left(first);
     }
-    let source = site_source(shared, site).map_err(Refusal::local)?;
     let mut last = Refusal::local(String::from("the route has no hosts"));
     for addr in hosts {
         if shared.ctx.stopping() {
             // Nothing is deferred for a shutdown: the recipients wait.
             return Ok(());
         }
-        let stream = match connect(shared, source.as_ref(), addr).await {
+        let stream = match connect(shared, source, addr).await {
             Ok(stream) => stream,
             Err(text) => {
                 last = Refusal::local(text);
@@ -153,9 +179,15 @@ async fn walk(shared: &Rc<Shared>, site: SiteId) -> Result<(), Refusal> {
             }
         };
         shared.count(|c| c.connections += 1);
-        // A source's EHLO name replaces the configured host name.
-        let ehlo = source.as_ref().map(|s| s.ehlo.clone());
-        let mut conn = Conn::new(Rc::clone(shared), site, addr, ehlo);
+        let local_ip = stream.local_addr().ok().map(|a| a.ip());
+        let mut conn = Conn::new(
+            Rc::clone(shared),
+            site,
+            addr,
+            source.cloned(),
+            shaped.clone(),
+            local_ip,
+        );
         match conn.run(stream).await {
             Ended::Served | Ended::TlsFallback => {
                 connect_succeeded(shared, site);
@@ -204,7 +236,7 @@ async fn connect(
 }
 
 /// The source a new connection of `site` binds (see [`super::source`]).
-fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> {
+pub(super) fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> {
     // The shaper's rules, so a reload's sources and pools apply to the
     // next connection.
     let Some(shaping) = &shared.shaping else {
@@ -223,11 +255,13 @@ fn site_source(shared: &Shared, site: SiteId) -> Result<Option<Chosen>, String> 
         _ => None,
     };
     drop(q);
+    let now = now_unix_ms();
     super::source::choose(
         &rules,
         named.as_deref(),
         rule_pool.as_deref(),
         shared.random(),
+        &|source| source_available(shared, source, now),
     )
     .map_err(|e| format!("source selection: {e}"))
 }
@@ -284,7 +318,13 @@ async fn connect_from(
     }
 }
 
-async fn defer_ready(shared: &Shared, site: SiteId, refusal: &Refusal, now: u64) {
+async fn defer_ready(
+    shared: &Shared,
+    site: SiteId,
+    refusal: &Refusal,
+    source: Option<&Chosen>,
+    now: u64,
+) {
     let mut batch = Vec::new();
     let mut left = CONNECT_FAIL_DEFER_MAX;
     let said = Said {
@@ -293,6 +333,12 @@ async fn defer_ready(shared: &Shared, site: SiteId, refusal: &Refusal, now: u64)
         text: &refusal.text,
         peer: refusal.peer,
         tls: None,
+        local: source.map(|s| Local {
+            source: Some(&s.name),
+            pool: s.pool.as_deref(),
+            ip: Some(s.bind),
+            shaping: None,
+        }),
     };
     while left > 0 {
         let dest = shared
@@ -342,6 +388,14 @@ struct Conn {
     tls_fallback: bool,
     /// Why the session closed, once it did.
     closed: Option<CloseCause>,
+    /// The source this connection bound, if any.
+    source: Option<Chosen>,
+    /// Our address on this connection.
+    local_ip: Option<IpAddr>,
+    /// Shaping destinations for the bound source, by queue destination:
+    /// every transaction and outcome of the connection uses its source's
+    /// limits (rate, warm-up, per-source rule overrides).
+    shaped: HashMap<DestId, Destination>,
 }
 
 /// How long a host whose STARTTLS handshake failed is sent to in the clear
@@ -389,9 +443,35 @@ fn site_tls_policy(shared: &Shared, site: SiteId) -> ShapingTls {
 }
 
 impl Conn {
-    fn new(shared: Rc<Shared>, site: SiteId, peer: SocketAddr, ehlo: Option<String>) -> Conn {
+    fn new(
+        shared: Rc<Shared>,
+        site: SiteId,
+        peer: SocketAddr,
+        source: Option<Chosen>,
+        seed: Option<(DestId, Destination)>,
+        local_ip: Option<IpAddr>,
+    ) -> Conn {
+        // A source's EHLO name replaces the configured host name.
+        let ehlo = source.as_ref().map(|s| s.ehlo.clone());
         let mut cfg = ClientConfig::new(ehlo.unwrap_or_else(|| shared.ctx.config.hostname.clone()));
-        let mut tls_policy = site_tls_policy(&shared, site);
+        // The rule of the site's head for this source (per-source
+        // overrides included), when the connection is bound and shaped.
+        let mut shaped = HashMap::new();
+        if let (Some(shaping), Some(src)) = (&shared.shaping, &source) {
+            let q = shared.ctx.queues.borrow();
+            if let Some(front) = q.site_front(site) {
+                let d = match seed {
+                    Some((dest, d)) if dest == front => d,
+                    _ => shaping.destination_for_source(&q, front, &src.name),
+                };
+                shaped.insert(front, d);
+            }
+        }
+        let front_rule = shaped.values().next().map(|d| Rc::clone(&d.rule));
+        let mut tls_policy = match &front_rule {
+            Some(rule) if shared.ctx.config.shaping_file.is_some() => rule.tls,
+            _ => site_tls_policy(&shared, site),
+        };
         if tls_policy == ShapingTls::Opportunistic && tls_broken(peer, now_unix_ms()) {
             // Its handshake failed recently: cleartext for a while.
             tls_policy = ShapingTls::Disabled;
@@ -405,13 +485,21 @@ impl Conn {
         cfg.transactions_queued_max = shared.settings.transactions_in_flight_max as usize;
         let mut deliveries_max = shared.settings.deliveries_per_connection_max;
         let mut recipients_max = shared.settings.recipients_per_transaction_max;
-        if let Some(shaping) = &shared.shaping {
-            let q = shared.ctx.queues.borrow();
-            if let Some(front) = q.site_front(site) {
-                let (d, r) = shaping.connection_limits(&q, front);
-                deliveries_max = deliveries_max.min(d.max(1));
-                recipients_max = recipients_max.min(r.max(1));
+        let limits = match (&front_rule, &shared.shaping) {
+            (Some(rule), _) => Some((
+                rule.max_deliveries_per_connection,
+                rule.max_recipients_per_transaction,
+            )),
+            (None, Some(shaping)) => {
+                let q = shared.ctx.queues.borrow();
+                q.site_front(site)
+                    .map(|front| shaping.connection_limits(&q, front))
             }
+            (None, None) => None,
+        };
+        if let Some((d, r)) = limits {
+            deliveries_max = deliveries_max.min(d.max(1));
+            recipients_max = recipients_max.min(r.max(1));
         }
         Conn {
             deliveries_max,
@@ -436,6 +524,9 @@ impl Conn {
             tls_failure: None,
             tls_fallback: false,
             closed: None,
+            source,
+            local_ip,
+            shaped,
         }
     }
 
@@ -530,20 +621,30 @@ impl Conn {
             if !self.quitting && self.session.is_ready() && self.session.transactions_pending() == 0
             {
                 let now = now_unix_ms();
-                if self.blocked_until_unix_ms > now && !self.shared.ctx.stopping() {
+                if self.blocked_until_unix_ms > now
+                    && !self.shared.ctx.stopping()
+                    && self.pool_has_other_source(now)
+                {
+                    // Its source waits for a token while another of its
+                    // pool can send: give the slot to a new connection,
+                    // which the driver binds to one of those.
+                    self.session.quit();
+                    self.quitting = true;
+                } else if self.blocked_until_unix_ms > now && !self.shared.ctx.stopping() {
                     // Shaping asked to wait for a token: wait, keep the
                     // connection.
                     let wait = Duration::from_millis(self.blocked_until_unix_ms - now)
                         .min(self.shared.settings.idle_close);
                     glommio::timer::sleep(wait).await;
                     continue;
-                }
-                let retire = self.transactions >= self.deliveries_max;
-                if self.shared.ctx.stopping() || retire || !self.wait_for_work().await {
-                    self.session.quit();
-                    self.quitting = true;
                 } else {
-                    continue;
+                    let retire = self.transactions >= self.deliveries_max;
+                    if self.shared.ctx.stopping() || retire || !self.wait_for_work().await {
+                        self.session.quit();
+                        self.quitting = true;
+                    } else {
+                        continue;
+                    }
                 }
             }
             if let Err(_e) = self.flush(&mut stream).await {
@@ -646,13 +747,19 @@ impl Conn {
                 continue;
             };
             if let Some(shaping) = &shared.shaping {
-                let wait = shaping.try_message(&shared.ctx.queues.borrow(), dest);
+                let wait = match self.sourced(dest) {
+                    Some(d) => shaping.try_message_at(&d),
+                    None => shaping.try_message(&shared.ctx.queues.borrow(), dest),
+                };
                 if let Err(wait) = wait {
                     let mut q = shared.ctx.queues.borrow_mut();
                     for e in txn.entries.into_iter().rev() {
                         q.requeue(txn.dest, e);
                     }
                     self.blocked_until_unix_ms = now + wait.as_millis().max(1) as u64;
+                    if let Some(src) = &self.source {
+                        source_waits(&shared, &src.name, self.blocked_until_unix_ms, now);
+                    }
                     break;
                 }
             }
@@ -754,6 +861,7 @@ impl Conn {
                     text: &text,
                     peer: None,
                     tls: self.tls_info.as_ref(),
+                    local: None,
                 };
                 for entry in entries {
                     let s = Subject {
@@ -860,6 +968,12 @@ impl Conn {
             arrival_ms: txn.arrival_ms,
         };
         let peer = Some(self.peer);
+        let local = Some(Local {
+            source: self.source.as_ref().map(|s| s.name.as_str()),
+            pool: self.source.as_ref().and_then(|s| s.pool.as_deref()),
+            ip: self.local_ip,
+            shaping: self.shaped.get(&txn.dest),
+        });
         match outcome {
             Outcome::Delivered(reply) => {
                 let (enh, text) = reply_parts(reply);
@@ -869,6 +983,7 @@ impl Conn {
                     text: &text,
                     peer,
                     tls: self.tls_info.as_ref(),
+                    local,
                 };
                 outcome::delivered(&self.shared, &s, &said, now);
             }
@@ -880,6 +995,7 @@ impl Conn {
                     text: &text,
                     peer,
                     tls: self.tls_info.as_ref(),
+                    local,
                 };
                 outcome::bounced(&self.shared, &s, &said, now);
             }
@@ -897,10 +1013,43 @@ impl Conn {
                     text: &text,
                     peer,
                     tls: self.tls_info.as_ref(),
+                    local,
                 };
                 outcome::deferred(&self.shared, &s, &said, now);
             }
         }
+    }
+
+    /// Whether this connection's pool has another source that is not
+    /// waiting for a message token.
+    fn pool_has_other_source(&self, now: u64) -> bool {
+        let (Some(src), Some(shaping)) = (&self.source, &self.shared.shaping) else {
+            return false;
+        };
+        // The shaper's rules, as for the choice (a reload applies).
+        let rules = shaping.rules();
+        let Some(pool) = src.pool.as_ref().and_then(|p| rules.pools.get(p)) else {
+            return false;
+        };
+        pool.sources
+            .iter()
+            .any(|(s, _)| *s != src.name && source_available(&self.shared, s, now))
+    }
+
+    /// The shaping destination of `dest` for this connection's source
+    /// (`None` when unbound or unshaped), resolved once per connection.
+    fn sourced(&mut self, dest: DestId) -> Option<Destination> {
+        let shaping = self.shared.shaping.as_ref()?;
+        let source = self.source.as_ref()?;
+        if self.shaped.len() >= SHAPED_MAX && !self.shaped.contains_key(&dest) {
+            self.shaped.clear();
+        }
+        let q = self.shared.ctx.queues.borrow();
+        let d = self
+            .shaped
+            .entry(dest)
+            .or_insert_with(|| shaping.destination_for_source(&q, dest, &source.name));
+        Some(d.clone())
     }
 
     /// What a session that closed before it was ready says to the

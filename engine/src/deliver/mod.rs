@@ -13,7 +13,8 @@
 //!   `connections_per_site_max`. It is woken by the queues whenever a site
 //!   gets work and whenever a connection retires, so a retired connection is
 //!   replaced at once, not at the next tick.
-//! - **Connections** ([`conn`]): connect to the site's hosts in order, then
+//! - **Connections** ([`conn`]): connect to the site's hosts in order (the
+//!   next one when a host refuses the connection or the session), then
 //!   loop: pull transactions from the site's queues, queue them in the
 //!   session (pipelined back to back when the server offers PIPELINING; the
 //!   session decides), write commands and bodies (BDAT: the body slice from
@@ -29,9 +30,11 @@
 //! attempt count goes up, the next attempt comes from the retry schedule,
 //! the deferral is written to the spool and the entry waits in the
 //! scheduled heap. A recipient the connection never sent is put back at
-//! the front of its queue unchanged, unless the connection never got ready
-//! at all (then it is deferred, so a site that refuses every session is
-//! not retried in a tight loop). Every outcome is one delivery log line.
+//! the front of its queue unchanged. A connection takes work only once its
+//! session is ready; when every host of the site refused, the site's
+//! waiting recipients are deferred with the last refusal and new
+//! connections back off, so a site that refuses every session is not
+//! retried in a tight loop. Every outcome is one delivery log line.
 //!
 //! # Shaping
 //! With a [`ShapingLink`] (the runtime always passes one; see
@@ -43,7 +46,10 @@
 //! A site whose messages name a source pool (`X-virtualMTA`), or whose
 //! shaping rule names one (`pool = …`), binds each new connection to a
 //! source of that pool picked by weight, and says EHLO with the source's
-//! name ([`source`]).
+//! name ([`source`]). The driver picks the source before the connection
+//! permit, so the permit, every message token and every outcome of the
+//! connection go through that source's shaping destination: its
+//! `[source.NAME]` rate and warm-up, and the rules' per-source overrides.
 
 pub mod conn;
 pub mod mx;
@@ -195,6 +201,10 @@ pub struct Shared {
     pub sources: Option<sluice_shaping::config::Rules>,
     /// Bounce classification, message facts and delivery metrics.
     pub acct: Rc<crate::accounting::Accounting>,
+    /// Sources whose connections were told to wait for a message token,
+    /// until when (ms): new connections pick other sources of their pool
+    /// meanwhile (see [`source::choose`]).
+    pub waiting_sources: RefCell<HashMap<String, u64>>,
     /// Current record locations, built when a queued reference went stale
     /// (the spool relocated the message), keyed by the spool's relocation
     /// count at build time.
@@ -317,6 +327,7 @@ pub fn start_shared(
         mx,
         sources,
         acct,
+        waiting_sources: RefCell::new(HashMap::new()),
         relocations: RefCell::new(None),
         bounces: RefCell::new(crate::bounce::Batch::default()),
     });
@@ -423,6 +434,11 @@ fn open_connections(shared: &Rc<Shared>, now: u64) {
                     break;
                 }
             }
+            // The source first: the permit is taken for that source's
+            // destination (per-source connection limits), and the
+            // connection keeps using it for every transaction.
+            let source = conn::site_source(shared, site);
+            let mut shaped = None;
             let permit = match &shared.shaping {
                 None => None,
                 Some(shaping) => {
@@ -430,7 +446,16 @@ fn open_connections(shared: &Rc<Shared>, now: u64) {
                     let Some(front) = q.site_front(site) else {
                         break;
                     };
-                    match shaping.try_connection(&q, front) {
+                    let acquire = match &source {
+                        Ok(Some(chosen)) => {
+                            let d = shaping.destination_for_source(&q, front, &chosen.name);
+                            let acquire = shaping.try_connection_at(&d);
+                            shaped = Some((front, d));
+                            acquire
+                        }
+                        _ => shaping.try_connection(&q, front),
+                    };
+                    match acquire {
                         ConnAcquire::Ok(permit) => Some(permit),
                         ConnAcquire::Wait(wait) => {
                             let mut pools = shared.pools.borrow_mut();
@@ -443,7 +468,8 @@ fn open_connections(shared: &Rc<Shared>, now: u64) {
                 }
             };
             shared.pools.borrow_mut()[site as usize].active += 1;
-            glommio::spawn_local(conn::run(Rc::clone(shared), site, permit)).detach();
+            glommio::spawn_local(conn::run(Rc::clone(shared), site, permit, source, shaped))
+                .detach();
         }
     }
 }
@@ -458,6 +484,32 @@ pub(crate) fn connect_failed(shared: &Shared, site: SiteId, now: u64) {
         .saturating_mul(1u32 << shift)
         .min(CONNECT_BACKOFF_MAX);
     pool.retry_at_unix_ms = now + backoff.as_millis() as u64;
+}
+
+/// Sources remembered as waiting, at most (names come from the rules, so
+/// this only bounds what reloads could accumulate).
+const WAITING_SOURCES_MAX: usize = 4096;
+
+/// A connection bound to `source` was told to wait for a message token
+/// until `until` (ms).
+pub(crate) fn source_waits(shared: &Shared, source: &str, until: u64, now: u64) {
+    let mut waiting = shared.waiting_sources.borrow_mut();
+    if waiting.len() >= WAITING_SOURCES_MAX && !waiting.contains_key(source) {
+        waiting.retain(|_, t| *t > now);
+    }
+    if waiting.len() < WAITING_SOURCES_MAX || waiting.contains_key(source) {
+        waiting.insert(source.to_string(), until);
+    }
+}
+
+/// Whether connections bound to `source` can send now (it is not waiting
+/// for a message token).
+pub(crate) fn source_available(shared: &Shared, source: &str, now: u64) -> bool {
+    shared
+        .waiting_sources
+        .borrow()
+        .get(source)
+        .is_none_or(|&until| until <= now)
 }
 
 /// Records a successful connect.

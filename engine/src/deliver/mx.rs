@@ -139,6 +139,7 @@ async fn resolve(shared: Rc<Shared>, dest: DestId) {
                         text: "too many distinct MX sites on this shard; retrying later",
                         peer: None,
                         tls: None,
+                        local: None,
                     };
                     settle_all(&shared, dest, &said, false, now).await;
                 }
@@ -167,6 +168,7 @@ async fn settle_failure(
         text: &failure.reply.text,
         peer: None,
         tls: None,
+        local: None,
     };
     settle_all(shared, dest, &said, permanent, now).await;
 }

@@ -2,7 +2,7 @@
 //! in that order, exactly once per attempt outcome.
 
 // std
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 // external
@@ -29,6 +29,22 @@ pub struct Said<'a> {
     pub peer: Option<SocketAddr>,
     /// TLS of the connection, for the delivery log.
     pub tls: Option<&'a crate::tls::TlsInfo>,
+    /// Our end of the connection, when there was one.
+    pub local: Option<Local<'a>>,
+}
+
+/// Our end of the connection an attempt used.
+#[derive(Debug, Clone, Copy)]
+pub struct Local<'a> {
+    /// The bound source's name (`[source.NAME]`); `None` when unbound.
+    pub source: Option<&'a str>,
+    /// The pool the source was drawn from.
+    pub pool: Option<&'a str>,
+    /// The local address: the bound source's, or the one the kernel chose.
+    pub ip: Option<IpAddr>,
+    /// The shaping destination of the connection's source (see
+    /// `Shaping::destination_for_source`): outcomes feed its backoff rules.
+    pub shaping: Option<&'a sluice_shaping::Destination>,
 }
 
 /// Who the outcome is about.
@@ -100,8 +116,14 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
         recipient: s.recipient,
         queue: queues.domain(s.dest),
         site: Some(&site_name),
-        // The site's source pool (the connection picks a source of it).
-        source: queues.sites().pool(site),
+        // The message's X-virtualMTA (the site's pool), else the pool the
+        // connection drew its source from (the rule's).
+        pool: queues
+            .sites()
+            .pool(site)
+            .or(said.and_then(|x| x.local).and_then(|l| l.pool)),
+        source: said.and_then(|x| x.local).and_then(|l| l.source),
+        source_ip: said.and_then(|x| x.local).and_then(|l| l.ip),
         size: facts.size,
         code: said.map(|x| x.code),
         enhanced: said.and_then(|x| x.enhanced),
@@ -145,7 +167,16 @@ fn complete_in_spool(shared: &Shared, entry: &Entry, outcome: SpoolOutcome) {
 /// the reason when a rule says to bounce it.
 fn feed(shared: &Shared, s: &Subject<'_>, said: &Said<'_>) -> Option<String> {
     let shaping = shared.shaping.as_ref()?;
-    shaping.feed(&shared.ctx.queues.borrow(), s.dest, said)
+    let queues = shared.ctx.queues.borrow();
+    match said.local {
+        // A bound connection's outcomes feed its source's destination.
+        Some(Local {
+            shaping: Some(d),
+            source,
+            ..
+        }) => shaping.feed_at(d, queues.domain(s.dest), source, said),
+        _ => shaping.feed(&queues, s.dest, said),
+    }
 }
 
 /// `2xx`: delivered.
@@ -275,6 +306,7 @@ pub fn expire(shared: &Shared, dest: DestId, entry: Entry, now: u64) {
         text: &text,
         peer: None,
         tls: None,
+        local: None,
     };
     if !crate::bounce::queue(
         shared,
@@ -307,6 +339,7 @@ pub fn admin_bounce(shared: &Shared, dest: DestId, entry: Entry, reason: &str, n
         text: reason,
         peer: None,
         tls: None,
+        local: None,
     };
     if !crate::bounce::queue(shared, &entry, &said, Why::Admin, SpoolOutcome::Failed, now) {
         complete_in_spool(shared, &entry, SpoolOutcome::Failed);

@@ -315,6 +315,87 @@ impl Shaping {
         }
     }
 
+    /// The shaping destination of `dest` for a connection bound to
+    /// `source`: the rule with the rules' per-source overrides
+    /// (`[domain.X.source.NAME]`, …) and the source's own rate and warm-up
+    /// (`[source.NAME]`) among its message limits. Not cached here: the
+    /// connection keeps it for its lifetime (one source per connection),
+    /// and uses it for every transaction and outcome (the `_at` methods).
+    pub fn destination_for_source(
+        &self,
+        queues: &Queues,
+        dest: DestId,
+        source: &str,
+    ) -> Destination {
+        let site = queues.site_of(dest);
+        let names = queues.sites().names(site);
+        // As in `destination`: MX names, else the route's addresses.
+        let hosts: Vec<String> = if names.is_empty() {
+            queues
+                .hosts(site)
+                .iter()
+                .map(|h| h.ip().to_string())
+                .collect()
+        } else {
+            names.to_vec()
+        };
+        let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let now = now_nanos();
+        self.shaper.borrow_mut().destination(
+            queues.domain(dest),
+            &host_refs,
+            Some(source),
+            now.0 / 1_000_000_000,
+            now,
+        )
+    }
+
+    /// [`Shaping::try_message`] for a destination the caller holds.
+    pub fn try_message_at(&self, d: &Destination) -> Result<(), Duration> {
+        match self.shaper.borrow_mut().try_acquire_message(d, now_nanos()) {
+            Acquire::Ok => Ok(()),
+            Acquire::Wait(wait) => Err(wait),
+        }
+    }
+
+    /// [`Shaping::try_connection`] for a destination the caller holds.
+    pub fn try_connection_at(&self, d: &Destination) -> ConnAcquire {
+        self.shaper
+            .borrow_mut()
+            .try_acquire_connection(d, now_nanos())
+    }
+
+    /// [`Shaping::feed`] for a destination the caller holds, with the
+    /// source the attempt went out from.
+    pub fn feed_at(
+        &self,
+        d: &Destination,
+        domain: &str,
+        source: Option<&str>,
+        said: &Said<'_>,
+    ) -> Option<String> {
+        let outcome = ShapingOutcome {
+            code: said.code,
+            enhanced: said.enhanced,
+            text: said.text,
+            destination: domain,
+            source,
+        };
+        let verdict = self
+            .shaper
+            .borrow_mut()
+            .feed_outcome(d, &outcome, now_nanos());
+        if let Some(change) = verdict.change {
+            log::info!(
+                "shaping: {} now {:?} (rule {:?})",
+                d.rule.site,
+                change.mode,
+                change.rule
+            );
+        }
+        verdict.bounce
+    }
+
     /// Deliveries per connection and recipients per transaction for `dest`.
     pub fn connection_limits(&self, queues: &Queues, dest: DestId) -> (u32, u32) {
         let d = self.destination(queues, dest);
