@@ -578,6 +578,11 @@ mod admin {
                 }
                 println!("id:        {}", v["id"].as_str().unwrap_or(""));
                 println!("sender:    <{}>", v["sender"].as_str().unwrap_or(""));
+                for k in ["tenant", "campaign"] {
+                    if let Some(x) = v[k].as_str() {
+                        println!("{:<10} {x}", format!("{k}:"));
+                    }
+                }
                 println!("size:      {} bytes", v["size"]);
                 println!("age:       {:.1}s", v["age_s"].as_f64().unwrap_or(0.0));
                 for r in v["recipients"].as_array().into_iter().flatten() {

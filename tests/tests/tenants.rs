@@ -212,12 +212,12 @@ fn suspending_a_tenant_holds_its_mail_everywhere_until_resumed() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("tenant acme: suspended"), "{out}");
     let mut c = Smtp::connect(engine.port);
-    send(
+    let held = send(
         &mut c,
         "a@origin.test",
         &["x@a.test", "y@b.test"],
         "held",
-        "X-Tenant: acme\r\n",
+        "X-Tenant: acme\r\nX-Campaign: c7\r\n",
     );
     send(
         &mut c,
@@ -235,6 +235,14 @@ fn suspending_a_tenant_holds_its_mail_everywhere_until_resumed() {
         delivered(&engine, "x@a.test") + delivered(&engine, "y@b.test"),
         0
     );
+    let (ok, ins, err) = engine.cli(&["inspect", &held]);
+    assert!(ok, "{err}");
+    assert!(
+        ins.lines()
+            .any(|l| l.starts_with("tenant:") && l.ends_with(" acme")),
+        "{ins}"
+    );
+    assert!(ins.contains("<x@a.test> scheduled"), "{ins}");
     let (ok, top, err) = engine.cli(&["top"]);
     assert!(ok, "{err}");
     let line = top

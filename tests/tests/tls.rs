@@ -465,9 +465,9 @@ if a.get("user"):
         out["auth"] = code
     except smtplib.SMTPAuthenticationError as e:
         out["auth"] = e.smtp_code
-msg = "X-Sluice-Id: %s\r\nSubject: t\r\n\r\nbody\r\n" % a["id"]
+msg = "X-Sluice-Id: %s\r\n%sSubject: t\r\n\r\nbody\r\n" % (a["id"], a.get("headers", ""))
 try:
-    s.sendmail("s@src.test", ["r@dst.test"], msg)
+    s.sendmail("s@src.test", [a.get("rcpt", "r@dst.test")], msg)
     out["sent"].append(a["id"])
 except smtplib.SMTPSenderRefused as e:
     out["mail"] = e.smtp_code
@@ -653,6 +653,51 @@ fn auth_plain_and_login_after_tls_only_and_failures_are_refused() {
         serde_json::json!({"mode": "starttls", "port": engine.port, "ca": ca, "id": "no-auth"}),
     );
     assert_eq!(out["mail"], 530, "{out}");
+}
+
+/// An authenticated user listed in a tenant's `users` injects as that
+/// tenant: its `X-Tenant` header is ignored (and removed); without AUTH
+/// the header names the tenant (`tests/tests/tenants.rs` has the rest).
+#[test]
+fn an_auth_user_injects_as_its_tenant() {
+    if !have("python3") {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki(dir.path());
+    let users = users_file(dir.path());
+    let sink = Sink::start(dir.path(), "sink");
+    let engine = Engine::start(
+        dir.path(),
+        &tls_inject(&pki, &format!("auth_users = \"{}\"", users.display())),
+        "tls = \"disabled\"\n[tenants.acme]\nusers = [\"alice\"]",
+        sink.port,
+    );
+    let ca = pki.ca.display().to_string();
+    let mut a = serde_json::json!({"mode": "starttls", "port": engine.port, "ca": ca,
+        "id": "by-user", "rcpt": "user@dst.test", "headers": "X-Tenant: other\r\n"});
+    a["user"] = "alice".into();
+    a["password"] = "secret".into();
+    a["mech"] = "PLAIN".into();
+    let out = py(dir.path(), "user", a);
+    assert_eq!(out["sent"][0], "by-user", "{out}");
+    let b = serde_json::json!({"mode": "starttls", "port": engine.port, "ca": ca,
+        "id": "by-header", "rcpt": "header@dst.test", "headers": "X-Tenant: other\r\n"});
+    let out = py(dir.path(), "header", b);
+    assert_eq!(out["sent"][0], "by-header", "{out}");
+    let tenant_of = |rcpt: &str| {
+        engine
+            .log()
+            .into_iter()
+            .find(|r| r["type"] == "Delivery" && r["recipient"] == rcpt)
+            .map(|r| r["tenant"].clone())
+    };
+    wait_until("both delivered", || {
+        tenant_of("user@dst.test").is_some() && tenant_of("header@dst.test").is_some()
+    });
+    assert_eq!(tenant_of("user@dst.test").unwrap(), "acme");
+    assert_eq!(tenant_of("header@dst.test").unwrap(), "other");
 }
 
 #[test]

@@ -583,6 +583,8 @@ fn inspect(h: &ShardHandles, id: u64, now: u64) -> Answer {
         "id": format!("s{}.{id}", h.delivery.ctx.index),
         "shard": h.delivery.ctx.index,
         "sender": String::from_utf8_lossy(parts.sender),
+        "tenant": (!parts.tenant.is_empty()).then(|| String::from_utf8_lossy(parts.tenant)),
+        "campaign": (!parts.campaign.is_empty()).then(|| String::from_utf8_lossy(parts.campaign)),
         "size": parts.body.len(),
         "arrival_ms": parts.fixed.arrival_unix_ms,
         "age_s": now.saturating_sub(parts.fixed.arrival_unix_ms) as f64 / 1000.0,
