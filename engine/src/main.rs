@@ -141,15 +141,24 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Send a queue (recipient domain) to other next hops on every shard,
-    /// in memory until the next reroute or restart (queued, in-flight and
-    /// arriving recipients follow it).
+    /// Send a queue (recipient domain) to other next hops on every shard
+    /// (queued, in-flight and arriving recipients follow it) until
+    /// `--clear`; kept in the spool directory's admin-state.json, so a
+    /// restart keeps it.
     Reroute {
         /// The queue (recipient domain).
         queue: String,
         /// The new next hops, comma separated: `192.0.2.7:25,192.0.2.8:25`.
-        #[arg(long, value_name = "HOST:PORT[,HOST:PORT]")]
-        to: String,
+        #[arg(
+            long,
+            value_name = "HOST:PORT[,HOST:PORT]",
+            required_unless_present = "clear",
+            conflicts_with = "clear"
+        )]
+        to: Option<String>,
+        /// End the reroute: the queue goes back to its own route or MX.
+        #[arg(long)]
+        clear: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -258,7 +267,12 @@ fn main() -> ExitCode {
             Some((&who, &why)),
             duration.as_deref(),
         ),
-        Command::Reroute { queue, to, target } => admin::reroute(&target, &queue, &to),
+        Command::Reroute {
+            queue,
+            to,
+            clear: _,
+            target,
+        } => admin::reroute(&target, &queue, to.as_deref()),
         Command::Inspect { id, target } => admin::inspect(&target, &id),
         Command::Reload(t) => admin::reload(&t),
         Command::Metrics(t) => admin::metrics(&t),
@@ -559,13 +573,25 @@ mod admin {
         }))
     }
 
-    pub fn reroute(t: &AdminTarget, queue: &str, to: &str) -> ExitCode {
-        let hosts: Vec<&str> = to.split(',').map(str::trim).collect();
-        let body = serde_json::json!({"domain": queue, "to": hosts});
+    /// `to`: the new next hops; `None` (`--clear`): end the reroute.
+    pub fn reroute(t: &AdminTarget, queue: &str, to: Option<&str>) -> ExitCode {
+        let body = match to {
+            Some(to) => {
+                let hosts: Vec<&str> = to.split(',').map(str::trim).collect();
+                serde_json::json!({"domain": queue, "to": hosts})
+            }
+            None => serde_json::json!({"domain": queue, "clear": true}),
+        };
         done(json(t, "POST", "/api/reroute", &body.to_string()).map(|v| {
-            if !t.json {
-                let site = v["shards"][0]["site"].as_str().unwrap_or("");
-                println!("{queue}: rerouted to {to} (site {site})");
+            if t.json {
+                return;
+            }
+            match to {
+                Some(to) => {
+                    let site = v["shards"][0]["site"].as_str().unwrap_or("");
+                    println!("{queue}: rerouted to {to} (site {site})");
+                }
+                None => println!("{queue}: reroute ended; back to its own route"),
             }
         }))
     }

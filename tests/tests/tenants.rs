@@ -429,6 +429,26 @@ fn admin_orders_survive_a_restart() {
         "{text}"
     );
     assert!(v["rerouted"]["moved.test"].is_array(), "{text}");
+    // Ending the reroute: back to the static route, and forgotten.
+    let (ok, out, err) = engine.cli(&["reroute", "moved.test", "--clear"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("moved.test: reroute ended"), "{out}");
+    let mut c = Smtp::connect(engine.port);
+    send(&mut c, "a@origin.test", &["back@moved.test"], "m2", "");
+    c.quit();
+    wait_until("moved.test delivered again", || {
+        delivered(&engine, "back@moved.test") == 1
+    });
+    let m = &records_of(&engine, "Delivery", "back@moved.test")[0];
+    assert!(
+        m["peer"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(&format!(":{}", first.port)),
+        "the route's own next hop: {m}"
+    );
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(!text.contains("moved.test"), "{text}");
 }
 
 /// A corrupt state file does not stop the engine: it says so naming the

@@ -93,11 +93,12 @@ pub enum Command {
         /// Keep bouncing new arrivals until then.
         until_ms: Option<u64>,
     },
-    /// Send a destination to other next hops.
+    /// Send a destination to other next hops (none: back to its own
+    /// route or MX).
     Reroute {
         /// The recipient domain.
         domain: String,
-        /// The new next hops, in order.
+        /// The new next hops, in order; empty ends the reroute.
         hosts: Vec<std::net::SocketAddr>,
     },
     /// A message's envelope and where each recipient is.
@@ -346,6 +347,12 @@ async fn handle(h: &ShardHandles, orders: &RefCell<Orders>, cmd: Command) -> Ans
                 );
             }
             Answer::Json(serde_json::json!({"domain": domain, "bounced": n, "until_ms": until_ms}))
+        }
+        Command::Reroute { domain, hosts } if hosts.is_empty() => {
+            let domain = domain.to_ascii_lowercase();
+            h.queues.borrow_mut().unroute_domain(&domain);
+            let was = orders.borrow_mut().rerouted.remove(&domain).is_some();
+            Answer::Json(serde_json::json!({"domain": domain, "was_rerouted": was}))
         }
         Command::Reroute { domain, hosts } => {
             let domain = domain.to_ascii_lowercase();

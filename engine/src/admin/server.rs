@@ -12,7 +12,8 @@
 //!   `{"tenant", ...}` to hold a tenant's mail on every destination;
 //! - `POST /api/resume` `{"domain"}` or `{"tenant"}`;
 //! - `POST /api/bounce` `{"domain", "who", "why", "for_s"?}`;
-//! - `POST /api/reroute` `{"domain", "to": ["HOST:PORT", ...]}`;
+//! - `POST /api/reroute` `{"domain", "to": ["HOST:PORT", ...]}`, or
+//!   `{"domain", "clear": true}` to end it;
 //! - `GET /api/inspect?id=s<k>.<n>`;
 //! - `POST /api/reload`: the bounce rules and the `[delivery] shaping`
 //!   file re-read and validated here, once; on any problem (answered
@@ -286,10 +287,13 @@ impl Server {
                         }
                     }
                 }
-                if domain.is_empty() || hosts.is_empty() {
+                // `"clear": true` ends a reroute (the queue goes back to its
+                // own route or MX, and the state file forgets it).
+                let clear = body["clear"].as_bool() == Some(true);
+                if domain.is_empty() || hosts.is_empty() != clear {
                     return json(
                         400,
-                        serde_json::json!({"error": "`domain` and `to` (a list of HOST:PORT) are required"}),
+                        serde_json::json!({"error": "`domain` and either `to` (a list of HOST:PORT) or `clear: true` are required"}),
                     );
                 }
                 match self.all(|| Command::Reroute {

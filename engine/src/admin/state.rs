@@ -120,6 +120,9 @@ impl AdminState {
                 self.bouncing
                     .insert(domain.to_ascii_lowercase(), order(who, why, Some(*until)));
             }
+            Command::Reroute { domain, hosts } if hosts.is_empty() => {
+                return self.rerouted.remove(&domain.to_ascii_lowercase()).is_some()
+            }
             Command::Reroute { domain, hosts } => {
                 self.rerouted
                     .insert(domain.to_ascii_lowercase(), hosts.clone());

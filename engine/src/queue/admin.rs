@@ -91,7 +91,9 @@ impl Queues {
             s.scheduled += 1;
             s.oldest_id = Some(s.oldest_id.map_or(t.0.entry.id, |o| o.min(t.0.entry.id)));
         }
-        out.retain(|s| s.ready + s.scheduled > 0 || s.held);
+        // A held domain shows even when empty; a held tenant's empty
+        // destinations (one per domain it ever sent to) do not.
+        out.retain(|s| s.ready + s.scheduled > 0 || (s.held && s.tenant.is_none()));
         out
     }
 
@@ -232,6 +234,22 @@ impl Queues {
             self.reroute(d, hosts.clone());
         }
         self.site_of(plain)
+    }
+
+    /// Ends a domain's reroute: its destinations go back to the site of
+    /// their own route (or [`super::UNROUTED`], to be resolved by MX).
+    pub fn unroute_domain(&mut self, domain: &str) {
+        let domain = domain.to_ascii_lowercase();
+        if self.standing.reroutes.remove(domain.as_str()).is_none() {
+            return;
+        }
+        for dest in self.domain_dests(&domain) {
+            let pool = self.dests[dest as usize].pool.clone();
+            let site = self.sites.site_for_pool(&domain, pool.as_deref());
+            self.grow_sites();
+            self.move_to(dest, site);
+            self.dests[dest as usize].mx_until_unix_ms = 0;
+        }
     }
 
     /// Holds `dest`: connections stop taking its recipients, and its ready
@@ -526,6 +544,13 @@ mod tests {
             assert_eq!(q.hosts(q.site_of(d)), &[hop]);
         }
         assert_ne!(q.site_of(pooled), site, "the pool's variant of the site");
+        q.unroute_domain("r.test");
+        let plain = q.find("r.test").unwrap();
+        assert_eq!(q.site_of(plain), crate::queue::UNROUTED, "back to MX");
+        assert!(q
+            .domain_dests("r.test")
+            .iter()
+            .all(|&d| q.hosts(q.site_of(d)).is_empty()));
         assert_eq!(q.release_domain("r.test", 20), 1);
         q.promote_due(20, 100);
         assert_eq!(drain(&mut q, 20), vec![1]);
