@@ -44,8 +44,9 @@
 //!   `at_ms` (event), ms since the Unix epoch, `shard`;
 //! - `category`: the bounce category (`sluice-outcomes` rules) of every
 //!   `TransientFailure`, `Bounce`, `Expiration` and `AdminBounce`;
-//! - `tenant`, `campaign`: as stored with the message (`null` while
-//!   injection does not set them).
+//! - `tenant`, `campaign`: as stored with the message (`inject::tenant`:
+//!   the AUTH user's or the tenant header's, the campaign header's;
+//!   `null` when none).
 //!
 //! The CSV columns are those of PowerMTA's accounting file
 //! ([`sluice_outcomes::CSV_HEADER`]), written by `sluice-outcomes`.
