@@ -392,6 +392,15 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
             message("carol@unsigned.example", "nokey"),
             vec!["d@dest.test"],
         ),
+        // The tenant and campaign headers are removed before signing: the
+        // signature covers the bytes the receiver gets.
+        (
+            message("alice@example.com", "tenant").replace(
+                "Subject:",
+                "X-Tenant: acme\r\nX-Campaign: spring\r\nSubject:",
+            ),
+            vec!["t@dest.test"],
+        ),
         // One message, three recipient domains: three deliveries (separate
         // transactions), one signature computed once at injection.
         (
@@ -400,11 +409,11 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
         ),
     ];
     inject(s.inject_port, &messages);
-    wait_until("8 captured deliveries", || captures(&s.capture).len() >= 8);
+    wait_until("9 captured deliveries", || captures(&s.capture).len() >= 9);
     let captured = captures(&s.capture);
     assert_eq!(
         captured.len(),
-        8,
+        9,
         "exactly one delivery per recipient domain"
     );
 
@@ -414,7 +423,7 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
     for (tag, bytes) in &captured {
         let sigs = signatures(bytes);
         let (selector, domain, txt) = match tag.as_str() {
-            "rsa" | "mapped" | "multi" | "eightbit" => (rsa_sel, "example.com", rsa_txt),
+            "rsa" | "mapped" | "multi" | "eightbit" | "tenant" => (rsa_sel, "example.com", rsa_txt),
             "ed" => (ed_sel, "example.org", ed_txt),
             "nokey" => {
                 assert!(
@@ -463,6 +472,13 @@ fn delivered_messages_verify_with_mail_auth_and_dkimpy() {
         assert!(text.starts_with("DKIM-Signature:"), "{text}");
         if tag == "multi" {
             multi_signatures.push(sig.clone());
+        }
+        if tag == "tenant" {
+            let lower = text.to_ascii_lowercase();
+            assert!(
+                !lower.contains("x-tenant") && !lower.contains("x-campaign"),
+                "{text}"
+            );
         }
     }
     assert_eq!(multi_signatures.len(), 3);
