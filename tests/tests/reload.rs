@@ -10,7 +10,11 @@
 //! delivered" (within the 60 s wait) only happens after a loosening
 //! reload took effect, and "at most 25 of 100 delivered a second and a
 //! half after injection" holds for any machine delay short of 20 s
-//! while an unlimited domain delivers all of them at once.
+//! while an unlimited domain delivers all of them at once. Connections are
+//! counted by the sink (`peak_connections` per domain in its summary):
+//! against a receiver that answers each message after 50 ms, one
+//! connection at `max_connections = 1`, several once a reload raised it
+//! (without the reload the wait for a second connection times out).
 //!
 //! Build the binaries first (`cargo build -p sluice-engine -p sluice-sink`,
 //! and set `SLUICE_BIN_DIR=target/debug` when `target/release` holds older
@@ -234,4 +238,45 @@ fn reload_reaches_every_shard_of_a_leased_limit() {
             .count();
         assert_eq!(from_shard, 100, "deliveries from shard {shard}");
     }
+}
+
+/// A connection limit raised by a reload: at `max_connections = 1` the
+/// receiver (answering each message after 50 ms, so a deep queue wants
+/// many connections) never sees more than one at a time for the domain;
+/// after the reload to 8 it sees several.
+#[test]
+fn reload_raises_max_connections_on_the_running_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(&file, "[domain.\"conn.test\"]\nmax_connections = 1\n").unwrap();
+    let sink = Sink::start(dir.path(), "sink", &["--delay", "data=50ms"]);
+    let engine = Engine::start(
+        dir.path(),
+        sink.port,
+        &format!("dsn = false\nshaping = \"{}\"", file.display()),
+        "",
+    );
+    engine.wait_admin();
+    let peak = || sink.summary()["domains"]["conn.test"]["peak_connections"].as_u64();
+    inject(&engine, "conn.test", "a", 40);
+    wait_until("40 delivered over one connection", || {
+        delivered_to(&engine, "conn.test") == 40
+    });
+    wait_until("the sink's summary counts them", || {
+        sink.summary()["domains"]["conn.test"]["messages"].as_u64() == Some(40)
+    });
+    assert_eq!(peak(), Some(1), "{}", sink.summary());
+
+    std::fs::write(&file, "[domain.\"conn.test\"]\nmax_connections = 8\n").unwrap();
+    let (ok, out, err) = engine.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("1 limit(s) changed"), "{out}");
+    inject(&engine, "conn.test", "b", 120);
+    wait_until("120 more delivered", || {
+        delivered_to(&engine, "conn.test") == 160
+    });
+    wait_until("more than one connection at once", || {
+        peak().is_some_and(|p| p > 1)
+    });
+    assert!(peak().is_some_and(|p| p <= 8), "{}", sink.summary());
 }
