@@ -28,8 +28,9 @@
 //! the spool: they are attempted again after the restart (a duplicate
 //! attempt, never a lost bounce).
 //!
-//! Turned off with `[delivery] dsn = false`; then the callers complete the
-//! recipients themselves.
+//! Turned off with `[delivery] dsn = false` (then the callers complete the
+//! recipients themselves) or per tenant with `[tenants.NAME] dsn`, which
+//! wins over `[delivery] dsn` for the tenant's messages.
 
 // std
 use std::net::SocketAddr;
@@ -108,7 +109,9 @@ pub fn queue(
     outcome: SpoolOutcome,
     now: u64,
 ) -> bool {
-    if !shared.ctx.config.dsn_bounces {
+    // The message's tenant may still turn DSNs off (or on): decided at
+    // the flush, from the record.
+    if !shared.ctx.config.dsn_possible() {
         return false;
     }
     let mut batch = shared.bounces.borrow_mut();
@@ -274,6 +277,11 @@ fn build_and_append(
         .map_err(|e| format!("parsing the original: {e}"))?;
     if parts.sender.is_empty() {
         // RFC 3461 §6.2: never bounce a bounce.
+        return Ok(None);
+    }
+    if !shared.ctx.config.dsn_for_tenant(parts.tenant) {
+        // `[tenants.NAME] dsn = false` (or `[delivery] dsn = false` and
+        // the tenant does not turn it on).
         return Ok(None);
     }
     let sender = String::from_utf8_lossy(parts.sender);

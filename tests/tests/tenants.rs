@@ -283,7 +283,6 @@ fn suspending_a_tenant_holds_its_mail_everywhere_until_resumed() {
 /// A tenant with `dsn = false` gets no bounce while another tenant (the
 /// global `dsn = true`) does.
 #[test]
-#[ignore = "needs Config::dsn_for_tenant called in bounce.rs (the lead wires it; see /tmp/reports/tenants.md)"]
 fn dsn_can_be_turned_off_per_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), "sink", &["--reject-local-part", "nobody"]);
