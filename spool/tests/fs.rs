@@ -324,7 +324,9 @@ fn reclamation_recycles_segments_without_durability() {
         for i in 0..2048u64 {
             let (id, _) = spool.append(&msg(&body_for(i, 2000))).unwrap();
             spool.commit().await.unwrap();
-            spool.complete(id, 0, sluice_spool::Outcome::Delivered).unwrap();
+            spool
+                .complete(id, 0, sluice_spool::Outcome::Delivered)
+                .unwrap();
             // A commit without sync is ready at once: let the driver and
             // the blocking pool run, as network I/O would in the engine.
             if i % 8 == 7 {
