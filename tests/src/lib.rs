@@ -1,20 +1,38 @@
 //! Support for the end-to-end tests in `tests/tests/`: locating the real
-//! release binaries, starting them as child processes that are always stopped
+//! binaries, starting them as child processes that are always stopped
 //! (SIGTERM, then SIGKILL) when the test ends, picking free loopback ports and
-//! waiting for listeners.
+//! waiting for listeners; on top of that, one way for every suite to run a
+//! `sluice` engine ([`EngineConfig`], [`Engine`]), a `sluice-sink`
+//! ([`SinkBuilder`], [`Sink`]), inject mail ([`Smtp`]), read the delivery
+//! log ([`read_records`]) and poll with a deadline ([`wait_until`]). Each
+//! test file keeps only what is its own.
 //!
-//! This crate never talks SMTP itself and never reaches beyond 127.0.0.1: the
-//! tests drive the binaries with the project's own harness or with
+//! Nothing here reaches beyond 127.0.0.0/8: the tests drive the binaries
+//! with this crate's small SMTP client, the project's own harness or
 //! independent peers (Postfix's `smtp-source`, Python's smtplib, swaks).
 #![warn(missing_docs)]
 
 use std::collections::BTreeSet;
-use std::io;
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod engine;
+mod log;
+mod sink;
+mod smtp;
+
+pub use engine::{http, Engine, EngineConfig};
+pub use log::{count, read_records, records_of};
+pub use sink::{Sink, SinkBuilder};
+pub use smtp::Smtp;
+
+/// Longest any single wait of the support code lasts (a connect, a reply,
+/// a listener coming up).
+pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Errors from the test support helpers.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +131,26 @@ pub fn free_port() -> Result<u16, SupportError> {
     })
 }
 
+/// Two consecutive free ports on 127.0.0.1 (a `shard_port_base` and the
+/// port after it); returns the first.
+pub fn free_port_pair() -> Result<u16, SupportError> {
+    for _ in 0..100 {
+        let base = free_port()?;
+        if base == u16::MAX {
+            continue;
+        }
+        let a = TcpListener::bind(loopback(base));
+        let b = TcpListener::bind(loopback(base + 1));
+        if a.is_ok() && b.is_ok() {
+            return Ok(base);
+        }
+    }
+    Err(SupportError::Io {
+        what: "find two consecutive free ports on 127.0.0.1".into(),
+        source: io::Error::new(io::ErrorKind::AddrInUse, "100 tries"),
+    })
+}
+
 /// Waits until `addr` accepts a TCP connection, polling every 20 ms.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<(), SupportError> {
     let start = Instant::now();
@@ -126,6 +164,95 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<(), SupportE
         addr,
         waited: timeout,
     })
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until `addr` greets with `220` (not `421 4.3.2` while the engine
+/// recovers its spool), polling every 50 ms for at most `timeout`; says
+/// `QUIT` on the connection that was greeted.
+pub fn greets(addr: SocketAddr, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut line = String::new();
+            if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220 ") {
+                let _ = (&s).write_all(b"QUIT\r\n");
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Polls `done` every 50 ms until it holds; panics naming `what` after
+/// `limit` (each suite passes its own settle time).
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a program can be run (found on PATH or at its absolute path).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The output of a peer program run with [`run_bounded`].
+pub struct Ran {
+    /// Whether it exited with success before the limit.
+    pub success: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error, and a note when it was killed at the limit.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion, killing it after `limit` (then `success` is
+/// false and stderr says so). Output goes through `<dir>/<tag>.out` and
+/// `.err` so that a chatty peer never blocks on a full pipe.
+pub fn run_bounded(dir: &Path, tag: &str, mut cmd: Command, limit: Duration) -> Ran {
+    let out_path = dir.join(format!("{tag}.out"));
+    let err_path = dir.join(format!("{tag}.err"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {tag}: {e}"));
+    let start = Instant::now();
+    let (success, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break (status.success(), false),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break (false, true);
+            }
+        }
+    };
+    let mut stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if timed_out {
+        stderr.push_str(&format!("\n[{tag} killed after {limit:?}]"));
+    }
+    Ran {
+        success,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr,
+    }
 }
 
 /// A child process that is stopped when dropped: SIGTERM, a grace period,

@@ -10,7 +10,8 @@ mod ops;
 use std::collections::HashMap;
 use std::process::Command;
 
-use ops::{count, wait_until, Engine, Sink, Smtp};
+use ops::wait_until;
+use sluice_tests::{count, Smtp};
 
 /// A permanent failure is logged as `Bounce` with its category, and the
 /// sender gets an RFC 3464 report (parsed by Python's `email` package);
@@ -18,8 +19,8 @@ use ops::{count, wait_until, Engine, Sink, Smtp};
 #[test]
 fn a_bounce_is_categorised_and_reported_to_the_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &["--reject-local-part", "nobody"]);
-    let engine = Engine::start(dir.path(), sink.port, "", "");
+    let sink = ops::sink(dir.path(), "sink", &["--reject-local-part", "nobody"]);
+    let engine = ops::config(dir.path(), sink.port).start();
     let mut c = Smtp::connect(engine.port);
     let id = c.send(
         "sender@origin.test",
@@ -117,7 +118,7 @@ print('ok')
 #[test]
 fn recipients_failing_together_share_one_dsn() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(
+    let sink = ops::sink(
         dir.path(),
         "sink",
         &[
@@ -129,7 +130,7 @@ fn recipients_failing_together_share_one_dsn() {
             "lost",
         ],
     );
-    let engine = Engine::start(dir.path(), sink.port, "", "");
+    let engine = ops::config(dir.path(), sink.port).start();
     let mut c = Smtp::connect(engine.port);
     c.send(
         "sender@origin.test",
@@ -205,8 +206,10 @@ fn fault_run(faults: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let mut flags = vec!["--seed", "7", "--reject-local-part", "nobody"];
     flags.extend_from_slice(faults);
-    let sink = Sink::start(dir.path(), "sink", &flags);
-    let engine = Engine::start(dir.path(), sink.port, "dsn = false", "");
+    let sink = ops::sink(dir.path(), "sink", &flags);
+    let engine = ops::config(dir.path(), sink.port)
+        .delivery("dsn = false")
+        .start();
     let domains = ["a.test", "b.test", "c.test"];
     let mut c = Smtp::connect(engine.port);
     // (spool id, recipient) of every accepted recipient.

@@ -12,7 +12,8 @@ mod ops;
 
 use std::process::Command;
 
-use ops::{count, wait_until, Engine, Sink, Smtp};
+use ops::wait_until;
+use sluice_tests::{count, Engine, Smtp};
 
 fn delivered_to(e: &Engine, domain: &str) -> usize {
     e.records()
@@ -31,9 +32,10 @@ fn delivered_to(e: &Engine, domain: &str) -> usize {
 #[test]
 fn metrics_parse_with_an_independent_parser_and_agree_with_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &["--reject-local-part", "nobody"]);
-    let engine = Engine::start(dir.path(), sink.port, "dsn = false", "");
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &["--reject-local-part", "nobody"]);
+    let engine = ops::config(dir.path(), sink.port)
+        .delivery("dsn = false")
+        .start();
     let mut c = Smtp::connect(engine.port);
     for n in 0..20 {
         c.send(
@@ -122,9 +124,8 @@ print(json.dumps(out))
 #[test]
 fn suspend_top_inspect_queues_and_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &[]);
-    let engine = Engine::start(dir.path(), sink.port, "", "");
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &[]);
+    let engine = ops::config(dir.path(), sink.port).start();
     let (ok, out, err) = engine.cli(&[
         "suspend",
         "held.test",
@@ -218,9 +219,8 @@ fn suspend_top_inspect_queues_and_resume() {
 #[test]
 fn bounce_a_queue_now_and_for_a_while() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &[]);
-    let engine = Engine::start(dir.path(), sink.port, "", "");
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &[]);
+    let engine = ops::config(dir.path(), sink.port).start();
     let (ok, _, err) = engine.cli(&["suspend", "doomed.test", "--who", "bob", "--why", "x"]);
     assert!(ok, "{err}");
     let mut c = Smtp::connect(engine.port);
@@ -269,14 +269,13 @@ fn reload_applies_new_bounce_rules_and_refuses_bad_ones() {
         "[rules]\nquota-issues = ['(?i)mailbox unavailable']\n",
     )
     .unwrap();
-    let sink = Sink::start(dir.path(), "sink", &["--reject-local-part", "nobody"]);
-    let engine = Engine::start(
-        dir.path(),
-        sink.port,
-        &format!("dsn = false\nbounce_rules = \"{}\"", rules.display()),
-        "",
-    );
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &["--reject-local-part", "nobody"]);
+    let engine = ops::config(dir.path(), sink.port)
+        .delivery(&format!(
+            "dsn = false\nbounce_rules = \"{}\"",
+            rules.display()
+        ))
+        .start();
     let mut c = Smtp::connect(engine.port);
     c.send("a@origin.test", &["nobody@r.test"], "r1");
     wait_until("first bounce", || count(&engine.records(), "Bounce") == 1);
@@ -317,9 +316,10 @@ fn reload_applies_new_bounce_rules_and_refuses_bad_ones() {
 #[test]
 fn admin_access_is_restricted_to_configured_networks() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &[]);
-    let engine = Engine::start(dir.path(), sink.port, "", "allow = [\"192.0.2.0/24\"]");
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &[]);
+    let engine = ops::config(dir.path(), sink.port)
+        .admin("allow = [\"192.0.2.0/24\"]")
+        .start();
     let (status, body) = engine.get("/metrics");
     assert_eq!(status, 403, "{body}");
     let (ok, _, err) = engine.cli(&["queues"]);
@@ -332,10 +332,9 @@ fn admin_access_is_restricted_to_configured_networks() {
 #[test]
 fn reroute_moves_a_queue_to_other_next_hops() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Sink::start(dir.path(), "first", &[]);
-    let second = Sink::start(dir.path(), "second", &[]);
-    let engine = Engine::start(dir.path(), first.port, "", "");
-    engine.wait_admin();
+    let first = ops::sink(dir.path(), "first", &[]);
+    let second = ops::sink(dir.path(), "second", &[]);
+    let engine = ops::config(dir.path(), first.port).start();
     let (ok, _, err) = engine.cli(&["suspend", "moved.test", "--who", "ops", "--why", "move"]);
     assert!(ok, "{err}");
     let mut c = Smtp::connect(engine.port);

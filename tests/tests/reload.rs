@@ -22,12 +22,12 @@
 
 mod ops;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use ops::{loopback, wait_until, Engine, Sink, Smtp};
-use sluice_tests::free_port;
+use ops::wait_until;
+use sluice_tests::free_port_pair;
+use sluice_tests::{Engine, Sink, Smtp};
 
 const TIGHT: &str = "[domain.\"slow.test\"]\nmax_message_rate = \"1/s burst 1\"\n";
 const LOOSE: &str = "[domain.\"slow.test\"]\nmax_message_rate = \"5000/s burst 100\"\n";
@@ -63,14 +63,10 @@ fn inject_at(port: u16, domain: &str, tag: &str, n: usize) {
 fn start(dir: &Path, rules: &str) -> (Sink, Engine, std::path::PathBuf) {
     let file = dir.join("shaping.toml");
     std::fs::write(&file, rules).unwrap();
-    let sink = Sink::start(dir, "sink", &[]);
-    let engine = Engine::start(
-        dir,
-        sink.port,
-        &format!("dsn = false\nshaping = \"{}\"", file.display()),
-        "",
-    );
-    engine.wait_admin();
+    let sink = ops::sink(dir, "sink", &[]);
+    let engine = ops::config(dir, sink.port)
+        .delivery(&format!("dsn = false\nshaping = \"{}\"", file.display()))
+        .start();
     (sink, engine, file)
 }
 
@@ -174,22 +170,6 @@ fn reload_refuses_a_broken_shaping_file_and_the_old_rules_keep_applying() {
     });
 }
 
-/// Two consecutive free ports (`shard_port_base` and `+1`).
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let base = free_port().expect("free port");
-        if base == u16::MAX {
-            continue;
-        }
-        let a = TcpListener::bind(loopback(base));
-        let b = TcpListener::bind(loopback(base + 1));
-        if a.is_ok() && b.is_ok() {
-            return base;
-        }
-    }
-    panic!("no two consecutive free ports on 127.0.0.1");
-}
-
 /// Two shards, each holding a queue for the domain (messages injected on
 /// each shard's own port), so its rate is leased across shards: the tight
 /// limit holds over both, and one reload loosens it on both.
@@ -198,17 +178,13 @@ fn reload_reaches_every_shard_of_a_leased_limit() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shaping.toml");
     std::fs::write(&file, TIGHT).unwrap();
-    let sink = Sink::start(dir.path(), "sink", &[]);
-    let base = free_port_pair();
-    let engine = Engine::start_on(
-        dir.path(),
-        sink.port,
-        "[0, 1]",
-        &format!("shard_port_base = {base}"),
-        &format!("dsn = false\nshaping = \"{}\"", file.display()),
-        "",
-    );
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &[]);
+    let base = free_port_pair().expect("two free ports");
+    let engine = ops::config(dir.path(), sink.port)
+        .cores("[0, 1]")
+        .inject(&format!("shard_port_base = {base}"))
+        .delivery(&format!("dsn = false\nshaping = \"{}\"", file.display()))
+        .start();
     inject_at(base, "slow.test", "a", 100);
     inject_at(base + 1, "slow.test", "b", 100);
     std::thread::sleep(Duration::from_millis(1_500));
@@ -249,14 +225,10 @@ fn reload_raises_max_connections_on_the_running_engine() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shaping.toml");
     std::fs::write(&file, "[domain.\"conn.test\"]\nmax_connections = 1\n").unwrap();
-    let sink = Sink::start(dir.path(), "sink", &["--delay", "data=50ms"]);
-    let engine = Engine::start(
-        dir.path(),
-        sink.port,
-        &format!("dsn = false\nshaping = \"{}\"", file.display()),
-        "",
-    );
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &["--delay", "data=50ms"]);
+    let engine = ops::config(dir.path(), sink.port)
+        .delivery(&format!("dsn = false\nshaping = \"{}\"", file.display()))
+        .start();
     let peak = || sink.summary()["domains"]["conn.test"]["peak_connections"].as_u64();
     inject(&engine, "conn.test", "a", 40);
     wait_until("40 delivered over one connection", || {

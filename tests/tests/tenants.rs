@@ -11,41 +11,28 @@
 //! `cargo build -p sluice-engine -p sluice-sink`, then
 //! `SLUICE_BIN_DIR=$PWD/target/debug cargo test -p sluice-tests --test tenants`.
 
-mod egress;
 mod ops;
 
 use std::time::Duration;
 
-use ops::{count, wait_until, Engine, Sink, Smtp};
-use sluice_tests::free_port;
+use ops::wait_until;
+use sluice_tests::{count, Engine, Smtp};
+use sluice_tests::{records_of, EngineConfig, SinkBuilder};
 
 /// Sends one message with extra header lines; returns the spool id.
 fn send(c: &mut Smtp, from: &str, to: &[&str], tag: &str, headers: &str) -> String {
-    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
-    for r in to {
-        assert_eq!(c.cmd(&format!("RCPT TO:<{r}>")).0, 250, "RCPT {r}");
-    }
-    assert_eq!(c.cmd("DATA").0, 354);
-    let body = format!(
-        "From: <{from}>\r\n{headers}Subject: {tag}\r\nX-Sluice-Id: {tag}\r\n\r\nBody of {tag}.\r\n."
+    let data = format!(
+        "From: <{from}>\r\n{headers}Subject: {tag}\r\nX-Sluice-Id: {tag}\r\n\r\nBody of {tag}.\r\n"
     );
-    let (code, text) = c.cmd(&body);
-    assert_eq!(code, 250, "{text}");
+    let text = c.transaction(from, to, &data);
     text.split_whitespace()
         .find(|w| w.starts_with('s') && w.contains('.'))
         .unwrap_or("")
         .to_string()
 }
 
-fn records_of(e: &Engine, kind: &str, recipient: &str) -> Vec<serde_json::Value> {
-    e.records()
-        .into_iter()
-        .filter(|r| r["type"] == kind && r["recipient"] == recipient)
-        .collect()
-}
-
 fn delivered(e: &Engine, recipient: &str) -> usize {
-    records_of(e, "Delivery", recipient).len()
+    records_of(&e.records(), "Delivery", recipient).len()
 }
 
 /// The tenant and campaign headers set the record's fields (Reception,
@@ -55,14 +42,11 @@ fn delivered(e: &Engine, recipient: &str) -> usize {
 #[test]
 fn tenant_and_campaign_headers_reach_the_log_and_not_the_receiver() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &["--reject-local-part", "nobody"]);
-    let engine = Engine::start(
-        dir.path(),
-        sink.port,
-        "dsn = false",
-        "[tenants.acme]\nusers = [\"alice\"]\n",
-    );
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &["--reject-local-part", "nobody"]);
+    let engine = ops::config(dir.path(), sink.port)
+        .delivery("dsn = false")
+        .extra("[tenants.acme]\nusers = [\"alice\"]\n")
+        .start();
     let mut c = Smtp::connect(engine.port);
     send(
         &mut c,
@@ -83,17 +67,17 @@ fn tenant_and_campaign_headers_reach_the_log_and_not_the_receiver() {
     wait_until("three outcomes", || {
         delivered(&engine, "u@t.test") == 1
             && delivered(&engine, "v@t.test") == 1
-            && records_of(&engine, "Bounce", "nobody@t.test").len() == 1
+            && records_of(&engine.records(), "Bounce", "nobody@t.test").len() == 1
     });
     for kind in ["Reception", "Delivery"] {
-        let r = &records_of(&engine, kind, "u@t.test")[0];
+        let r = &records_of(&engine.records(), kind, "u@t.test")[0];
         assert_eq!(r["tenant"], "acme", "{r}");
         assert_eq!(r["campaign"], "Spring sale 2026", "{r}");
     }
-    let bounce = &records_of(&engine, "Bounce", "nobody@t.test")[0];
+    let bounce = &records_of(&engine.records(), "Bounce", "nobody@t.test")[0];
     assert_eq!(bounce["tenant"], "newco", "a free label: {bounce}");
     assert!(bounce["campaign"].is_null(), "{bounce}");
-    let plain = &records_of(&engine, "Delivery", "v@t.test")[0];
+    let plain = &records_of(&engine.records(), "Delivery", "v@t.test")[0];
     assert!(
         plain["tenant"].is_null() && plain["campaign"].is_null(),
         "{plain}"
@@ -136,19 +120,22 @@ sources = { s3 = 1 }
 /// leave from the pool's source; `X-virtualMTA` still wins.
 #[test]
 fn a_tenants_pool_picks_its_source() {
-    use egress::{inject, start_engine, write_config, Msg};
+    // The MX and sources suites' settle time, as before this test moved here.
+    const SETTLE: Duration = Duration::from_secs(40);
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
-    let sink = egress::Sink::start(dir.path(), "sink", "127.0.0.1", port);
+    let sink = SinkBuilder::new(dir.path(), "sink")
+        .record_ids()
+        .record_peers()
+        .capture()
+        .start();
     let rules = dir.path().join("shaping.toml");
     std::fs::write(&rules, RULES).unwrap();
-    let inject_port = free_port().unwrap();
     let extra = format!(
-        "shaping = \"{}\"\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{port}\"]\n[tenants.acme]\npool = \"three\"\n",
-        rules.display()
+        "shaping = \"{}\"\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{}\"]\n[tenants.acme]\npool = \"three\"\n",
+        rules.display(),
+        sink.port
     );
-    let cfg = write_config(dir.path(), inject_port, &extra);
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = EngineConfig::new(dir.path()).delivery(&extra).start();
     let mut seen = 0;
     for (id, headers, want) in [
         ("plain", "", "127.0.0.2"),
@@ -159,16 +146,17 @@ fn a_tenants_pool_picks_its_source() {
             "127.0.0.2",
         ),
     ] {
-        inject(
-            inject_port,
-            &[Msg {
-                id,
-                rcpts: &["u@a.test"],
-                headers,
-            }],
+        let mut c = Smtp::connect_ready(engine.port);
+        c.transaction(
+            "sender@origin.test",
+            &["u@a.test"],
+            &format!("X-Sluice-Id: {id}\r\n{headers}Subject: test {id}\r\n\r\nbody of {id}\r\n"),
         );
-        egress::wait_until("delivered", || sink.ids().contains(&id.to_string()));
-        egress::wait_until("its connection recorded", || sink.peers().len() > seen);
+        c.close();
+        sluice_tests::wait_until("delivered", SETTLE, || sink.ids().contains(&id.to_string()));
+        sluice_tests::wait_until("its connection recorded", SETTLE, || {
+            sink.peers().len() > seen
+        });
         // Connections retire after 300 ms idle: wait so the next message
         // opens its own.
         let peers = sink.peers();
@@ -179,11 +167,14 @@ fn a_tenants_pool_picks_its_source() {
         seen = peers.len();
         std::thread::sleep(Duration::from_millis(700));
     }
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
-    let r = egress::records_for(dir.path(), "u@a.test");
+    engine
+        .process
+        .stop(sluice_tests::TIMEOUT)
+        .expect("sluice stops");
+    let r = engine.records();
     assert!(
-        r.iter()
-            .filter(|r| r["type"] == "Delivery")
+        records_of(&r, "Delivery", "u@a.test")
+            .iter()
             .filter(|r| r["tenant"] == "acme")
             .count()
             == 2,
@@ -197,9 +188,8 @@ fn a_tenants_pool_picks_its_source() {
 #[test]
 fn suspending_a_tenant_holds_its_mail_everywhere_until_resumed() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &[]);
-    let engine = Engine::start(dir.path(), sink.port, "", "");
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &[]);
+    let engine = ops::config(dir.path(), sink.port).start();
     let (ok, out, err) = engine.cli(&[
         "suspend",
         "--tenant",
@@ -285,14 +275,11 @@ fn suspending_a_tenant_holds_its_mail_everywhere_until_resumed() {
 #[test]
 fn dsn_can_be_turned_off_per_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &["--reject-local-part", "nobody"]);
-    let engine = Engine::start(
-        dir.path(),
-        sink.port,
-        "dsn = true",
-        "[tenants.quiet]\ndsn = false\n[tenants.loud]\n",
-    );
-    engine.wait_admin();
+    let sink = ops::sink(dir.path(), "sink", &["--reject-local-part", "nobody"]);
+    let engine = ops::config(dir.path(), sink.port)
+        .delivery("dsn = true")
+        .extra("[tenants.quiet]\ndsn = false\n[tenants.loud]\n")
+        .start();
     let mut c = Smtp::connect(engine.port);
     send(
         &mut c,
@@ -324,10 +311,9 @@ fn dsn_can_be_turned_off_per_tenant() {
 #[test]
 fn admin_orders_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Sink::start(dir.path(), "first", &[]);
-    let second = Sink::start(dir.path(), "second", &[]);
-    let mut engine = Engine::start(dir.path(), first.port, "", "");
-    engine.wait_admin();
+    let first = ops::sink(dir.path(), "first", &[]);
+    let second = ops::sink(dir.path(), "second", &[]);
+    let mut engine = ops::config(dir.path(), first.port).start();
     for args in [
         &[
             "suspend",
@@ -367,11 +353,10 @@ fn admin_orders_survive_a_restart() {
     std::thread::sleep(Duration::from_millis(300));
     engine
         .process
-        .stop(ops::TIMEOUT)
+        .stop(sluice_tests::TIMEOUT)
         .expect("sluice stops on SIGTERM");
 
-    let engine = Engine::start(dir.path(), first.port, "", "");
-    engine.wait_admin();
+    let engine = ops::config(dir.path(), first.port).start();
     let (ok, q, err) = engine.cli(&["queues"]);
     assert!(ok, "{err}");
     assert!(
@@ -399,7 +384,7 @@ fn admin_orders_survive_a_restart() {
     wait_until("moved.test delivered", || {
         delivered(&engine, "m@moved.test") == 1
     });
-    let m = &records_of(&engine, "Delivery", "m@moved.test")[0];
+    let m = &records_of(&engine.records(), "Delivery", "m@moved.test")[0];
     assert!(
         m["peer"]
             .as_str()
@@ -438,7 +423,7 @@ fn admin_orders_survive_a_restart() {
     wait_until("moved.test delivered again", || {
         delivered(&engine, "back@moved.test") == 1
     });
-    let m = &records_of(&engine, "Delivery", "back@moved.test")[0];
+    let m = &records_of(&engine.records(), "Delivery", "back@moved.test")[0];
     assert!(
         m["peer"]
             .as_str()
@@ -455,7 +440,7 @@ fn admin_orders_survive_a_restart() {
 #[test]
 fn a_corrupt_state_file_is_reported_and_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(dir.path(), "sink", &[]);
+    let sink = ops::sink(dir.path(), "sink", &[]);
     let spool = dir.path().join("spool");
     // The spool must be private (0700), as the engine makes it.
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -466,8 +451,7 @@ fn a_corrupt_state_file_is_reported_and_moved_aside() {
         b"{\"version\": 1, \"suspended\": ",
     )
     .unwrap();
-    let engine = Engine::start(dir.path(), sink.port, "", "");
-    engine.wait_admin();
+    let engine = ops::config(dir.path(), sink.port).start();
     let said = engine.said();
     assert!(
         said.contains("admin-state.json") && said.contains("STARTING WITHOUT STANDING ORDERS"),

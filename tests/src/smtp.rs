@@ -1,0 +1,127 @@
+//! A blocking SMTP client for injecting test mail: one connection, one
+//! reply at a time, every unexpected reply a panic naming it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::{loopback, TIMEOUT};
+
+/// One SMTP connection to a `sluice` injection listener on 127.0.0.1.
+pub struct Smtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Smtp {
+    /// Connects, expects `220` and says `EHLO client.test` (`250`).
+    pub fn connect(port: u16) -> Smtp {
+        let mut c = Smtp::open(loopback(port));
+        assert_eq!(c.reply().0, 220);
+        assert_eq!(c.cmd("EHLO client.test").0, 250);
+        c
+    }
+
+    /// Connects until the greeting is `220` (the engine answers `421 4.3.2`
+    /// while it recovers its spool), for at most [`TIMEOUT`], then says
+    /// `EHLO injector.test` (`250`).
+    pub fn connect_ready(port: u16) -> Smtp {
+        let start = Instant::now();
+        let mut c = loop {
+            let mut c = Smtp::open(loopback(port));
+            let (code, greeting) = c.reply();
+            if code == 220 {
+                break c;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "sluice keeps answering {greeting:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        c.expect("EHLO injector.test", 250);
+        c
+    }
+
+    fn open(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect sluice");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        Smtp {
+            reader: BufReader::new(s.try_clone().expect("clone")),
+            writer: s,
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply: (code, last line).
+    pub fn reply(&mut self) -> (u16, String) {
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).expect("read reply");
+            assert!(line.len() >= 4, "short reply {line:?}");
+            if line.as_bytes()[3] == b' ' {
+                return (
+                    line[..3].parse().expect("code"),
+                    line.trim_end().to_string(),
+                );
+            }
+        }
+    }
+
+    /// Sends `line` and CRLF; returns the reply.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("write");
+        self.reply()
+    }
+
+    /// Sends `line` and panics unless the reply has `code`; returns its text.
+    pub fn expect(&mut self, line: &str, code: u16) -> String {
+        let (got, text) = self.cmd(line);
+        assert_eq!(got, code, "{line:?} answered {text:?}");
+        text
+    }
+
+    /// Sends one transaction whose message is `data` (headers and body,
+    /// CRLF lines, not yet dot-stuffed); returns the `250` reply's text.
+    pub fn transaction(&mut self, from: &str, to: &[&str], data: &str) -> String {
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for r in to {
+            self.expect(&format!("RCPT TO:<{r}>"), 250);
+        }
+        self.expect("DATA", 354);
+        let mut stuffed = data.replace("\r\n.", "\r\n..");
+        if stuffed.starts_with('.') {
+            stuffed.insert(0, '.');
+        }
+        if !stuffed.ends_with("\r\n") {
+            stuffed.push_str("\r\n");
+        }
+        stuffed.push('.');
+        self.expect(&stuffed, 250)
+    }
+
+    /// Sends one message tagged `tag` (subject, `X-Sluice-Id` and
+    /// Message-ID); returns the spool id from `250 2.0.0 s<k>.<id> queued`.
+    pub fn send(&mut self, from: &str, to: &[&str], tag: &str) -> String {
+        let data = format!(
+            "From: <{from}>\r\nTo: <{}>\r\nSubject: {tag}\r\nX-Sluice-Id: {tag}\r\nMessage-ID: <{tag}@client.test>\r\n\r\nBody of {tag}.\r\n",
+            to.first().copied().unwrap_or("")
+        );
+        let text = self.transaction(from, to, &data);
+        text.split_whitespace()
+            .find(|w| w.starts_with('s') && w.contains('.'))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Says `QUIT` and closes (the reply is not checked).
+    pub fn quit(mut self) {
+        let _ = self.cmd("QUIT");
+    }
+
+    /// Says `QUIT` and panics unless the reply is `221`.
+    pub fn close(mut self) {
+        self.expect("QUIT", 221);
+    }
+}
