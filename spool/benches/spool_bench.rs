@@ -32,6 +32,8 @@ struct Args {
     only: Option<String>,
     size: Option<usize>,
     write_behind_bytes: usize,
+    spares: usize,
+    pwrite_min: usize,
 }
 
 fn args() -> Args {
@@ -42,6 +44,8 @@ fn args() -> Args {
         only: None,
         size: None,
         write_behind_bytes: SpoolConfig::default().write_behind_bytes,
+        spares: SpoolConfig::default().spare_segments,
+        pwrite_min: SpoolConfig::default().pwrite_min_bytes,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,11 +61,18 @@ fn args() -> Args {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(a.write_behind_bytes)
             }
+            "--spares" => a.spares = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.spares),
+            "--pwrite-min" => {
+                a.pwrite_min = match it.next().as_deref() {
+                    Some("never") => usize::MAX,
+                    v => v.and_then(|v| v.parse().ok()).unwrap_or(a.pwrite_min),
+                }
+            }
             "--help" | "-h" => {
                 println!(
                     "spool_bench [--dir PATH] [--seconds N (3)] [--clients N per shard (2048)] \
-                     [--only fdatasync|none] [--size 2000|20000] [--write-behind BYTES (0: off)]; \
-                     SPOOL_BENCH_DEBUG=1 prints each shard's SpoolStats"
+                     [--only fdatasync|none] [--size 2000|20000] [--write-behind BYTES (0: off)] [--spares N (2)] \
+                     [--pwrite-min BYTES|never (8192)]; SPOOL_BENCH_DEBUG=1 prints each shard's SpoolStats"
                 );
                 std::process::exit(0);
             }
@@ -182,10 +193,10 @@ fn run_shard(
     dir: PathBuf,
     shard: u32,
     record_bytes: usize,
-    a: (u64, usize, usize),
+    a: (u64, usize, usize, usize, usize),
     durability: Durability,
 ) -> ShardResult {
-    let (secs, clients, write_behind_bytes) = a;
+    let (secs, clients, write_behind_bytes, spare_segments, pwrite_min_bytes) = a;
     let placement = if shard < 2 {
         Placement::Fixed(shard as usize)
     } else {
@@ -200,6 +211,8 @@ fn run_shard(
                 shard,
                 durability,
                 write_behind_bytes,
+                spare_segments,
+                pwrite_min_bytes,
                 ..SpoolConfig::default()
             };
             let (spool, _) =
@@ -360,11 +373,18 @@ fn main() {
         .expect("chmod");
 
     println!(
-        "# sluice-spool bench on {} ({} s per run, {} clients per shard, write-behind {} bytes)",
+        "# sluice-spool bench on {} ({} s per run, {} clients per shard, write-behind {} bytes, \
+         {} spares, pwrite from {})",
         root.display(),
         a.seconds,
         a.clients,
-        a.write_behind_bytes
+        a.write_behind_bytes,
+        a.spares,
+        if a.pwrite_min == usize::MAX {
+            "never".to_string()
+        } else {
+            format!("{} bytes", a.pwrite_min)
+        }
     );
     let bw = device_bandwidth(&root, a.seconds).expect("O_DIRECT bandwidth");
     let (fs50, fs99) = device_fdatasync(&root, 400).expect("fdatasync latency");
@@ -405,7 +425,13 @@ fn main() {
         let handles: Vec<_> = (0..shards)
             .map(|s| {
                 let d = base.clone();
-                let knobs = (a.seconds, a.clients, a.write_behind_bytes);
+                let knobs = (
+                    a.seconds,
+                    a.clients,
+                    a.write_behind_bytes,
+                    a.spares,
+                    a.pwrite_min,
+                );
                 std::thread::spawn(move || run_shard(d, s, size, knobs, durability))
             })
             .collect();

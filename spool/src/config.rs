@@ -61,6 +61,10 @@ pub struct SpoolConfig {
     /// into this pool (rename, new header) instead of deleting them, and
     /// deletes only beyond it. 0: never recycle.
     pub spare_segments: usize,
+    /// Message records at least this long are written with `pwrite`
+    /// instead of stores through the mapping (see
+    /// [`crate::core::WRITE_THROUGH_FILE_MIN`]); `usize::MAX`: never.
+    pub pwrite_min_bytes: usize,
 }
 
 impl Default for SpoolConfig {
@@ -76,6 +80,7 @@ impl Default for SpoolConfig {
             relocate_live_bytes_max: 8 << 20,
             free_bytes_reserve: 64 << 20,
             spare_segments: 2,
+            pwrite_min_bytes: crate::core::WRITE_THROUGH_FILE_MIN,
         }
     }
 }

@@ -152,7 +152,21 @@ pub struct Core<S: Storage> {
     /// Segments being recycled in the background.
     pub(crate) recycling: usize,
     pub(crate) stats: SpoolStats,
+    /// Where a large record is built before its `pwrite`.
+    scratch: Vec<u8>,
 }
+
+/// Default of [`crate::SpoolConfig::pwrite_min_bytes`]: message records at
+/// least this long are written with `pwrite` instead of stores
+/// through the mapping: a store takes a write fault on each 4 KiB page, and
+/// writeback must write-protect the page again (a TLB shootdown to every
+/// CPU running the process). For small records the extra copy and the
+/// system call cost more than the faults they save; measured with
+/// `spool_bench` (BENCHMARKS.md).
+pub const WRITE_THROUGH_FILE_MIN: usize = 8 << 10;
+
+/// The largest pwrite buffer a shard keeps between appends.
+const SCRATCH_KEEP_BYTES: usize = 1 << 20;
 
 impl<S: Storage> Core<S> {
     pub(crate) fn empty(storage: S, cfg: SpoolConfig) -> Self {
@@ -181,6 +195,7 @@ impl<S: Storage> Core<S> {
             removing: Vec::new(),
             recycling: 0,
             stats: SpoolStats::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -409,13 +424,43 @@ impl<S: Storage> Core<S> {
             .expect("reserve returned a present segment");
         let offset = seg.write_off;
         let key = seg.key;
-        let rec = seg.fresh(total);
-        format::encode_message(&mut rec[format::payload_range(0, plen)], id, m, env_len);
-        format::seal_record(rec, RecordKind::Message, plen, &key);
-        debug_assert!(matches!(
-            format::check_at(rec, 0, &key),
-            format::Check::Valid { .. }
-        ));
+        if total >= self.cfg.pwrite_min_bytes && seg.map.writes_through_file() {
+            // Large records: built in a scratch buffer and written with
+            // pwrite (see `WRITE_THROUGH_FILE_MIN`).
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            scratch.resize(total, 0);
+            format::encode_message(&mut scratch[format::payload_range(0, plen)], id, m, env_len);
+            format::seal_record(&mut scratch, RecordKind::Message, plen, &key);
+            let written = seg.map.write_at(offset, &scratch);
+            // Keep the buffer for the next one, unless a rare huge message
+            // grew it.
+            if scratch.capacity() <= SCRATCH_KEEP_BYTES {
+                self.scratch = scratch;
+            }
+            if let Some(Err(e)) = written {
+                // Nothing was acknowledged for this id; the bytes at
+                // `offset` are overwritten by the next append.
+                self.next_id -= 1;
+                return Err(SpoolError::io(
+                    "writing a record to",
+                    self.storage.segment_path(seq),
+                    e,
+                ));
+            }
+        } else {
+            let rec = seg.fresh(total);
+            format::encode_message(&mut rec[format::payload_range(0, plen)], id, m, env_len);
+            format::seal_record(rec, RecordKind::Message, plen, &key);
+            debug_assert!(matches!(
+                format::check_at(rec, 0, &key),
+                format::Check::Valid { .. }
+            ));
+        }
+        let seg = self
+            .segs
+            .get_mut(&seq)
+            .expect("reserve returned a present segment");
         seg.write_off += total;
         seg.live += 1;
         seg.live_bytes += total as u64;

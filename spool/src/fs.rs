@@ -242,6 +242,24 @@ impl SegmentMap for FsSegment {
         self.file.sync_data()
     }
 
+    fn writes_through_file(&self) -> bool {
+        true
+    }
+
+    fn write_at(&self, offset: usize, bytes: &[u8]) -> Option<io::Result<()>> {
+        use std::os::unix::fs::FileExt;
+        if offset.saturating_add(bytes.len()) > self.map.len() {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end of the segment",
+            )));
+        }
+        // A page-cache copy into blocks the segment reserved with
+        // fallocate: no write fault and no page to write-protect again at
+        // writeback, unlike a store through the mapping.
+        Some(self.file.write_all_at(bytes, offset as u64))
+    }
+
     fn write_behind(&self, range: Range<usize>) -> Option<LocalFuture<()>> {
         // The caller keeps the segment (and so the descriptor) alive until
         // this future completes.
@@ -265,6 +283,10 @@ impl SegmentMap for FsSegment {
 
 impl Storage for FsStorage {
     type Segment = FsSegment;
+
+    fn segment_path(&self, seq: u64) -> PathBuf {
+        self.path(seq)
+    }
 
     fn list_segments(&self) -> Result<Vec<u64>, SpoolError> {
         let rd =

@@ -40,6 +40,17 @@ pub trait SegmentMap: 'static {
     fn sync_data(&self, dirty: Range<usize>) -> LocalFuture<io::Result<()>>;
     /// Blocking form, used at open/recovery only.
     fn sync_blocking(&self) -> io::Result<()>;
+    /// Writes `bytes` at `offset` through the file rather than the mapping
+    /// (the page cache is shared, so the mapping reads them at once).
+    /// `None`: not supported; the caller writes through the mapping.
+    fn write_at(&self, offset: usize, bytes: &[u8]) -> Option<io::Result<()>> {
+        let _ = (offset, bytes);
+        None
+    }
+    /// Whether [`SegmentMap::write_at`] is supported.
+    fn writes_through_file(&self) -> bool {
+        false
+    }
     /// Starts (does not wait for) writeback of `range`: an optimisation
     /// with no durability meaning. `None`: not supported.
     fn write_behind(&self, range: Range<usize>) -> Option<LocalFuture<()>> {
@@ -54,6 +65,10 @@ pub trait Storage: 'static {
     type Segment: SegmentMap;
     /// Sequence numbers of the segments present, in any order.
     fn list_segments(&self) -> Result<Vec<u64>, SpoolError>;
+    /// Where segment `seq` lives, for error messages.
+    fn segment_path(&self, seq: u64) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("segment {seq}"))
+    }
     /// Maps an existing segment.
     fn open_segment(&self, seq: u64) -> Result<Self::Segment, SpoolError>;
     /// Creates (exclusively), reserves `bytes` (`fallocate`) and maps a new

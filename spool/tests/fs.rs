@@ -304,6 +304,54 @@ fn disk_full_on_a_small_tmpfs() {
     drop(mnt);
 }
 
+/// Small records go through the mapping and large ones through pwrite:
+/// either kind reads back at once (before its commit) and after a
+/// reopen, interleaved in the same segments.
+#[test]
+fn small_and_large_records_read_back_before_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let c = cfg(1 << 20);
+    assert!(
+        c.pwrite_min_bytes <= 20_000,
+        "the large records take the pwrite path"
+    );
+    let r = root.clone();
+    let cc = c.clone();
+    let written = executor().run(async move {
+        let (spool, _) = Spool::open(FsStorage::open(&r, 0).unwrap(), cc).unwrap();
+        let task = spool.spawn_sync_task();
+        let mut written = Vec::new();
+        for i in 0..200u64 {
+            let len = if i % 3 == 0 { 20_000 } else { 1_500 };
+            let body = body_for(i, len);
+            let (id, rec) = spool.append(&msg(&body)).unwrap();
+            assert_eq!(
+                &*spool.body(&rec).unwrap(),
+                &body[..],
+                "record {i} before commit"
+            );
+            written.push((id, body));
+        }
+        spool.commit().await.unwrap();
+        assert!(spool.segment_count() >= 2, "{:?}", spool.segments());
+        spool.close();
+        task.await;
+        written
+    });
+    let (spool, report) = Spool::open(FsStorage::open(&root, 0).unwrap(), c).unwrap();
+    assert_eq!(report.quarantined_records, 0);
+    let live: std::collections::HashMap<u64, RecordRef> = spool
+        .live_messages()
+        .into_iter()
+        .map(|m| (m.id, m.rec))
+        .collect();
+    assert_eq!(live.len(), written.len());
+    for (id, body) in &written {
+        assert_eq!(&*spool.body(&live[id]).unwrap(), &body[..], "message {id}");
+    }
+}
+
 /// With durability `none` (benchmarks) retired segments are recycled as
 /// spares too, so a long benchmark does not create a file per segment.
 #[test]

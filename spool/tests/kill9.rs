@@ -36,7 +36,13 @@ const RCPTS: [Recipient<'static>; 2] = [
 
 fn body_for(tag: u64) -> Vec<u8> {
     let mut b = format!("Subject: {tag}\r\n\r\n").into_bytes();
-    let len = 200 + (tag % 1800) as usize;
+    // Every fifth record is large enough to be written with pwrite rather
+    // than through the mapping, so both append paths are killed mid-way.
+    let len = if tag % 5 == 0 {
+        8_192 + (tag % 24_000) as usize
+    } else {
+        200 + (tag % 1800) as usize
+    };
     b.extend((0..len).map(|i| b'a' + ((tag as usize + i) % 26) as u8));
     b
 }
