@@ -22,7 +22,7 @@ use crate::{binary, free_port, greets, log, loopback, wait_for_port, Process, TI
 /// [spool]
 /// dir = "<dir>/spool"
 /// segment_size = "4MiB"
-/// [delivery]                          # unless bare()
+/// [delivery]
 /// retry = "300ms"                     # retry(..), none with no_retry()
 /// reply_timeout = "5s"
 /// connect_timeout = "2s"
@@ -45,13 +45,12 @@ pub struct EngineConfig {
     dir: PathBuf,
     cores: String,
     inject: String,
-    delivery: Option<String>,
+    delivery: String,
     retry: Option<String>,
     csv: bool,
     admin: Option<String>,
     routes: Vec<(String, u16)>,
     extra: String,
-    stderr: String,
 }
 
 impl EngineConfig {
@@ -62,13 +61,12 @@ impl EngineConfig {
             dir: dir.to_path_buf(),
             cores: "[0]".into(),
             inject: String::new(),
-            delivery: Some(String::new()),
+            delivery: String::new(),
             retry: Some("300ms".into()),
             csv: false,
             admin: None,
             routes: Vec::new(),
             extra: String::new(),
-            stderr: "sluice.err".into(),
         }
     }
 
@@ -86,7 +84,7 @@ impl EngineConfig {
 
     /// Extra lines for `[delivery]` (or sections that follow it).
     pub fn delivery(mut self, lines: &str) -> Self {
-        push_lines(self.delivery.get_or_insert_with(String::new), lines);
+        push_lines(&mut self.delivery, lines);
         self
     }
 
@@ -99,12 +97,6 @@ impl EngineConfig {
     /// No `retry` key: the engine's default retry schedule.
     pub fn no_retry(mut self) -> Self {
         self.retry = None;
-        self
-    }
-
-    /// No `[delivery]` section at all (no delivery log either).
-    pub fn bare(mut self) -> Self {
-        self.delivery = None;
         self
     }
 
@@ -132,13 +124,6 @@ impl EngineConfig {
         self
     }
 
-    /// The file name, in the test directory, that the engine's stderr goes
-    /// to (default `sluice.err`).
-    pub fn stderr_file(mut self, name: &str) -> Self {
-        self.stderr = name.into();
-        self
-    }
-
     /// The configuration text for an engine listening on `port` (and with
     /// its admin listener, if any, on `admin_port`).
     pub fn text(&self, port: u16, admin_port: u16) -> String {
@@ -155,18 +140,16 @@ impl EngineConfig {
             "[spool]\ndir = \"{}\"\nsegment_size = \"4MiB\"\n",
             self.dir.join("spool").display()
         ));
-        if let Some(delivery) = &self.delivery {
-            t.push_str("[delivery]\n");
-            if let Some(retry) = &self.retry {
-                t.push_str(&format!("retry = \"{retry}\"\n"));
-            }
-            t.push_str(&format!(
-                "reply_timeout = \"5s\"\nconnect_timeout = \"2s\"\nidle_close = \"300ms\"\n\
-                 log_dir = \"{}\"\nlog_flush = \"20ms\"\n",
-                self.dir.join("log").display()
-            ));
-            t.push_str(delivery);
+        t.push_str("[delivery]\n");
+        if let Some(retry) = &self.retry {
+            t.push_str(&format!("retry = \"{retry}\"\n"));
         }
+        t.push_str(&format!(
+            "reply_timeout = \"5s\"\nconnect_timeout = \"2s\"\nidle_close = \"300ms\"\n\
+             log_dir = \"{}\"\nlog_flush = \"20ms\"\n",
+            self.dir.join("log").display()
+        ));
+        t.push_str(&self.delivery);
         if self.csv {
             t.push_str("[log]\ncsv = true\n");
         }
@@ -183,7 +166,8 @@ impl EngineConfig {
         t
     }
 
-    /// Writes `<dir>/sluice.toml` and starts `sluice run` on it; returns
+    /// Writes `<dir>/sluice.toml` and starts `sluice run` on it (stdout
+    /// to `<dir>/sluice.out`, stderr to `<dir>/sluice.err`); returns
     /// once the injection listener greets with `220` (and the admin
     /// listener, if any, accepts connections).
     pub fn start(&self) -> Engine {
@@ -194,10 +178,11 @@ impl EngineConfig {
         };
         let config = self.dir.join("sluice.toml");
         std::fs::write(&config, self.text(port, admin_port)).expect("write the config");
-        let stderr = self.dir.join(&self.stderr);
+        let stderr = self.dir.join("sluice.err");
         let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
         cmd.arg("run").arg("--config").arg(&config);
-        cmd.stdout(Stdio::null());
+        // What it prints at start (the shard and shaping layout).
+        cmd.stdout(std::fs::File::create(self.dir.join("sluice.out")).expect("stdout file"));
         cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let process = Process::spawn("sluice", cmd).expect("start sluice");
         let engine = Engine {
@@ -360,14 +345,15 @@ mod tests {
     }
 
     #[test]
-    fn a_size_limit_of_the_test_replaces_the_default_and_bare_has_no_delivery() {
+    fn a_size_limit_of_the_test_replaces_the_default_and_no_retry_has_none() {
         let text = EngineConfig::new(Path::new("/t"))
             .inject("message_size_max = \"64KiB\"")
-            .bare()
+            .no_retry()
             .text(25, 0);
         assert_eq!(text.matches("message_size_max").count(), 1, "{text}");
         assert!(text.contains("\"64KiB\""), "{text}");
-        assert!(!text.contains("[delivery]"), "{text}");
+        assert!(!text.contains("retry"), "{text}");
         assert!(!text.contains("[admin]"), "{text}");
+        assert!(!text.contains("[log]"), "{text}");
     }
 }

@@ -148,6 +148,11 @@ impl Sink {
         read_json(&self.summary).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The summary file (the sink writes it one last time as it stops).
+    pub fn summary_path(&self) -> &Path {
+        &self.summary
+    }
+
     /// Messages accepted so far, from the summary (0 before its first write).
     pub fn messages(&self) -> u64 {
         self.summary()["messages"].as_u64().unwrap_or(0)

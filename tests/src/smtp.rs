@@ -75,6 +75,19 @@ impl Smtp {
         self.reply()
     }
 
+    /// Writes `text` as is (several pipelined commands, say); read their
+    /// replies with [`Smtp::read`].
+    pub fn write(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).expect("write");
+    }
+
+    /// Reads one reply and panics unless it has `code`; returns its text.
+    pub fn read(&mut self, code: u16) -> String {
+        let (got, text) = self.reply();
+        assert_eq!(got, code, "expected {code}, got {text:?}");
+        text
+    }
+
     /// Sends `line` and panics unless the reply has `code`; returns its text.
     pub fn expect(&mut self, line: &str, code: u16) -> String {
         let (got, text) = self.cmd(line);
@@ -89,6 +102,12 @@ impl Smtp {
         for r in to {
             self.expect(&format!("RCPT TO:<{r}>"), 250);
         }
+        self.data(data)
+    }
+
+    /// `DATA` (`354`), then `data` (CRLF lines, not yet dot-stuffed) and
+    /// the final dot (`250`); returns the `250` reply's text.
+    pub fn data(&mut self, data: &str) -> String {
         self.expect("DATA", 354);
         let mut stuffed = data.replace("\r\n.", "\r\n..");
         if stuffed.starts_with('.') {

@@ -20,8 +20,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Engine, Sink};
-
 /// Longest wait for one reply: above the idle timeout, so a row that expects
 /// the idle `421` gets it before this fires.
 const REPLY_WAIT: Duration = Duration::from_secs(6);
@@ -599,13 +597,15 @@ fn normal_transaction(addr: SocketAddr, id: &str) -> Result<usize, String> {
 #[test]
 fn malformed_sessions_get_their_replies_and_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = Sink::start(dir.path(), "sink");
+    let sink = support::sink(dir.path(), "sink", &[]);
     let inject = format!(
         "recipients_max = {RCPT_MAX}\nmessage_size_max = \"{}KiB\"\nidle_timeout = \"{}s\"\nconnections_per_ip_max = {PER_IP_MAX}",
         SIZE_MAX / 1024,
         IDLE.as_secs()
     );
-    let engine = Engine::start(dir.path(), &inject, sink.port);
+    let engine = support::config(dir.path(), sink.port)
+        .inject(&inject)
+        .start();
     let addr = engine.addr();
 
     let rows = table();
@@ -648,7 +648,7 @@ fn malformed_sessions_get_their_replies_and_lose_nothing() {
     let start = std::time::Instant::now();
     while sink.messages() < queued as u64 {
         if start.elapsed() > support::SETTLE {
-            let ids = sink.ids();
+            let ids = sink.id_counts();
             let missing: Vec<&&str> = acked.iter().filter(|id| !ids.contains_key(**id)).collect();
             let mut log = String::new();
             if let Ok(rd) = std::fs::read_dir(dir.path().join("log")) {
@@ -670,7 +670,7 @@ fn malformed_sessions_get_their_replies_and_lose_nothing() {
         queued as u64,
         "messages at the sink vs. acknowledged"
     );
-    let ids: HashMap<String, usize> = sink.ids();
+    let ids: HashMap<String, usize> = sink.id_counts();
     for id in &acked {
         assert_eq!(
             ids.get(*id).copied(),
@@ -733,8 +733,8 @@ fn flood(addr: SocketAddr) {
 #[test]
 fn ehlo_accepts_a_u_label_and_refuses_garbage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(dir.path(), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port).start();
     let rows = [
         ("U-label EHLO", b"EHLO h\xc3\xb6.test\r\n".to_vec(), "250"),
         ("not UTF-8", b"EHLO h\xf6.test\r\n".to_vec(), "500 5.5.2"),
@@ -764,8 +764,8 @@ fn ehlo_accepts_a_u_label_and_refuses_garbage() {
 #[test]
 fn bdat_content_gets_the_same_checks_as_data() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(dir.path(), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port).start();
     let mut failures = Vec::new();
     for (name, content) in [
         ("bare LF", "bare\nlf\r\n".to_string()),

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice_tests::free_port;
-use support::{send_each, wait_until, Engine, Message, Sink};
+use sluice_tests::Engine;
+use support::{send_each, wait_until, Message};
 
 const MESSAGES: usize = 60;
 const DAMAGED: [usize; 2] = [17, 42];
@@ -42,7 +43,7 @@ fn inject(engine: &Engine, ids: &[String]) {
             body,
         })
         .collect();
-    send_each(engine.addr(), &messages);
+    send_each(engine.port, &messages);
 }
 
 fn segments(spool: &Path) -> Vec<PathBuf> {
@@ -91,7 +92,7 @@ fn damaged_records_are_quarantined_and_every_other_message_is_delivered() {
 
     // 1. Queue everything for a destination where nothing listens.
     let nobody = free_port().expect("a port nobody listens on");
-    let mut engine = Engine::start(dir.path(), "", nobody);
+    let mut engine = support::config(dir.path(), nobody).start();
     inject(&engine, &ids);
     engine
         .process
@@ -104,8 +105,8 @@ fn damaged_records_are_quarantined_and_every_other_message_is_delivered() {
     }
 
     // 3. Start again with the destination up.
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(dir.path(), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port).start();
     let expected: BTreeSet<String> = ids
         .iter()
         .enumerate()
@@ -113,12 +114,12 @@ fn damaged_records_are_quarantined_and_every_other_message_is_delivered() {
         .map(|(_, id)| id.clone())
         .collect();
     wait_until("every undamaged message at the sink", || {
-        let got = sink.ids();
+        let got = sink.id_counts();
         expected.iter().all(|id| got.contains_key(id))
     });
     std::thread::sleep(Duration::from_millis(700));
 
-    let got = sink.ids();
+    let got = sink.id_counts();
     for id in &expected {
         assert_eq!(got.get(id), Some(&1), "{id} arrives exactly once");
     }

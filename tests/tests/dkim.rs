@@ -14,11 +14,9 @@ mod support;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use mail_auth::common::parse::TxtRecordParser;
@@ -27,8 +25,8 @@ use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
 };
-use sluice_tests::{binary, free_port, Process};
-use support::{greets, loopback, wait_until, Sink, TIMEOUT};
+use sluice_tests::{binary, free_port, Engine, Sink, SinkBuilder, Smtp};
+use support::wait_until;
 
 /// A generated key: PEM file (0600) and its DNS TXT record.
 struct TestKey {
@@ -174,68 +172,10 @@ fn dkimpy_verify(dir: &Path, message: &[u8], selector: &str, domain: &str, txt: 
     }
 }
 
-/// `sluice run` with one shard, every domain routed to the sink, and the
-/// given `[dkim]` TOML appended.
-fn start_engine(dir: &Path, sink_port: u16, dkim: &str) -> (Process, u16) {
-    let port = free_port().expect("free port for sluice");
-    let cfg = dir.join("sluice.toml");
-    let text = format!(
-        r#"hostname = "sluice.test"
-cores = [0]
-[inject]
-listen = "127.0.0.1:{port}"
-message_size_max = "1MiB"
-[spool]
-dir = "{spool}"
-segment_size = "4MiB"
-[delivery]
-retry = "300ms"
-reply_timeout = "5s"
-connect_timeout = "2s"
-idle_close = "300ms"
-log_dir = "{log}"
-log_flush = "20ms"
-[[route]]
-pattern = "*"
-hosts = ["127.0.0.1:{sink_port}"]
-{dkim}
-"#,
-        spool = dir.join("spool").display(),
-        log = dir.join("log").display(),
-    );
-    std::fs::write(&cfg, text).expect("write the config");
-    let stderr = dir.join("sluice.err");
-    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-    cmd.arg("run").arg("--config").arg(&cfg);
-    cmd.stdout(Stdio::null());
-    cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
-    let process = Process::spawn("sluice", cmd).expect("start sluice");
-    if !greets(loopback(port)) {
-        let said = std::fs::read_to_string(&stderr).unwrap_or_default();
-        panic!("sluice did not greet on port {port}; it said:\n{said}");
-    }
-    (process, port)
-}
-
 /// One SMTP session: each message is (raw message with CRLF, recipients);
 /// returns once every `250` after DATA arrived.
 fn inject(port: u16, messages: &[(String, Vec<&str>)]) {
-    let s = TcpStream::connect_timeout(&loopback(port), TIMEOUT).expect("connect");
-    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let mut r = BufReader::new(s.try_clone().expect("clone"));
-    let mut w = s;
-    let mut expect = |code: &str| loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).expect("read a reply");
-        assert!(n > 0, "sluice closed the connection");
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-        if line.as_bytes().get(3) != Some(&b'-') {
-            break;
-        }
-    };
-    expect("220");
-    w.write_all(b"EHLO injector.test\r\n").expect("write");
-    expect("250");
+    let mut c = Smtp::connect(port);
     for (message, rcpts) in messages {
         // RFC 6152: 8-bit content is announced; the sink offers 8BITMIME, so
         // the engine sends the bytes it signed unchanged.
@@ -244,24 +184,14 @@ fn inject(port: u16, messages: &[(String, Vec<&str>)]) {
         } else {
             " BODY=8BITMIME"
         };
-        w.write_all(format!("MAIL FROM:<bounces@injector.test>{body}\r\n").as_bytes())
-            .expect("write");
-        expect("250");
+        c.expect(&format!("MAIL FROM:<bounces@injector.test>{body}"), 250);
         for rcpt in rcpts {
-            w.write_all(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
-                .expect("write");
-            expect("250");
+            c.expect(&format!("RCPT TO:<{rcpt}>"), 250);
         }
-        w.write_all(b"DATA\r\n").expect("write");
-        expect("354");
-        // Dot-stuffing on the way in; the engine stores the unstuffed bytes.
-        let mut stuffed = message.replace("\r\n.", "\r\n..");
-        stuffed.push_str(".\r\n");
-        w.write_all(stuffed.as_bytes()).expect("write");
-        expect("250");
+        // Dot-stuffed on the way in; the engine stores the unstuffed bytes.
+        c.data(message);
     }
-    w.write_all(b"QUIT\r\n").expect("write");
-    expect("221");
+    c.close();
 }
 
 fn message(from: &str, tag: &str) -> String {
@@ -330,7 +260,7 @@ struct Setup {
     rsa: TestKey,
     ed: TestKey,
     _sink: Sink,
-    _engine: Process,
+    _engine: Engine,
     inject_port: u16,
     capture: PathBuf,
 }
@@ -343,7 +273,9 @@ fn setup() -> Setup {
     let capture = path.join("capture");
     std::fs::create_dir(&capture).expect("capture dir");
     let capture_arg = capture.to_string_lossy().into_owned();
-    let sink = Sink::start_with(&path, "sink", &["--capture", &capture_arg]);
+    let sink = SinkBuilder::new(&path, "sink")
+        .args(&["--capture", &capture_arg])
+        .start();
     let dkim = format!(
         r#"[dkim.domains."example.com"]
 selector = "rsa2026"
@@ -360,7 +292,8 @@ canonicalization = "relaxed/simple"
         rsa = rsa.path.display(),
         ed = ed.path.display(),
     );
-    let (engine, inject_port) = start_engine(&path, sink.port, &dkim);
+    let engine = support::config(&path, sink.port).extra(&dkim).start();
+    let inject_port = engine.port;
     Setup {
         _dir: dir,
         path,
@@ -580,32 +513,25 @@ fn the_signature_is_stored_with_the_message_and_survives_a_restart() {
         "[dkim.domains.\"example.com\"]\nselector = \"rsa2026\"\nkey_file = \"{}\"\n",
         rsa.path.display()
     );
-    let (mut engine, port) = start_engine(&path, sink_port, &dkim);
+    let mut engine = support::config(&path, sink_port).extra(&dkim).start();
+    let port = engine.port;
     inject(
         port,
         &[(message("alice@example.com", "restart"), vec!["a@dest.test"])],
     );
     engine
+        .process
         .stop(std::time::Duration::from_secs(15))
         .expect("sluice stops");
     let capture = path.join("capture");
     std::fs::create_dir(&capture).expect("capture dir");
-    let mut cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{sink_port}"),
-        "--cores",
-        "1",
-    ])
-    .args(["--stats-interval", "0", "--summary-interval", "0"])
-    .arg("--capture")
-    .arg(&capture)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _sink = Process::spawn("sluice-sink", cmd).expect("start the sink");
-    sluice_tests::wait_for_port(loopback(sink_port), TIMEOUT).expect("sink listening");
+    let capture_arg = capture.to_string_lossy().into_owned();
+    let _sink = SinkBuilder::new(&path, "sink")
+        .port(sink_port)
+        .args(&["--capture", &capture_arg])
+        .start();
     // Restarted without any key: the signature can only come from the spool.
-    let (_engine, _) = start_engine(&path, sink_port, "");
+    let _engine = support::config(&path, sink_port).start();
     wait_until("the recovered message at the sink", || {
         !captures(&capture).is_empty()
     });

@@ -25,7 +25,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice_tests::{free_port, wait_for_port, Process};
-use support::{have, loopback, run_bounded, wait_until, Engine, TIMEOUT};
+use sluice_tests::{have, loopback, run_bounded, TIMEOUT};
+use support::wait_until;
 
 /// Injects `messages` (id, recipients, DSN parameters on) into the engine
 /// over one session, DATA one round trip at a time.
@@ -255,7 +256,7 @@ fn delivery_into_a_private_postfix_instance() {
     let pf_dir = dir.path().join("postfix");
     let pf_port = free_port().expect("port");
     let postfix = Postfix::start(&pf_dir, pf_port, "pf.test").expect("start postfix");
-    let engine = Engine::start(dir.path(), "", pf_port);
+    let engine = support::config(dir.path(), pf_port).start();
     let msgs = messages("pf", "pf.test", 60);
     inject(engine.port, &msgs);
     let rcpts: usize = msgs.iter().map(|(_, r, _)| r.len()).sum();
@@ -412,7 +413,7 @@ fn delivery_into_aiosmtpd_without_pipelining_or_chunking() {
         eprintln!("SKIPPED: Python's aiosmtpd is missing (python3 -m pip install aiosmtpd)");
         return;
     };
-    let engine = Engine::start(dir.path(), "", port);
+    let engine = support::config(dir.path(), port).start();
     let msgs = messages("ai", "ai.test", 40);
     inject(engine.port, &msgs);
     wait_until("every message at aiosmtpd", || {

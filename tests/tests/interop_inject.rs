@@ -20,7 +20,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{have, run_bounded, wait_until, Engine, Ran, Sink};
+use sluice_tests::{have, run_bounded, Ran, Sink};
+use support::wait_until;
 
 /// Bound on one peer run.
 const PEER_LIMIT: Duration = Duration::from_secs(45);
@@ -53,8 +54,8 @@ fn postfix_smtp_source_injects_every_message() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(dir.path(), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port).start();
     let target = format!("127.0.0.1:{}", engine.port);
     // Four parallel sessions, 2 KB messages, three recipients each (one
     // destination domain, so one transaction per message at the sink).
@@ -133,8 +134,8 @@ fn swaks_pipelines_and_every_message_arrives() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(dir.path(), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port).start();
     let port = engine.port;
     let mut acked = HashSet::new();
 
@@ -261,7 +262,7 @@ fn swaks_pipelines_and_every_message_arrives() {
     );
 
     expect_messages(&sink, 5);
-    let ids = sink.ids();
+    let ids = sink.id_counts();
     let got: HashSet<&str> = ids.keys().map(String::as_str).collect();
     assert_eq!(got, acked, "ids at the sink");
     assert_eq!(
@@ -280,8 +281,8 @@ fn python_smtplib_injects_every_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let capture = dir.path().join("capture");
     let capture_arg = capture.display().to_string();
-    let sink = Sink::start_with(dir.path(), "sink", &["--capture", &capture_arg]);
-    let engine = Engine::start(dir.path(), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &["--capture", &capture_arg]);
+    let engine = support::config(dir.path(), sink.port).start();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/smtplib_inject.py");
     let mut cmd = Command::new("python3");
     cmd.arg(&script)
@@ -303,7 +304,7 @@ fn python_smtplib_injects_every_message() {
     let transactions = report["transactions"].as_u64().expect("transactions");
     assert_eq!(sent.len(), 60 + 4);
     expect_messages(&sink, transactions);
-    let ids = sink.ids();
+    let ids = sink.id_counts();
     let got: HashSet<String> = ids.keys().cloned().collect();
     assert_eq!(got, sent, "ids at the sink");
     assert_eq!(ids["py-multi"], 2, "one transaction per destination domain");
@@ -366,14 +367,16 @@ fn swaks_starttls_and_auth() {
         format!("alice:{}\n", String::from_utf8_lossy(&hash.stdout).trim()),
     )
     .expect("users file");
-    let sink = Sink::start(dir.path(), "sink");
+    let sink = support::sink(dir.path(), "sink", &[]);
     let inject = format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"\nauth_users = \"{}\"",
         cert.display(),
         key.display(),
         users.display()
     );
-    let engine = Engine::start(dir.path(), &inject, sink.port);
+    let engine = support::config(dir.path(), sink.port)
+        .inject(&inject)
+        .start();
     let port = engine.port;
 
     let mut arrived = 0;
@@ -471,7 +474,7 @@ fn swaks_starttls_and_auth() {
     assert!(!ran.stdout.contains(" -> MAIL"), "{}", ran.stdout);
 
     expect_messages(&sink, arrived);
-    let ids = sink.ids();
+    let ids = sink.id_counts();
     for tag in ["swaks-tls-plain", "swaks-tls-login"] {
         assert_eq!(ids.get(tag), Some(&1), "{tag} arrives once: {ids:?}");
     }

@@ -30,7 +30,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_tests::{binary, free_port, write_report, Process};
-use support::{greets, loopback, send_each, Message, Sink};
+use sluice_tests::{greets, loopback, Sink, TIMEOUT};
+use support::{send_each, Message};
 
 const PER_DOMAIN: usize = 30;
 const RETRY_MS: u64 = 1000;
@@ -77,7 +78,7 @@ fn inject(port: u16, domain: &str) {
             body: "fault test",
         })
         .collect();
-    send_each(loopback(port), &messages);
+    send_each(port, &messages);
 }
 
 /// Every accounting record, by (spool id, recipient).
@@ -132,9 +133,9 @@ fn every_recipient_ends_once_and_the_log_agrees_with_the_sinks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks: Vec<(&str, Sink)> = PROFILES
         .iter()
-        .map(|(domain, args)| (*domain, Sink::start_with(dir.path(), domain, args)))
+        .map(|(domain, args)| (*domain, support::sink(dir.path(), domain, args)))
         .collect();
-    let dsn_sink = Sink::start(dir.path(), "dsn");
+    let dsn_sink = support::sink(dir.path(), "dsn", &[]);
     let port = free_port().expect("port");
     let log_dir = dir.path().join("log");
     let mut routes = String::new();
@@ -179,7 +180,7 @@ dsn = true
         .stderr(std::fs::File::create(dir.path().join("sluice.err")).expect("stderr"));
     let mut engine = Process::spawn("sluice", cmd).expect("start sluice");
     assert!(
-        greets(loopback(port)),
+        greets(loopback(port), TIMEOUT),
         "sluice did not greet:\n{}",
         std::fs::read_to_string(dir.path().join("sluice.err")).unwrap_or_default()
     );

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_tests::{binary, free_port, read_json, report_dir, write_report, Process};
-use support::{loopback, Sink};
+use sluice_tests::{greets, loopback, TIMEOUT};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -220,7 +220,7 @@ fn steady_load_with_faults_leaks_nothing_and_loses_nothing() {
     let auto_rate = std::env::var("SLUICE_SOAK_RATE").is_ok_and(|v| v == "auto");
     let mut rate = env_u64("SLUICE_SOAK_RATE", 1500);
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = Sink::start_with(
+    let sink = support::sink(
         dir.path(),
         "sink",
         &["--reject", "rcpt:451=0.02", "--drop-in-data", "0.002"],
@@ -256,7 +256,7 @@ hosts = ["127.0.0.1:{sink}"]
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("sluice.err")).expect("stderr"));
     let mut engine = Process::spawn("sluice", cmd).expect("start sluice");
-    assert!(support::greets(loopback(port)), "sluice did not greet");
+    assert!(greets(loopback(port), TIMEOUT), "sluice did not greet");
     let pid = engine.pid();
 
     let bench = binary("sluice-bench").expect("sluice-bench binary");

@@ -20,15 +20,17 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use sluice_tests::{binary, free_port, read_json, Process};
-use support::{greets, have, loopback, run_bounded, wait_until, Sink, TIMEOUT};
+use sluice_tests::{
+    binary, free_port, have, loopback, run_bounded, Engine, Sink, SinkBuilder, TIMEOUT,
+};
+use support::wait_until;
 
 /// PEM files of a test CA and two leaf certificates it signed.
 struct Pki {
@@ -80,103 +82,13 @@ fn pki(dir: &Path) -> Pki {
     }
 }
 
-/// A `sluice` with one shard, routing every domain to `route_port`.
-struct Engine {
-    process: Process,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Engine {
-    fn start(dir: &Path, inject_extra: &str, delivery_extra: &str, route_port: u16) -> Engine {
-        let port = free_port().expect("free port");
-        let cfg = dir.join("sluice.toml");
-        let text = format!(
-            r#"hostname = "sluice.test"
-cores = [0]
-[inject]
-listen = "127.0.0.1:{port}"
-message_size_max = "1MiB"
-{inject_extra}
-[spool]
-dir = "{spool}"
-segment_size = "4MiB"
-[delivery]
-retry = "300ms"
-reply_timeout = "5s"
-connect_timeout = "2s"
-idle_close = "300ms"
-log_dir = "{log}"
-log_flush = "20ms"
-{delivery_extra}
-[[route]]
-pattern = "*"
-hosts = ["127.0.0.1:{route_port}"]
-"#,
-            spool = dir.join("spool").display(),
-            log = dir.join("log").display(),
-        );
-        std::fs::write(&cfg, text).expect("write config");
-        let stderr = dir.join("sluice.err");
-        let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-        cmd.arg("run").arg("--config").arg(&cfg);
-        cmd.stdout(Stdio::null());
-        cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        let process = Process::spawn("sluice", cmd).expect("start sluice");
-        if !greets(loopback(port)) {
-            let said = std::fs::read_to_string(&stderr).unwrap_or_default();
-            panic!("sluice did not greet on {port}; it said:\n{said}");
-        }
-        Engine {
-            process,
-            port,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Every delivery-log record so far.
-    fn log(&self) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.dir.join("log")) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("delivery-") {
-                continue;
-            }
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            for line in text.lines() {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                    out.push(v);
-                }
-            }
-        }
-        out
-    }
-
-    fn said(&self) -> String {
-        std::fs::read_to_string(self.dir.join("sluice.err")).unwrap_or_default()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.process.stop(Duration::from_secs(5));
-    }
-}
-
 /// The sink's TLS counters: (handshakes, failures).
 fn sink_tls(sink: &Sink) -> (u64, u64) {
-    read_json(&sink.summary)
-        .ok()
-        .map(|v| {
-            (
-                v["tls"]["handshakes"].as_u64().unwrap_or(0),
-                v["tls"]["failures"].as_u64().unwrap_or(0),
-            )
-        })
-        .unwrap_or((0, 0))
+    let v = sink.summary();
+    (
+        v["tls"]["handshakes"].as_u64().unwrap_or(0),
+        v["tls"]["failures"].as_u64().unwrap_or(0),
+    )
 }
 
 /// Injects one plaintext message over loopback (a relay network).
@@ -193,8 +105,7 @@ fn inject_plain(port: u16, id: &str) {
 }
 
 fn sink_with(dir: &Path, name: &str, args: &[String]) -> Sink {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Sink::start_with(dir, name, &refs)
+    SinkBuilder::new(dir, name).record_ids().args(args).start()
 }
 
 fn good_sink(dir: &Path, pki: &Pki) -> Sink {
@@ -233,7 +144,10 @@ fn delivered(engine: &Engine, sink: &Sink) -> serde_json::Value {
     wait_until("the message at the sink", || sink.messages() >= 1);
     let mut record = None;
     wait_until("the Delivery record", || {
-        record = engine.log().into_iter().find(|r| r["type"] == "Delivery");
+        record = engine
+            .records()
+            .into_iter()
+            .find(|r| r["type"] == "Delivery");
         record.is_some()
     });
     record.expect("checked above")
@@ -244,7 +158,7 @@ fn deferred(engine: &Engine) -> serde_json::Value {
     let mut record = None;
     wait_until("a TransientFailure record", || {
         record = engine
-            .log()
+            .records()
             .into_iter()
             .find(|r| r["type"] == "TransientFailure");
         record.is_some()
@@ -257,7 +171,9 @@ fn opportunistic_uses_verified_tls_when_offered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let sink = good_sink(dir.path(), &pki);
-    let engine = Engine::start(dir.path(), "", &delivery("opportunistic", &pki), sink.port);
+    let engine = support::config(dir.path(), sink.port)
+        .delivery(&delivery("opportunistic", &pki))
+        .start();
     inject_plain(engine.port, "opp-1");
     let r = delivered(&engine, &sink);
     assert_eq!(sink_tls(&sink).0, 1, "one handshake at the sink");
@@ -280,7 +196,9 @@ fn opportunistic_goes_plain_without_starttls_and_unverified_with_a_wrong_name() 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let plain = sink_with(dir.path(), "plain", &["--no-starttls".into()]);
-    let engine = Engine::start(dir.path(), "", &delivery("opportunistic", &pki), plain.port);
+    let engine = support::config(dir.path(), plain.port)
+        .delivery(&delivery("opportunistic", &pki))
+        .start();
     inject_plain(engine.port, "opp-plain");
     let r = delivered(&engine, &plain);
     assert_eq!(r["tls_version"], serde_json::Value::Null, "{r}");
@@ -288,7 +206,9 @@ fn opportunistic_goes_plain_without_starttls_and_unverified_with_a_wrong_name() 
 
     let dir = tempfile::tempdir().expect("tempdir");
     let wrong = wrong_sink(dir.path(), &pki);
-    let engine = Engine::start(dir.path(), "", &delivery("opportunistic", &pki), wrong.port);
+    let engine = support::config(dir.path(), wrong.port)
+        .delivery(&delivery("opportunistic", &pki))
+        .start();
     inject_plain(engine.port, "opp-wrong");
     let r = delivered(&engine, &wrong);
     assert_eq!(sink_tls(&wrong).0, 1);
@@ -300,12 +220,9 @@ fn opportunistic_falls_back_to_plaintext_when_the_handshake_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let broken = sink_with(dir.path(), "broken", &["--tls-broken".into()]);
-    let engine = Engine::start(
-        dir.path(),
-        "",
-        &delivery("opportunistic", &pki),
-        broken.port,
-    );
+    let engine = support::config(dir.path(), broken.port)
+        .delivery(&delivery("opportunistic", &pki))
+        .start();
     inject_plain(engine.port, "opp-broken-1");
     let r = delivered(&engine, &broken);
     assert_eq!(r["tls_version"], serde_json::Value::Null, "{r}");
@@ -317,7 +234,7 @@ fn opportunistic_falls_back_to_plaintext_when_the_handshake_fails() {
     inject_plain(engine.port, "opp-broken-2");
     wait_until("the second message", || broken.messages() >= 2);
     assert_eq!(sink_tls(&broken).1, 1, "no second handshake attempt");
-    let log = engine.log();
+    let log = engine.records();
     assert!(
         log.iter()
             .all(|r| r["type"] == "Delivery" || r["type"] == "Reception"),
@@ -330,7 +247,9 @@ fn required_refuses_plaintext_and_failed_handshakes_but_takes_any_certificate() 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let plain = sink_with(dir.path(), "plain", &["--no-starttls".into()]);
-    let engine = Engine::start(dir.path(), "", &delivery("required", &pki), plain.port);
+    let engine = support::config(dir.path(), plain.port)
+        .delivery(&delivery("required", &pki))
+        .start();
     inject_plain(engine.port, "req-plain");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.10", "{r}");
@@ -339,7 +258,9 @@ fn required_refuses_plaintext_and_failed_handshakes_but_takes_any_certificate() 
 
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = sink_with(dir.path(), "broken", &["--tls-broken".into()]);
-    let engine = Engine::start(dir.path(), "", &delivery("required", &pki), broken.port);
+    let engine = support::config(dir.path(), broken.port)
+        .delivery(&delivery("required", &pki))
+        .start();
     inject_plain(engine.port, "req-broken");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.5", "{r}");
@@ -354,7 +275,9 @@ fn required_refuses_plaintext_and_failed_handshakes_but_takes_any_certificate() 
 
     let dir = tempfile::tempdir().expect("tempdir");
     let wrong = wrong_sink(dir.path(), &pki);
-    let engine = Engine::start(dir.path(), "", &delivery("required", &pki), wrong.port);
+    let engine = support::config(dir.path(), wrong.port)
+        .delivery(&delivery("required", &pki))
+        .start();
     inject_plain(engine.port, "req-wrong");
     let r = delivered(&engine, &wrong);
     assert_eq!(r["tls_verified"], false, "{r}");
@@ -365,12 +288,9 @@ fn required_verified_checks_the_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let wrong = wrong_sink(dir.path(), &pki);
-    let engine = Engine::start(
-        dir.path(),
-        "",
-        &delivery("required-verified", &pki),
-        wrong.port,
-    );
+    let engine = support::config(dir.path(), wrong.port)
+        .delivery(&delivery("required-verified", &pki))
+        .start();
     inject_plain(engine.port, "rv-wrong");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.5", "{r}");
@@ -385,12 +305,9 @@ fn required_verified_checks_the_name() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let good = good_sink(dir.path(), &pki);
-    let engine = Engine::start(
-        dir.path(),
-        "",
-        &delivery("required-verified", &pki),
-        good.port,
-    );
+    let engine = support::config(dir.path(), good.port)
+        .delivery(&delivery("required-verified", &pki))
+        .start();
     inject_plain(engine.port, "rv-good");
     let r = delivered(&engine, &good);
     assert_eq!(r["tls_verified"], true, "{r}");
@@ -398,7 +315,9 @@ fn required_verified_checks_the_name() {
     // Without the test CA the same certificate does not verify.
     let dir = tempfile::tempdir().expect("tempdir");
     let good = good_sink(dir.path(), &pki);
-    let engine = Engine::start(dir.path(), "", "tls = \"required-verified\"", good.port);
+    let engine = support::config(dir.path(), good.port)
+        .delivery("tls = \"required-verified\"")
+        .start();
     inject_plain(engine.port, "rv-no-ca");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.5", "{r}");
@@ -409,7 +328,9 @@ fn disabled_never_starts_tls_and_shaping_rules_choose_per_destination() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let good = good_sink(dir.path(), &pki);
-    let engine = Engine::start(dir.path(), "", &delivery("disabled", &pki), good.port);
+    let engine = support::config(dir.path(), good.port)
+        .delivery(&delivery("disabled", &pki))
+        .start();
     inject_plain(engine.port, "disabled");
     let r = delivered(&engine, &good);
     assert_eq!(sink_tls(&good).0, 0);
@@ -430,7 +351,9 @@ fn disabled_never_starts_tls_and_shaping_rules_choose_per_destination() {
         delivery("opportunistic", &pki),
         rules.display()
     );
-    let engine = Engine::start(dir.path(), "", &extra, wrong.port);
+    let engine = support::config(dir.path(), wrong.port)
+        .delivery(&extra)
+        .start();
     inject_plain(engine.port, "shaped");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.5", "{r}");
@@ -514,17 +437,15 @@ fn injection_starttls_and_implicit_tls() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
-    let sink = Sink::start(dir.path(), "sink");
+    let sink = support::sink(dir.path(), "sink", &[]);
     let implicit = free_port().expect("port");
-    let engine = Engine::start(
-        dir.path(),
-        &tls_inject(
+    let engine = support::config(dir.path(), sink.port)
+        .inject(&tls_inject(
             &pki,
             &format!("implicit_tls_listen = \"127.0.0.1:{implicit}\""),
-        ),
-        "tls = \"disabled\"",
-        sink.port,
-    );
+        ))
+        .delivery("tls = \"disabled\"")
+        .start();
     let ca = pki.ca.display().to_string();
     let out = py(
         dir.path(),
@@ -554,7 +475,7 @@ fn injection_starttls_and_implicit_tls() {
     assert_eq!(out["sent"][0], "in-implicit", "{out}");
     assert!(!has("after", "starttls"), "{out}");
     wait_until("both messages at the sink", || sink.messages() >= 2);
-    let ids = sink.ids();
+    let ids = sink.id_counts();
     assert!(
         ids.contains_key("in-starttls") && ids.contains_key("in-implicit"),
         "{ids:?}"
@@ -572,17 +493,15 @@ fn auth_plain_and_login_after_tls_only_and_failures_are_refused() {
     let users = users_file(dir.path());
     let capture = dir.path().join("captured");
     let capture_arg = capture.display().to_string();
-    let sink = Sink::start_with(dir.path(), "sink", &["--capture", &capture_arg]);
+    let sink = support::sink(dir.path(), "sink", &["--capture", &capture_arg]);
     // No relay networks: only authenticated clients may relay.
-    let engine = Engine::start(
-        dir.path(),
-        &tls_inject(
+    let engine = support::config(dir.path(), sink.port)
+        .inject(&tls_inject(
             &pki,
             &format!("relay_networks = []\nauth_users = \"{}\"", users.display()),
-        ),
-        "tls = \"disabled\"",
-        sink.port,
-    );
+        ))
+        .delivery("tls = \"disabled\"")
+        .start();
     let ca = pki.ca.display().to_string();
     let base =
         |id: &str| serde_json::json!({"mode": "starttls", "port": engine.port, "ca": ca, "id": id});
@@ -624,7 +543,7 @@ fn auth_plain_and_login_after_tls_only_and_failures_are_refused() {
     );
 
     wait_until("two messages at the sink", || sink.messages() >= 2);
-    assert!(!sink.ids().contains_key("auth-bad"));
+    assert!(!sink.id_counts().contains_key("auth-bad"));
     // RFC 3848: the trace header says TLS and AUTH were used.
     let captured: String = std::fs::read_dir(&capture)
         .expect("capture dir")
@@ -638,15 +557,13 @@ fn auth_plain_and_login_after_tls_only_and_failures_are_refused() {
     // auth_required: MAIL before AUTH gets 530 5.7.0, loopback or not.
     let dir2 = tempfile::tempdir().expect("tempdir");
     let users = users_file(dir2.path());
-    let engine = Engine::start(
-        dir2.path(),
-        &tls_inject(
+    let engine = support::config(dir2.path(), sink.port)
+        .inject(&tls_inject(
             &pki,
             &format!("auth_users = \"{}\"\nauth_required = true", users.display()),
-        ),
-        "tls = \"disabled\"",
-        sink.port,
-    );
+        ))
+        .delivery("tls = \"disabled\"")
+        .start();
     let out = py(
         dir2.path(),
         "required",
@@ -667,13 +584,14 @@ fn an_auth_user_injects_as_its_tenant() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let users = users_file(dir.path());
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(
-        dir.path(),
-        &tls_inject(&pki, &format!("auth_users = \"{}\"", users.display())),
-        "tls = \"disabled\"\n[tenants.acme]\nusers = [\"alice\"]",
-        sink.port,
-    );
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port)
+        .inject(&tls_inject(
+            &pki,
+            &format!("auth_users = \"{}\"", users.display()),
+        ))
+        .delivery("tls = \"disabled\"\n[tenants.acme]\nusers = [\"alice\"]")
+        .start();
     let ca = pki.ca.display().to_string();
     let mut a = serde_json::json!({"mode": "starttls", "port": engine.port, "ca": ca,
         "id": "by-user", "rcpt": "user@dst.test", "headers": "X-Tenant: other\r\n"});
@@ -688,7 +606,7 @@ fn an_auth_user_injects_as_its_tenant() {
     assert_eq!(out["sent"][0], "by-header", "{out}");
     let tenant_of = |rcpt: &str| {
         engine
-            .log()
+            .records()
             .into_iter()
             .find(|r| r["type"] == "Delivery" && r["recipient"] == rcpt)
             .map(|r| r["tenant"].clone())
@@ -704,8 +622,10 @@ fn an_auth_user_injects_as_its_tenant() {
 fn plaintext_pipelined_after_starttls_is_refused_and_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
-    let sink = Sink::start(dir.path(), "sink");
-    let engine = Engine::start(dir.path(), &tls_inject(&pki, ""), "", sink.port);
+    let sink = support::sink(dir.path(), "sink", &[]);
+    let engine = support::config(dir.path(), sink.port)
+        .inject(&tls_inject(&pki, ""))
+        .start();
     let mut s = TcpStream::connect(loopback(engine.port)).expect("connect");
     s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     s.write_all(b"EHLO t\r\nSTARTTLS\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\n")
