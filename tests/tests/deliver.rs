@@ -8,175 +8,56 @@
 //! Build the binaries first (`cargo build --release --bins`, or set
 //! `SLUICE_BIN_DIR=target/debug` after a debug build).
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use sluice_tests::{binary, free_port, wait_for_port, Process};
+use sluice_tests::{
+    count, free_port, read_records, wait_until, EngineConfig, Sink, SinkBuilder, Smtp, TIMEOUT,
+};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a test waits for deliveries to settle.
 const SETTLE: Duration = Duration::from_secs(60);
-
-struct Sink {
-    _proc: Process,
-    ids: PathBuf,
-}
-
-fn start_sink(dir: &Path, name: &str, port: u16, profile: &[&str]) -> Sink {
-    let ids = dir.join(format!("{name}-ids.txt"));
-    let mut cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
-    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "1"])
-        .args(["--stats-interval", "0", "--summary-interval", "0"])
-        .arg("--record-ids")
-        .arg(&ids)
-        .arg("--summary")
-        .arg(dir.join(format!("{name}-summary.json")))
-        .args(profile)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let proc = Process::spawn("sluice-sink", cmd).expect("start the sink");
-    wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT).expect("sink listening");
-    Sink { _proc: proc, ids }
-}
-
-fn write_config(dir: &Path, inject_port: u16, sink_port: u16, extra_routes: &str) -> PathBuf {
-    let cfg = dir.join("sluice.toml");
-    let text = format!(
-        r#"
-hostname = "sluice.test"
-cores = [0]
-[inject]
-listen = "127.0.0.1:{inject_port}"
-message_size_max = "1MiB"
-[spool]
-dir = "{spool}"
-segment_size = "4MiB"
-[delivery]
-retry = "300ms"
-reply_timeout = "5s"
-connect_timeout = "2s"
-idle_close = "300ms"
-log_dir = "{log}"
-log_flush = "20ms"
-{extra_routes}
-[[route]]
-pattern = "*.test"
-hosts = ["127.0.0.1:{sink_port}"]
-"#,
-        spool = dir.join("spool").display(),
-        log = dir.join("log").display(),
-    );
-    std::fs::write(&cfg, text).expect("write the config");
-    cfg
-}
-
-fn start_engine(cfg: &Path, inject_port: u16) -> Process {
-    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-    cmd.arg("run")
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let p = Process::spawn("sluice", cmd).expect("start sluice");
-    wait_for_port(SocketAddr::from(([127, 0, 0, 1], inject_port)), TIMEOUT)
-        .expect("sluice listening");
-    p
-}
 
 /// Injects messages over one pipelining-free SMTP session: each entry is
 /// (id, recipients). Returns when every `250` after DATA arrived.
 fn inject(port: u16, messages: &[(String, Vec<String>)]) {
-    // The engine answers 421 4.3.2 while it recovers its spool: retry.
-    let start = Instant::now();
-    let (mut r, mut w) = loop {
-        let s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT)
-            .expect("connect to sluice");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let mut greeting = String::new();
-        r.read_line(&mut greeting).expect("read the greeting");
-        if greeting.starts_with("220") {
-            break (r, s);
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "sluice keeps answering {greeting:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut expect = |code: &str| loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).expect("read a reply");
-        assert!(n > 0, "sluice closed the connection");
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-        if line.as_bytes().get(3) != Some(&b'-') {
-            break;
-        }
-    };
-    w.write_all(b"EHLO injector.test\r\n").unwrap();
-    expect("250");
+    let mut c = Smtp::connect_ready(port);
     for (id, rcpts) in messages {
-        w.write_all(b"MAIL FROM:<sender@origin.test>\r\n").unwrap();
-        expect("250");
+        let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        c.expect("MAIL FROM:<sender@origin.test>", 250);
         for rc in rcpts {
-            w.write_all(format!("RCPT TO:<{rc}>\r\n").as_bytes())
-                .unwrap();
-            expect("250");
+            c.expect(&format!("RCPT TO:<{rc}>"), 250);
         }
-        w.write_all(b"DATA\r\n").unwrap();
-        expect("354");
-        let body = format!(
-            "X-Sluice-Id: {id}\r\nSubject: test {id}\r\n\r\nbody of {id}\r\n.leading dot line\r\n.\r\n"
+        c.expect("DATA", 354);
+        // Sent as is, not dot-stuffed: the engine removes the leading dot.
+        c.expect(
+            &format!(
+                "X-Sluice-Id: {id}\r\nSubject: test {id}\r\n\r\nbody of {id}\r\n.leading dot line\r\n."
+            ),
+            250,
         );
-        w.write_all(body.as_bytes()).unwrap();
-        expect("250");
     }
-    w.write_all(b"QUIT\r\n").unwrap();
-    expect("221");
+    c.close();
 }
 
-fn read_ids(path: &Path) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    if let Ok(text) = std::fs::read_to_string(path) {
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            *counts.entry(line.to_string()).or_insert(0) += 1;
-        }
-    }
-    counts
+/// The engine's config: every `*.test` domain routed to the sink, after
+/// `extra_routes` (lines for `[delivery]` and sections that come first).
+fn config(dir: &Path, sink_port: u16, extra_routes: &str) -> EngineConfig {
+    EngineConfig::new(dir)
+        .delivery(extra_routes)
+        .route("*.test", sink_port)
 }
 
-/// Polls `done` until it holds or [`SETTLE`] passes.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < SETTLE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn start_sink(dir: &Path, name: &str, port: u16, profile: &[&str]) -> Sink {
+    SinkBuilder::new(dir, name)
+        .port(port)
+        .record_ids()
+        .args(profile)
+        .start()
 }
 
-/// Every delivery log record, across files.
 fn log_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("log")) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        for line in text.lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                out.push(v);
-            }
-        }
-    }
-    out
-}
-
-fn count_kind(records: &[serde_json::Value], kind: &str) -> usize {
-    records.iter().filter(|r| r["type"] == kind).count()
+    read_records(&dir.join("log"))
 }
 
 #[test]
@@ -184,9 +65,8 @@ fn every_message_is_delivered_exactly_once_across_domains() {
     let dir = tempfile::tempdir().unwrap();
     let sink_port = free_port().unwrap();
     let sink = start_sink(dir.path(), "sink", sink_port, &[]);
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, sink_port, "");
-    let mut engine = start_engine(&cfg, inject_port);
+    let cfg = config(dir.path(), sink_port, "");
+    let mut engine = cfg.start();
     let domains = ["a.test", "b.test", "c.test"];
     // Message n has recipients in 1..=3 domains, 1..=2 per domain.
     let messages: Vec<(String, Vec<String>)> = (0..150)
@@ -200,15 +80,15 @@ fn every_message_is_delivered_exactly_once_across_domains() {
             (format!("m{n}"), rcpts)
         })
         .collect();
-    inject(inject_port, &messages);
+    inject(engine.port, &messages);
     // One transaction per (message, domain): the sink records the id once
     // per transaction.
     let want_txns: usize = (0..150).map(|n| n % 3 + 1).sum();
-    wait_until("every transaction at the sink", || {
-        read_ids(&sink.ids).values().sum::<usize>() >= want_txns
+    wait_until("every transaction at the sink", SETTLE, || {
+        sink.id_counts().values().sum::<usize>() >= want_txns
     });
     std::thread::sleep(Duration::from_millis(500));
-    let ids = read_ids(&sink.ids);
+    let ids = sink.id_counts();
     for (n, (id, _)) in messages.iter().enumerate() {
         assert_eq!(
             ids.get(id).copied().unwrap_or(0),
@@ -216,15 +96,15 @@ fn every_message_is_delivered_exactly_once_across_domains() {
             "transactions for {id}"
         );
     }
-    engine.stop(TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     let records = log_records(dir.path());
     let rcpts: usize = messages.iter().map(|(_, r)| r.len()).sum();
     assert_eq!(
-        count_kind(&records, "Delivery"),
+        count(&records, "Delivery"),
         rcpts,
         "one Delivery line per recipient"
     );
-    assert_eq!(count_kind(&records, "Bounce"), 0);
+    assert_eq!(count(&records, "Bounce"), 0);
 }
 
 #[test]
@@ -250,9 +130,8 @@ fn failures_follow_the_rules() {
             "7",
         ],
     );
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, sink_port, "");
-    let mut engine = start_engine(&cfg, inject_port);
+    let cfg = config(dir.path(), sink_port, "");
+    let mut engine = cfg.start();
     let messages: Vec<(String, Vec<String>)> = (0..60)
         .map(|n| {
             let mut r = vec![format!("ok{n}@a.test")];
@@ -262,25 +141,25 @@ fn failures_follow_the_rules() {
             (format!("f{n}"), r)
         })
         .collect();
-    inject(inject_port, &messages);
-    wait_until("every good recipient delivered", || {
-        let ids = read_ids(&sink.ids);
+    inject(engine.port, &messages);
+    wait_until("every good recipient delivered", SETTLE, || {
+        let ids = sink.id_counts();
         messages.iter().all(|(id, _)| ids.contains_key(id))
     });
     // Let the log flush and the bounces settle.
-    wait_until("six bounces logged", || {
-        count_kind(&log_records(dir.path()), "Bounce") >= 6
+    wait_until("six bounces logged", SETTLE, || {
+        count(&log_records(dir.path()), "Bounce") >= 6
     });
-    engine.stop(TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     let records = log_records(dir.path());
-    let delivered = count_kind(&records, "Delivery");
+    let delivered = count(&records, "Delivery");
     assert!(delivered >= 60, "{delivered} deliveries logged");
-    assert_eq!(count_kind(&records, "Bounce"), 6, "one bounce per nobody@");
+    assert_eq!(count(&records, "Bounce"), 6, "one bounce per nobody@");
     for b in records.iter().filter(|r| r["type"] == "Bounce") {
         assert_eq!(b["code"], 550, "{b}");
         assert!(b["recipient"].as_str().unwrap().starts_with("nobody@"));
     }
-    let transient = count_kind(&records, "TransientFailure");
+    let transient = count(&records, "TransientFailure");
     assert!(transient > 0, "451s and 421s must produce retries");
     for t in records.iter().filter(|r| r["type"] == "TransientFailure") {
         let code = t["code"].as_u64().unwrap();
@@ -308,29 +187,28 @@ fn failures_follow_the_rules() {
 fn a_restart_delivers_what_was_left() {
     let dir = tempfile::tempdir().unwrap();
     let sink_port = free_port().unwrap();
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, sink_port, "");
+    let cfg = config(dir.path(), sink_port, "");
     // No sink yet: every attempt fails to connect and is deferred.
-    let mut engine = start_engine(&cfg, inject_port);
+    let mut engine = cfg.start();
     let messages: Vec<(String, Vec<String>)> = (0..40)
         .map(|n| (format!("r{n}"), vec![format!("u{n}@b.test")]))
         .collect();
-    inject(inject_port, &messages);
-    wait_until("connect failures logged", || {
-        count_kind(&log_records(dir.path()), "TransientFailure") >= 1
+    inject(engine.port, &messages);
+    wait_until("connect failures logged", SETTLE, || {
+        count(&log_records(dir.path()), "TransientFailure") >= 1
     });
-    engine.stop(TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     // Unrouted domains are a clear temporary failure, not a loss.
     let sink = start_sink(dir.path(), "sink", sink_port, &[]);
-    let mut engine = start_engine(&cfg, inject_port);
-    wait_until("all delivered after the restart", || {
-        let ids = read_ids(&sink.ids);
+    let mut engine = cfg.start();
+    wait_until("all delivered after the restart", SETTLE, || {
+        let ids = sink.id_counts();
         messages.iter().all(|(id, _)| ids.contains_key(id))
     });
     std::thread::sleep(Duration::from_millis(500));
-    let ids = read_ids(&sink.ids);
+    let ids = sink.id_counts();
     assert!(ids.values().all(|&c| c == 1), "duplicates: {ids:?}");
-    engine.stop(TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
 }
 
 #[test]
@@ -338,25 +216,24 @@ fn unrouted_domains_fail_temporarily_with_a_clear_reason() {
     let dir = tempfile::tempdir().unwrap();
     let sink_port = free_port().unwrap();
     let _sink = start_sink(dir.path(), "sink", sink_port, &[]);
-    let inject_port = free_port().unwrap();
     // No route matches example.org: it is resolved by MX, through a name
     // server that is not there (nothing listens on 127.0.0.1:9), so every
     // attempt fails temporarily and nothing leaves the machine.
     let dns = "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"200ms\"\nattempts = 1\n";
-    let cfg = write_config(dir.path(), inject_port, sink_port, dns);
-    let mut engine = start_engine(&cfg, inject_port);
+    let cfg = config(dir.path(), sink_port, dns);
+    let mut engine = cfg.start();
     inject(
-        inject_port,
+        engine.port,
         &[("x1".into(), vec!["someone@example.org".into()])],
     );
-    wait_until("two attempts logged", || {
+    wait_until("two attempts logged", SETTLE, || {
         log_records(dir.path())
             .iter()
             .filter(|r| r["type"] == "TransientFailure")
             .count()
             >= 2
     });
-    engine.stop(TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     let records = log_records(dir.path());
     let t: Vec<_> = records
         .iter()
@@ -370,7 +247,7 @@ fn unrouted_domains_fail_temporarily_with_a_clear_reason() {
         .contains("temporary DNS failure"));
     assert_eq!(t[0]["attempt"], 1);
     assert_eq!(t[1]["attempt"], 2);
-    assert_eq!(count_kind(&records, "Delivery"), 0);
+    assert_eq!(count(&records, "Delivery"), 0);
 }
 
 #[test]
@@ -379,31 +256,30 @@ fn kill_9_in_the_middle_of_delivery_loses_nothing() {
     let sink_port = free_port().unwrap();
     // A slow receiver, so the kill lands while transactions are in flight.
     let sink = start_sink(dir.path(), "sink", sink_port, &["--delay", "data=20ms"]);
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, sink_port, "");
-    let mut engine = start_engine(&cfg, inject_port);
+    let cfg = config(dir.path(), sink_port, "");
+    let mut engine = cfg.start();
     let messages: Vec<(String, Vec<String>)> = (0..300)
         .map(|n| (format!("k{n}"), vec![format!("u{n}@d{}.test", n % 7)]))
         .collect();
-    inject(inject_port, &messages);
-    wait_until("some deliveries before the kill", || {
-        read_ids(&sink.ids).len() >= 20
+    inject(engine.port, &messages);
+    wait_until("some deliveries before the kill", SETTLE, || {
+        sink.id_counts().len() >= 20
     });
-    engine.kill9().expect("kill -9 sluice");
-    let before = read_ids(&sink.ids).len();
+    engine.process.kill9().expect("kill -9 sluice");
+    let before = sink.id_counts().len();
     assert!(
         before < messages.len(),
         "the kill came too late to test anything"
     );
-    let mut engine = start_engine(&cfg, inject_port);
-    wait_until("everything delivered after the crash", || {
-        let ids = read_ids(&sink.ids);
+    let mut engine = cfg.start();
+    wait_until("everything delivered after the crash", SETTLE, || {
+        let ids = sink.id_counts();
         messages.iter().all(|(id, _)| ids.contains_key(id))
     });
-    engine.stop(TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     // At-least-once: duplicates are possible only for transactions in
     // flight at the kill (at most the pool's pipelined window).
-    let ids = read_ids(&sink.ids);
+    let ids = sink.id_counts();
     let duplicates: usize = ids.values().map(|c| c - 1).sum();
     assert!(duplicates <= 32 * 8, "{duplicates} duplicates");
 }

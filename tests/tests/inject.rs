@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, free_port, Process};
-
-const TIMEOUT: Duration = Duration::from_secs(20);
+use sluice_tests::{binary, free_port, greets, loopback, Process, TIMEOUT};
 
 /// A minimal SMTP client on a std socket: enough to pipeline and to read
 /// replies one by one.
@@ -137,7 +135,7 @@ fn start(dir: &Path, config: &Path, shared: SocketAddr, tag: &str) -> Engine {
     cmd.stdout(Stdio::null());
     cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
     let process = Process::spawn("sluice", cmd).expect("start sluice");
-    if !ready(shared) {
+    if !greets(shared, TIMEOUT) {
         let said = std::fs::read_to_string(&stderr).unwrap_or_default();
         panic!("sluice did not greet on {shared} within {TIMEOUT:?}; it said:\n{said}");
     }
@@ -147,30 +145,9 @@ fn start(dir: &Path, config: &Path, shared: SocketAddr, tag: &str) -> Engine {
 /// Waits until `addr` greets with `220` (not the recovering `421 4.3.2`).
 fn wait_ready(addr: SocketAddr) {
     assert!(
-        ready(addr),
+        greets(addr, TIMEOUT),
         "sluice did not greet on {addr} within {TIMEOUT:?}"
     );
-}
-
-fn ready(addr: SocketAddr) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < TIMEOUT {
-        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            s.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("timeout");
-            let mut line = String::new();
-            if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220 ") {
-                let _ = (&s).write_all(b"QUIT\r\n");
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A port nobody listens on: the delivery route for tests that keep mail queued.

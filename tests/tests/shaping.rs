@@ -37,231 +37,114 @@
 //! `SLUICE_BIN_DIR=target/debug` when they are not in `target/release`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_tests::{binary, free_port, read_json, wait_for_port, Process};
+use sluice_tests::{
+    binary, free_port, free_port_pair, read_json, wait_until, Engine, EngineConfig, Sink,
+    SinkBuilder, Smtp, TIMEOUT,
+};
 
-/// Longest a connect or a reply may take.
-const TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a test waits for its deliveries.
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// The sink's count of messages for `domain`.
+fn domain_messages(sink: &Sink, domain: &str) -> u64 {
+    sink.summary()["domains"][domain]["messages"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
-/// Two consecutive free ports (`shard_port_base` and `+1`).
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let base = free_port().expect("free port");
-        if base == u16::MAX {
-            continue;
-        }
-        let a = TcpListener::bind(loopback(base));
-        let b = TcpListener::bind(loopback(base + 1));
-        if a.is_ok() && b.is_ok() {
-            return base;
+/// Deliveries of `domain` per Unix second, missing seconds as 0, from
+/// the first to the last second with a delivery.
+fn per_second(sink: &Sink, domain: &str) -> BTreeMap<u64, u64> {
+    let v = sink.summary();
+    let mut out = BTreeMap::new();
+    if let Some(list) = v["domains"][domain]["messages_per_s"].as_array() {
+        for pair in list {
+            let (Some(s), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) else {
+                panic!("bad messages_per_s entry {pair}");
+            };
+            out.insert(s, n);
         }
     }
-    panic!("no two consecutive free ports on 127.0.0.1");
+    if let (Some(&first), Some(&last)) = (out.keys().next(), out.keys().next_back()) {
+        for s in first..=last {
+            out.entry(s).or_insert(0);
+        }
+    }
+    out
 }
 
-struct Sink {
-    _proc: Process,
-    summary: PathBuf,
+/// The sink on `port` with the fault `profile`, its summary rewritten
+/// every 100 ms.
+fn start_sink(dir: &Path, port: u16, profile: &[&str]) -> Sink {
+    SinkBuilder::new(dir, "sink")
+        .port(port)
+        .args(profile)
+        .start()
 }
 
-impl Sink {
-    fn start(dir: &Path, port: u16, profile: &[&str]) -> Sink {
-        let summary = dir.join("sink-summary.json");
-        let mut cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
-        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "1"])
-            .args(["--stats-interval", "0", "--summary-interval", "100ms"])
-            .arg("--summary")
-            .arg(&summary)
-            .args(profile)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let proc = Process::spawn("sluice-sink", cmd).expect("start the sink");
-        wait_for_port(loopback(port), TIMEOUT).expect("sink listening");
-        Sink {
-            _proc: proc,
-            summary,
-        }
-    }
-
-    fn summary(&self) -> serde_json::Value {
-        read_json(&self.summary).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn messages(&self, domain: &str) -> u64 {
-        self.summary()["domains"][domain]["messages"]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
-    /// Deliveries of `domain` per Unix second, missing seconds as 0, from
-    /// the first to the last second with a delivery.
-    fn per_second(&self, domain: &str) -> BTreeMap<u64, u64> {
-        let v = self.summary();
-        let mut out = BTreeMap::new();
-        if let Some(list) = v["domains"][domain]["messages_per_s"].as_array() {
-            for pair in list {
-                let (Some(s), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) else {
-                    panic!("bad messages_per_s entry {pair}");
-                };
-                out.insert(s, n);
-            }
-        }
-        if let (Some(&first), Some(&last)) = (out.keys().next(), out.keys().next_back()) {
-            for s in first..=last {
-                out.entry(s).or_insert(0);
-            }
-        }
-        out
-    }
+/// `sluice run` on two shards (CPUs 0 and 1), per-shard ports on, every
+/// `*.test` domain routed to the sink, shaped by `rules`, the retry
+/// schedule the engine's own; returns it and its `shard_port_base`.
+fn start(dir: &Path, sink_port: u16, rules: &str) -> (Engine, u16) {
+    let shard_port_base = free_port_pair().expect("two free ports");
+    std::fs::write(dir.join("shaping.toml"), rules).expect("write the rules");
+    let engine = EngineConfig::new(dir)
+        .cores("[0, 1]")
+        .inject(&format!("shard_port_base = {shard_port_base}"))
+        .no_retry()
+        .delivery("shaping = \"shaping.toml\"")
+        .route("*.test", sink_port)
+        .start();
+    engine.wait_port(shard_port_base);
+    engine.wait_port(shard_port_base + 1);
+    (engine, shard_port_base)
 }
 
-struct Engine {
-    proc: Process,
-    stderr: PathBuf,
-    port: u16,
-    shard_port_base: u16,
-    config: PathBuf,
-}
-
-impl Engine {
-    /// `sluice run` on two shards (CPUs 0 and 1), per-shard ports on, every
-    /// `*.test` domain routed to the sink, shaped by `rules`.
-    fn start(dir: &Path, sink_port: u16, rules: &str) -> Engine {
-        let port = free_port().expect("free port for sluice");
-        let shard_port_base = free_port_pair();
-        std::fs::write(dir.join("shaping.toml"), rules).expect("write the rules");
-        let config = dir.join("sluice.toml");
-        let text = format!(
-            r#"hostname = "sluice.test"
-cores = [0, 1]
-[inject]
-listen = "127.0.0.1:{port}"
-shard_port_base = {shard_port_base}
-message_size_max = "1MiB"
-[spool]
-dir = "{spool}"
-segment_size = "4MiB"
-[delivery]
-shaping = "shaping.toml"
-reply_timeout = "5s"
-connect_timeout = "2s"
-idle_close = "300ms"
-log_dir = "{log}"
-log_flush = "20ms"
-[[route]]
-pattern = "*.test"
-hosts = ["127.0.0.1:{sink_port}"]
-"#,
-            spool = dir.join("spool").display(),
-            log = dir.join("log").display(),
-        );
-        std::fs::write(&config, text).expect("write the config");
-        let stderr = dir.join("sluice.err");
-        let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::fs::File::create(dir.join("sluice.out")).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        let proc = Process::spawn("sluice", cmd).expect("start sluice");
-        for p in [port, shard_port_base, shard_port_base + 1] {
-            if wait_for_port(loopback(p), TIMEOUT).is_err() {
-                let said = std::fs::read_to_string(&stderr).unwrap_or_default();
-                panic!("sluice is not listening on {p}; it said:\n{said}");
-            }
-        }
-        Engine {
-            proc,
-            stderr,
-            port,
-            shard_port_base,
-            config,
-        }
-    }
-
-    fn said(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The home shard of `domain` by `sluice route` (the engine's own
-    /// routing function).
-    fn home_shard(&self, domain: &str) -> u16 {
-        let out = Command::new(binary("sluice").expect("sluice binary"))
-            .arg("route")
-            .arg(domain)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run sluice route");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("shard:"))
-            .unwrap_or_else(|| panic!("no shard in `sluice route` output:\n{text}"));
-        line.split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("bad shard line {line:?}"))
-    }
+/// The home shard of `domain` by `sluice route` (the engine's own
+/// routing function).
+fn home_shard(engine: &Engine, domain: &str) -> u16 {
+    let out = Command::new(binary("sluice").expect("sluice binary"))
+        .arg("route")
+        .arg(domain)
+        .arg("--config")
+        .arg(&engine.config)
+        .output()
+        .expect("run sluice route");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shard:"))
+        .unwrap_or_else(|| panic!("no shard in `sluice route` output:\n{text}"));
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad shard line {line:?}"))
 }
 
 /// Injects `count` messages to `rcpt@domain` over one session, waiting for
 /// each `250` (the engine acknowledges after the group commit).
 fn inject(port: u16, domain: &str, tag: &str, count: usize) {
-    let start = Instant::now();
-    let (mut r, mut w) = loop {
-        let s = TcpStream::connect_timeout(&loopback(port), TIMEOUT).expect("connect to sluice");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let mut greeting = String::new();
-        r.read_line(&mut greeting).expect("read the greeting");
-        if greeting.starts_with("220") {
-            break (r, s);
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "sluice keeps answering {greeting:?}"
-        );
-        std::thread::sleep(Duration::from_millis(POLL_MS));
-    };
-    let mut expect = |code: &str| loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).expect("read a reply");
-        assert!(n > 0, "sluice closed the connection");
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-        if line.as_bytes().get(3) != Some(&b'-') {
-            break;
-        }
-    };
-    w.write_all(b"EHLO injector.test\r\n").expect("write");
-    expect("250");
+    let mut c = Smtp::connect_ready(port);
     for i in 0..count {
         let id = format!("{tag}-{i}");
-        let msg =
-            format!("MAIL FROM:<sender@origin.test>\r\nRCPT TO:<user{i}@{domain}>\r\nDATA\r\n");
-        w.write_all(msg.as_bytes()).expect("write");
+        c.write(&format!(
+            "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<user{i}@{domain}>\r\nDATA\r\n"
+        ));
         // Not pipelined unless offered: the engine offers PIPELINING, so
         // the three replies come in order.
-        expect("250");
-        expect("250");
-        expect("354");
-        let body = format!("X-Sluice-Id: {id}\r\nSubject: shaping {id}\r\n\r\nbody {id}\r\n.\r\n");
-        w.write_all(body.as_bytes()).expect("write");
-        expect("250");
+        c.read(250);
+        c.read(250);
+        c.read(354);
+        c.expect(
+            &format!("X-Sluice-Id: {id}\r\nSubject: shaping {id}\r\n\r\nbody {id}\r\n."),
+            250,
+        );
     }
-    w.write_all(b"QUIT\r\n").expect("write");
-    expect("221");
+    c.close();
 }
 
 /// The largest sum over `window` consecutive seconds (and where it starts).
@@ -305,14 +188,6 @@ fn first_attempt_ms(log_dir: &Path, code: u64) -> Option<u64> {
     first
 }
 
-fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn rate_and_connection_limits_hold_across_shards() {
     const DOMAIN: &str = "limited.test";
@@ -325,7 +200,7 @@ fn rate_and_connection_limits_hold_across_shards() {
     const WINDOW_S: usize = 10;
     let dir = tempfile::tempdir().expect("tempdir");
     let sink_port = free_port().expect("free port for the sink");
-    let sink = Sink::start(dir.path(), sink_port, &[]);
+    let sink = start_sink(dir.path(), sink_port, &[]);
     let rules = format!(
         r#"[default]
 retry_after = "1s"
@@ -334,9 +209,9 @@ max_message_rate = "{RATE_PER_S}/s burst {BURST}"
 max_connections = {CONNECTIONS_MAX}
 "#
     );
-    let mut engine = Engine::start(dir.path(), sink_port, &rules);
-    let home = engine.home_shard(DOMAIN);
-    let other_port = engine.shard_port_base + (1 - home);
+    let (mut engine, shard_port_base) = start(dir.path(), sink_port, &rules);
+    let home = home_shard(&engine, DOMAIN);
+    let other_port = shard_port_base + (1 - home);
     // Both paths at once: the shared port (either shard accepts) and the
     // per-shard port of the shard that is not the domain's home.
     let shared_port = engine.port;
@@ -346,8 +221,8 @@ max_connections = {CONNECTIONS_MAX}
     a.join().expect("shared-port injector");
     b.join().expect("per-shard-port injector");
     let injected_at_s = unix_now_ms() / 1000;
-    wait_for("every message at the sink", SETTLE, || {
-        sink.messages(DOMAIN) >= MESSAGES as u64
+    wait_until("every message at the sink", SETTLE, || {
+        domain_messages(&sink, DOMAIN) >= MESSAGES as u64
     });
     // Let late duplicates (there must be none) and the summary land.
     std::thread::sleep(Duration::from_millis(500));
@@ -359,7 +234,7 @@ max_connections = {CONNECTIONS_MAX}
         Some(MESSAGES as u64),
         "exactly once at the sink; engine said:\n{said}"
     );
-    let per_second = sink.per_second(DOMAIN);
+    let per_second = per_second(&sink, DOMAIN);
     let (most, at) = max_window(&per_second, WINDOW_S);
     let allowed = RATE_PER_S * WINDOW_S as u64 + BURST;
     let tolerance = allowed * 2 / 100;
@@ -407,7 +282,7 @@ max_connections = {CONNECTIONS_MAX}
         layout.contains("shaping:") && layout.contains("shaping.toml"),
         "the start-up layout names the active rules:\n{layout}"
     );
-    let status = engine.proc.stop(TIMEOUT).expect("stop sluice");
+    let status = engine.process.stop(TIMEOUT).expect("stop sluice");
     assert!(status.success(), "sluice exited with {status}");
     if std::env::var_os("SLUICE_KEEP_TEST_DIR").is_some() {
         eprintln!("kept {}", dir.keep().display());
@@ -428,7 +303,7 @@ fn sink_421_puts_the_domain_into_backoff() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink_port = free_port().expect("free port for the sink");
     let rate = format!("{DOMAIN}={SINK_RATE_PER_S}");
-    let sink = Sink::start(dir.path(), sink_port, &["--domain-rate", &rate]);
+    let sink = start_sink(dir.path(), sink_port, &["--domain-rate", &rate]);
     let rules = format!(
         r#"[default]
 retry_after = "1s"
@@ -444,9 +319,9 @@ backoff_retry_after = "1s"
 recover_after = "5m"
 "#
     );
-    let mut engine = Engine::start(dir.path(), sink_port, &rules);
-    let home = engine.home_shard(DOMAIN);
-    let other_port = engine.shard_port_base + (1 - home);
+    let (mut engine, shard_port_base) = start(dir.path(), sink_port, &rules);
+    let home = home_shard(&engine, DOMAIN);
+    let other_port = shard_port_base + (1 - home);
     let shared_port = engine.port;
     let half = MESSAGES / 2;
     let a = std::thread::spawn(move || inject(shared_port, DOMAIN, "shared", half));
@@ -470,8 +345,8 @@ recover_after = "5m"
     };
     a.join().expect("shared-port injector");
     b.join().expect("per-shard-port injector");
-    wait_for("every message at the sink", SETTLE, || {
-        sink.messages(DOMAIN) >= MESSAGES as u64
+    wait_until("every message at the sink", SETTLE, || {
+        domain_messages(&sink, DOMAIN) >= MESSAGES as u64
     });
     std::thread::sleep(Duration::from_millis(500));
     let summary = sink.summary();
@@ -495,7 +370,7 @@ recover_after = "5m"
         backoff_seen_ms.saturating_sub(first_421_ms)
     );
     let backoff_at_s = backoff_seen_ms / 1000;
-    let per_second = sink.per_second(DOMAIN);
+    let per_second = per_second(&sink, DOMAIN);
     let after: BTreeMap<u64, u64> = per_second
         .range(backoff_at_s + SETTLE_S..)
         .map(|(&s, &n)| (s, n))
@@ -531,7 +406,7 @@ recover_after = "5m"
         most <= allowed + tolerance,
         "{most} messages in the {WINDOW_S} s from {at} while backing off: more than {allowed}; {per_second:?}"
     );
-    let status = engine.proc.stop(TIMEOUT).expect("stop sluice");
+    let status = engine.process.stop(TIMEOUT).expect("stop sluice");
     assert!(status.success(), "sluice exited with {status}");
 }
 
@@ -599,7 +474,7 @@ fn backoff_ends_after_recover_after_and_the_rate_returns_to_normal() {
     std::fs::create_dir_all(&dir_b).expect("dir b");
     let sink_port = free_port().expect("free port for the sink");
     let refuse = format!("{DOMAIN}=1");
-    let refusing = Sink::start(&dir_a, sink_port, &["--domain-rate", &refuse]);
+    let refusing = start_sink(&dir_a, sink_port, &["--domain-rate", &refuse]);
     let rules = format!(
         r#"[default]
 retry_after = "500ms"
@@ -615,7 +490,7 @@ backoff_retry_after = "500ms"
 recover_after = "{RECOVER_MS}ms"
 "#
     );
-    let mut engine = Engine::start(dir.path(), sink_port, &rules);
+    let (mut engine, _) = start(dir.path(), sink_port, &rules);
     let port = engine.port;
     let injector = std::thread::spawn(move || inject(port, DOMAIN, "r", MESSAGES));
     let mode_line_at = |engine: &Engine, mode: &str| -> Option<u64> {
@@ -639,13 +514,13 @@ recover_after = "{RECOVER_MS}ms"
     };
     // Replace the refusing sink with one that accepts everything (it took
     // about one message a second until now).
-    let refused_summary = refusing.summary.clone();
+    let refused_summary = refusing.summary_path().to_path_buf();
     drop(refusing);
     // Its last summary, written as it stopped.
     let refusing_took = read_json(&refused_summary).map_or(0, |v| {
         v["domains"][DOMAIN]["messages"].as_u64().unwrap_or(0)
     });
-    let accepting = Sink::start(&dir_b, sink_port, &[]);
+    let accepting = start_sink(&dir_b, sink_port, &[]);
     let normal_ms = loop {
         if let Some(at) = mode_line_at(&engine, "Normal") {
             break at;
@@ -659,17 +534,17 @@ recover_after = "{RECOVER_MS}ms"
     };
     injector.join().expect("injector");
     let waited = Instant::now();
-    while accepting.messages(DOMAIN) + refusing_took < MESSAGES as u64 {
+    while domain_messages(&accepting, DOMAIN) + refusing_took < MESSAGES as u64 {
         assert!(
             waited.elapsed() < SETTLE,
             "{} + {refusing_took} of {MESSAGES} at the sinks; per second {:?}\nengine said:\n{}",
-            accepting.messages(DOMAIN),
-            accepting.per_second(DOMAIN),
+            domain_messages(&accepting, DOMAIN),
+            per_second(&accepting, DOMAIN),
             engine.said()
         );
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
-    let per_second = accepting.per_second(DOMAIN);
+    let per_second = per_second(&accepting, DOMAIN);
     let lasted_ms = normal_ms.saturating_sub(backoff_ms);
     let in_backoff: BTreeMap<u64, u64> = per_second
         .range(backoff_ms / 1000 + 2..normal_ms / 1000)
@@ -722,6 +597,6 @@ recover_after = "{RECOVER_MS}ms"
         most_after <= normal_allowed + normal_allowed * 2 / 100 + 2,
         "{most_after} in {WINDOW_S} s after the backoff, normal limit {normal_allowed}: {per_second:?}"
     );
-    let status = engine.proc.stop(TIMEOUT).expect("stop sluice");
+    let status = engine.process.stop(TIMEOUT).expect("stop sluice");
     assert!(status.success(), "sluice exited with {status}");
 }
