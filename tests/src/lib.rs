@@ -353,6 +353,22 @@ impl Drop for Process {
     }
 }
 
+/// The bytes of every file under `path`, recursively (0 for a path that
+/// cannot be read: a file removed while walking counts as nothing).
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Where the suite writes its results: `$SLUICE_REPORT_DIR`, else
 /// `target/reliability/` in the workspace.
 pub fn report_dir() -> PathBuf {

@@ -12,20 +12,8 @@ mod ops;
 
 use std::process::Command;
 
-use ops::wait_until;
-use sluice_tests::{count, Engine, Smtp};
-
-fn delivered_to(e: &Engine, domain: &str) -> usize {
-    e.records()
-        .iter()
-        .filter(|r| {
-            r["type"] == "Delivery"
-                && r["recipient"]
-                    .as_str()
-                    .is_some_and(|a| a.ends_with(&format!("@{domain}")))
-        })
-        .count()
-}
+use ops::{delivered_to, wait_until};
+use sluice_tests::{count, Smtp};
 
 /// `/metrics` parses with `prometheus_client` and its counters agree with
 /// the accounting log.

@@ -11,38 +11,16 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, free_port, Process};
+use sluice_tests::{binary, free_port, greets, loopback, Process, SinkBuilder};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Waits until `addr` greets with `220`.
-fn wait_greeting(addr: SocketAddr) {
-    let start = Instant::now();
-    while start.elapsed() < TIMEOUT {
-        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            s.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("timeout");
-            let mut line = String::new();
-            if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220 ") {
-                let _ = (&s).write_all(b"QUIT\r\n");
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing greeted on {addr} within {TIMEOUT:?}");
-}
 
 fn start_sluice(dir: &Path, port: u16, sink_port: u16, tag: &str) -> Process {
     let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
@@ -55,7 +33,10 @@ fn start_sluice(dir: &Path, port: u16, sink_port: u16, tag: &str) -> Process {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("sluice-{tag}.err"))).expect("stderr file"));
     let p = Process::spawn("sluice", cmd).expect("start sluice");
-    wait_greeting(loopback(port));
+    assert!(
+        greets(loopback(port), TIMEOUT),
+        "nothing greeted on port {port} within {TIMEOUT:?}"
+    );
     p
 }
 
@@ -133,17 +114,10 @@ fn inject_until_killed(port: u16, prefix: &str, stop: &AtomicBool) -> Vec<String
 fn every_acknowledged_message_is_delivered_after_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink_port = free_port().expect("port");
-    let ids_file = dir.path().join("ids.txt");
-    let mut sink_cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
-    sink_cmd
-        .args(["--cores", "1", "--stats-interval", "0", "--listen"])
-        .arg(format!("127.0.0.1:{sink_port}"))
-        .arg("--record-ids")
-        .arg(&ids_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut sink = Process::spawn("sluice-sink", sink_cmd).expect("start sink");
-    wait_greeting(loopback(sink_port));
+    let mut sink = SinkBuilder::new(dir.path(), "sink")
+        .port(sink_port)
+        .record_ids()
+        .start();
 
     let port = free_port().expect("port");
     let acked_all = Arc::new(Mutex::new(HashSet::new()));
@@ -205,8 +179,8 @@ fn every_acknowledged_message_is_delivered_after_sigkill() {
     let mut missing = acked.len();
     while Instant::now() < deadline {
         // The sink flushes ids on its report tick; poll the file.
-        let text = std::fs::read_to_string(&ids_file).unwrap_or_default();
-        let seen: HashSet<&str> = text.lines().collect();
+        let ids = sink.ids();
+        let seen: HashSet<&str> = ids.iter().map(String::as_str).collect();
         missing = acked
             .iter()
             .filter(|id| !seen.contains(id.as_str()))
@@ -218,10 +192,9 @@ fn every_acknowledged_message_is_delivered_after_sigkill() {
     }
     let status = engine.stop(TIMEOUT).expect("stop sluice");
     assert!(status.success(), "{status:?}");
-    let _ = sink.stop(TIMEOUT);
-    let text = std::fs::read_to_string(&ids_file).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let seen: HashSet<&str> = lines.iter().copied().collect();
+    let _ = sink.process.stop(TIMEOUT);
+    let lines = sink.ids();
+    let seen: HashSet<&str> = lines.iter().map(String::as_str).collect();
     let lost: Vec<&String> = acked
         .iter()
         .filter(|id| !seen.contains(id.as_str()))

@@ -16,16 +16,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, free_port, read_json, write_report, Process};
+use sluice_tests::{binary, dir_bytes, free_port, loopback, read_json, write_report, Process};
 
 /// Messages queued in the short (CI) version.
 const SHORT: u64 = 30_000;
 /// Longest the probe waits for the engine to greet after a restart.
 const RECOVERY_WAIT: Duration = Duration::from_secs(600);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn config(dir: &Path, port: u16, nobody: u16) -> String {
     format!(
@@ -143,7 +139,7 @@ fn restart_with_a_full_queue_answers_421_until_recovered() {
     engine
         .stop(Duration::from_secs(60))
         .expect("graceful stop after filling");
-    let spool_bytes: u64 = walk_bytes(&dir.path().join("spool"));
+    let spool_bytes: u64 = dir_bytes(&dir.path().join("spool"));
 
     // 2. Restart and probe from the first moment.
     let mut engine = start(dir.path(), "recover");
@@ -176,18 +172,4 @@ fn restart_with_a_full_queue_answers_421_until_recovered() {
         "every acknowledged message is live after the restart:\n{said}"
     );
     engine.stop(Duration::from_secs(60)).expect("stop");
-}
-
-fn walk_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => walk_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }

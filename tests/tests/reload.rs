@@ -25,24 +25,12 @@ mod ops;
 use std::path::Path;
 use std::time::Duration;
 
-use ops::wait_until;
+use ops::{delivered_to, wait_until};
 use sluice_tests::free_port_pair;
 use sluice_tests::{Engine, Sink, Smtp};
 
 const TIGHT: &str = "[domain.\"slow.test\"]\nmax_message_rate = \"1/s burst 1\"\n";
 const LOOSE: &str = "[domain.\"slow.test\"]\nmax_message_rate = \"5000/s burst 100\"\n";
-
-fn delivered_to(e: &Engine, domain: &str) -> usize {
-    e.records()
-        .iter()
-        .filter(|r| {
-            r["type"] == "Delivery"
-                && r["recipient"]
-                    .as_str()
-                    .is_some_and(|a| a.ends_with(&format!("@{domain}")))
-        })
-        .count()
-}
 
 fn inject(engine: &Engine, domain: &str, tag: &str, n: usize) {
     inject_at(engine.port, domain, tag, n);

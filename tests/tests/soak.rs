@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, free_port, read_json, report_dir, write_report, Process};
+use sluice_tests::{binary, dir_bytes, free_port, read_json, report_dir, write_report, Process};
 use sluice_tests::{greets, loopback, TIMEOUT};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -127,20 +127,6 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
 
 fn open_files(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_tests::{EngineConfig, Sink, SinkBuilder};
+use sluice_tests::{Engine, EngineConfig, Sink, SinkBuilder};
 
 /// Longest a test waits for deliveries to settle.
 pub const SETTLE: Duration = Duration::from_secs(60);
@@ -25,6 +25,19 @@ pub fn config(dir: &Path, route_port: u16) -> EngineConfig {
 /// The operator suites' sink: a free port, `args`, every message captured.
 pub fn sink(dir: &Path, name: &str, args: &[&str]) -> Sink {
     SinkBuilder::new(dir, name).capture().args(args).start()
+}
+
+/// How many Delivery records the engine has for recipients at `domain`.
+pub fn delivered_to(e: &Engine, domain: &str) -> usize {
+    e.records()
+        .iter()
+        .filter(|r| {
+            r["type"] == "Delivery"
+                && r["recipient"]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with(&format!("@{domain}")))
+        })
+        .count()
 }
 
 /// Polls `done` every 50 ms until it holds; panics after [`SETTLE`].
