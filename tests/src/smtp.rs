@@ -144,3 +144,66 @@ impl Smtp {
         self.expect("QUIT", 221);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-connection server that answers every command and returns
+    /// the raw bytes of the data it received (up to the final dot).
+    fn server(listener: TcpListener) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut w = s;
+            w.write_all(b"220 test\r\n").expect("greet");
+            let mut data = String::new();
+            let mut in_data = false;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).expect("read") == 0 {
+                    return data;
+                }
+                let reply: &[u8] = if in_data {
+                    if line != ".\r\n" {
+                        data.push_str(&line);
+                        continue;
+                    }
+                    in_data = false;
+                    b"250 2.0.0 s0.42 queued\r\n"
+                } else if line.starts_with("EHLO") {
+                    b"250-test\r\n250 PIPELINING\r\n"
+                } else if line.starts_with("DATA") {
+                    in_data = true;
+                    b"354 go\r\n"
+                } else if line.starts_with("QUIT") {
+                    w.write_all(b"221 bye\r\n").expect("write");
+                    return data;
+                } else {
+                    b"250 ok\r\n"
+                };
+                w.write_all(reply).expect("write");
+            }
+        })
+    }
+
+    #[test]
+    fn a_transaction_is_dot_stuffed_and_send_returns_the_spool_id() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = server(listener);
+        let mut c = Smtp::connect(port);
+        let text = c.transaction("a@x.test", &["b@y.test"], ".one\r\ntwo\r\n.three");
+        assert_eq!(text, "250 2.0.0 s0.42 queued");
+        assert_eq!(c.send("a@x.test", &["b@y.test"], "t1"), "s0.42");
+        c.close();
+        let data = served.join().expect("server");
+        assert!(
+            data.starts_with("..one\r\ntwo\r\n..three\r\nFrom: <a@x.test>\r\n"),
+            "{data:?}"
+        );
+        assert!(data.ends_with("Body of t1.\r\n"), "{data:?}");
+    }
+}
