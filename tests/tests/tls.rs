@@ -138,6 +138,14 @@ fn delivery(policy: &str, pki: &Pki) -> String {
     format!("tls = \"{policy}\"\ntls_ca_file = \"{}\"", pki.ca.display())
 }
 
+/// An engine delivering to the sink on `sink_port` with the outbound TLS
+/// `policy` and the test CA.
+fn sending(dir: &Path, policy: &str, pki: &Pki, sink_port: u16) -> Engine {
+    support::config(dir, sink_port)
+        .delivery(&delivery(policy, pki))
+        .start()
+}
+
 /// Waits for a delivery of `id`-tagged mail at the sink and returns the
 /// engine's Delivery record.
 fn delivered(engine: &Engine, sink: &Sink) -> serde_json::Value {
@@ -171,9 +179,7 @@ fn opportunistic_uses_verified_tls_when_offered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let sink = good_sink(dir.path(), &pki);
-    let engine = support::config(dir.path(), sink.port)
-        .delivery(&delivery("opportunistic", &pki))
-        .start();
+    let engine = sending(dir.path(), "opportunistic", &pki, sink.port);
     inject_plain(engine.port, "opp-1");
     let r = delivered(&engine, &sink);
     assert_eq!(sink_tls(&sink).0, 1, "one handshake at the sink");
@@ -196,9 +202,7 @@ fn opportunistic_goes_plain_without_starttls_and_unverified_with_a_wrong_name() 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let plain = sink_with(dir.path(), "plain", &["--no-starttls".into()]);
-    let engine = support::config(dir.path(), plain.port)
-        .delivery(&delivery("opportunistic", &pki))
-        .start();
+    let engine = sending(dir.path(), "opportunistic", &pki, plain.port);
     inject_plain(engine.port, "opp-plain");
     let r = delivered(&engine, &plain);
     assert_eq!(r["tls_version"], serde_json::Value::Null, "{r}");
@@ -206,9 +210,7 @@ fn opportunistic_goes_plain_without_starttls_and_unverified_with_a_wrong_name() 
 
     let dir = tempfile::tempdir().expect("tempdir");
     let wrong = wrong_sink(dir.path(), &pki);
-    let engine = support::config(dir.path(), wrong.port)
-        .delivery(&delivery("opportunistic", &pki))
-        .start();
+    let engine = sending(dir.path(), "opportunistic", &pki, wrong.port);
     inject_plain(engine.port, "opp-wrong");
     let r = delivered(&engine, &wrong);
     assert_eq!(sink_tls(&wrong).0, 1);
@@ -220,9 +222,7 @@ fn opportunistic_falls_back_to_plaintext_when_the_handshake_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let broken = sink_with(dir.path(), "broken", &["--tls-broken".into()]);
-    let engine = support::config(dir.path(), broken.port)
-        .delivery(&delivery("opportunistic", &pki))
-        .start();
+    let engine = sending(dir.path(), "opportunistic", &pki, broken.port);
     inject_plain(engine.port, "opp-broken-1");
     let r = delivered(&engine, &broken);
     assert_eq!(r["tls_version"], serde_json::Value::Null, "{r}");
@@ -247,9 +247,7 @@ fn required_refuses_plaintext_and_failed_handshakes_but_takes_any_certificate() 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let plain = sink_with(dir.path(), "plain", &["--no-starttls".into()]);
-    let engine = support::config(dir.path(), plain.port)
-        .delivery(&delivery("required", &pki))
-        .start();
+    let engine = sending(dir.path(), "required", &pki, plain.port);
     inject_plain(engine.port, "req-plain");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.10", "{r}");
@@ -258,9 +256,7 @@ fn required_refuses_plaintext_and_failed_handshakes_but_takes_any_certificate() 
 
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = sink_with(dir.path(), "broken", &["--tls-broken".into()]);
-    let engine = support::config(dir.path(), broken.port)
-        .delivery(&delivery("required", &pki))
-        .start();
+    let engine = sending(dir.path(), "required", &pki, broken.port);
     inject_plain(engine.port, "req-broken");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.5", "{r}");
@@ -275,9 +271,7 @@ fn required_refuses_plaintext_and_failed_handshakes_but_takes_any_certificate() 
 
     let dir = tempfile::tempdir().expect("tempdir");
     let wrong = wrong_sink(dir.path(), &pki);
-    let engine = support::config(dir.path(), wrong.port)
-        .delivery(&delivery("required", &pki))
-        .start();
+    let engine = sending(dir.path(), "required", &pki, wrong.port);
     inject_plain(engine.port, "req-wrong");
     let r = delivered(&engine, &wrong);
     assert_eq!(r["tls_verified"], false, "{r}");
@@ -288,9 +282,7 @@ fn required_verified_checks_the_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let wrong = wrong_sink(dir.path(), &pki);
-    let engine = support::config(dir.path(), wrong.port)
-        .delivery(&delivery("required-verified", &pki))
-        .start();
+    let engine = sending(dir.path(), "required-verified", &pki, wrong.port);
     inject_plain(engine.port, "rv-wrong");
     let r = deferred(&engine);
     assert_eq!(r["enhanced"], "4.7.5", "{r}");
@@ -305,9 +297,7 @@ fn required_verified_checks_the_name() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let good = good_sink(dir.path(), &pki);
-    let engine = support::config(dir.path(), good.port)
-        .delivery(&delivery("required-verified", &pki))
-        .start();
+    let engine = sending(dir.path(), "required-verified", &pki, good.port);
     inject_plain(engine.port, "rv-good");
     let r = delivered(&engine, &good);
     assert_eq!(r["tls_verified"], true, "{r}");
@@ -328,9 +318,7 @@ fn disabled_never_starts_tls_and_shaping_rules_choose_per_destination() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let good = good_sink(dir.path(), &pki);
-    let engine = support::config(dir.path(), good.port)
-        .delivery(&delivery("disabled", &pki))
-        .start();
+    let engine = sending(dir.path(), "disabled", &pki, good.port);
     inject_plain(engine.port, "disabled");
     let r = delivered(&engine, &good);
     assert_eq!(sink_tls(&good).0, 0);
