@@ -16,9 +16,14 @@ pub struct Smtp {
 impl Smtp {
     /// Connects, expects `220` and says `EHLO client.test` (`250`).
     pub fn connect(port: u16) -> Smtp {
+        Smtp::connect_as(port, "client.test")
+    }
+
+    /// Connects, expects `220` and says `EHLO <name>` (`250`).
+    pub fn connect_as(port: u16, name: &str) -> Smtp {
         let mut c = Smtp::open(loopback(port));
         assert_eq!(c.reply().0, 220);
-        assert_eq!(c.cmd("EHLO client.test").0, 250);
+        assert_eq!(c.cmd(&format!("EHLO {name}")).0, 250);
         c
     }
 

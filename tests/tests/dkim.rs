@@ -175,7 +175,7 @@ fn dkimpy_verify(dir: &Path, message: &[u8], selector: &str, domain: &str, txt: 
 /// One SMTP session: each message is (raw message with CRLF, recipients);
 /// returns once every `250` after DATA arrived.
 fn inject(port: u16, messages: &[(String, Vec<&str>)]) {
-    let mut c = Smtp::connect(port);
+    let mut c = Smtp::connect_as(port, "injector.test");
     for (message, rcpts) in messages {
         // RFC 6152: 8-bit content is announced; the sink offers 8BITMIME, so
         // the engine sends the bytes it signed unchanged.

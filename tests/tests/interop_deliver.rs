@@ -18,60 +18,37 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice_tests::{free_port, wait_for_port, Process};
-use sluice_tests::{have, loopback, run_bounded, TIMEOUT};
+use sluice_tests::{have, loopback, run_bounded, Smtp, TIMEOUT};
 use support::wait_until;
 
 /// Injects `messages` (id, recipients, DSN parameters on) into the engine
 /// over one session, DATA one round trip at a time.
 fn inject(port: u16, messages: &[(String, Vec<String>, bool)]) {
-    let s = TcpStream::connect_timeout(&loopback(port), TIMEOUT).expect("connect to sluice");
-    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let mut r = BufReader::new(s.try_clone().expect("clone"));
-    let mut w = s;
-    let mut expect = |code: &str| loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).expect("read a reply");
-        assert!(n > 0, "sluice closed the connection");
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-        if line.as_bytes().get(3) != Some(&b'-') {
-            break;
-        }
-    };
-    expect("220");
-    w.write_all(b"EHLO injector.test\r\n").expect("write");
-    expect("250");
+    let mut c = Smtp::connect_as(port, "injector.test");
     for (id, rcpts, dsn) in messages {
         let mail_params = if *dsn { " RET=HDRS ENVID=env-x" } else { "" };
-        w.write_all(format!("MAIL FROM:<sender@origin.test>{mail_params}\r\n").as_bytes())
-            .expect("write");
-        expect("250");
+        c.expect(&format!("MAIL FROM:<sender@origin.test>{mail_params}"), 250);
         for rc in rcpts {
             let rcpt_params = if *dsn {
                 format!(" NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;{rc}")
             } else {
                 String::new()
             };
-            w.write_all(format!("RCPT TO:<{rc}>{rcpt_params}\r\n").as_bytes())
-                .expect("write");
-            expect("250");
+            c.expect(&format!("RCPT TO:<{rc}>{rcpt_params}"), 250);
         }
-        w.write_all(b"DATA\r\n").expect("write");
-        expect("354");
-        let body = format!(
-            "X-Sluice-Id: {id}\r\nSubject: interop {id}\r\n\r\nbody of {id}\r\n..leading dot\r\n.\r\n"
+        c.expect("DATA", 354);
+        // Already dot-stuffed: the message has a line `.leading dot`.
+        c.expect(
+            &format!("X-Sluice-Id: {id}\r\nSubject: interop {id}\r\n\r\nbody of {id}\r\n..leading dot\r\n."),
+            250,
         );
-        w.write_all(body.as_bytes()).expect("write");
-        expect("250");
     }
-    w.write_all(b"QUIT\r\n").expect("write");
-    expect("221");
+    c.close();
 }
 
 /// `count` messages with 1..=3 recipients in `domain`; every fifth carries
