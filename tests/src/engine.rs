@@ -166,43 +166,15 @@ impl EngineConfig {
         t
     }
 
-    /// Writes `<dir>/sluice.toml` and starts `sluice run` on it (stdout
-    /// to `<dir>/sluice.out`, stderr to `<dir>/sluice.err`); returns
-    /// once the injection listener greets with `220` (and the admin
-    /// listener, if any, accepts connections).
+    /// Writes `<dir>/sluice.toml` and starts `sluice run` on it with free
+    /// ports, as [`Engine::start_with`].
     pub fn start(&self) -> Engine {
         let port = free_port().expect("free port for sluice");
         let admin_port = match self.admin {
             Some(_) => free_port().expect("free port for the admin listener"),
             None => 0,
         };
-        let config = self.dir.join("sluice.toml");
-        std::fs::write(&config, self.text(port, admin_port)).expect("write the config");
-        let stderr = self.dir.join("sluice.err");
-        let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-        cmd.arg("run").arg("--config").arg(&config);
-        // What it prints at start (the shard and shaping layout).
-        cmd.stdout(std::fs::File::create(self.dir.join("sluice.out")).expect("stdout file"));
-        cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        let process = Process::spawn("sluice", cmd).expect("start sluice");
-        let engine = Engine {
-            process,
-            port,
-            admin_port,
-            dir: self.dir.clone(),
-            config,
-            stderr,
-        };
-        if !greets(loopback(port), TIMEOUT) {
-            panic!(
-                "sluice did not greet on port {port} within {TIMEOUT:?}; it said:\n{}",
-                engine.said()
-            );
-        }
-        if admin_port != 0 {
-            engine.wait_port(admin_port);
-        }
-        engine
+        Engine::start_with(&self.dir, &self.text(port, admin_port), port, admin_port)
     }
 }
 
@@ -233,6 +205,40 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Writes `text` as `<dir>/sluice.toml` and starts `sluice run` on it
+    /// (stdout to `<dir>/sluice.out`, stderr to `<dir>/sluice.err`), for a
+    /// suite whose configuration is its own; returns once `port` greets
+    /// with `220` and `admin_port` (unless 0) accepts connections.
+    pub fn start_with(dir: &Path, text: &str, port: u16, admin_port: u16) -> Engine {
+        let config = dir.join("sluice.toml");
+        std::fs::write(&config, text).expect("write the config");
+        let stderr = dir.join("sluice.err");
+        let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
+        cmd.arg("run").arg("--config").arg(&config);
+        // What it prints at start (the shard and shaping layout).
+        cmd.stdout(std::fs::File::create(dir.join("sluice.out")).expect("stdout file"));
+        cmd.stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        let process = Process::spawn("sluice", cmd).expect("start sluice");
+        let engine = Engine {
+            process,
+            port,
+            admin_port,
+            dir: dir.to_path_buf(),
+            config,
+            stderr,
+        };
+        if !greets(loopback(port), TIMEOUT) {
+            panic!(
+                "sluice did not greet on port {port} within {TIMEOUT:?}; it said:\n{}",
+                engine.said()
+            );
+        }
+        if admin_port != 0 {
+            engine.wait_port(admin_port);
+        }
+        engine
+    }
+
     /// The shared injection address, `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         loopback(self.port)

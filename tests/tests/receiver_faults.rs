@@ -26,11 +26,9 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, free_port, write_report, Process};
-use sluice_tests::{greets, loopback, Sink, TIMEOUT};
+use sluice_tests::{free_port, write_report, Engine, Sink};
 use support::{send_each, Message};
 
 const PER_DOMAIN: usize = 30;
@@ -171,19 +169,7 @@ dsn = true
         spool = dir.path().join("spool").display(),
         log = log_dir.display(),
     );
-    std::fs::write(dir.path().join("sluice.toml"), config).expect("config");
-    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-    cmd.arg("run")
-        .arg("--config")
-        .arg(dir.path().join("sluice.toml"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("sluice.err")).expect("stderr"));
-    let mut engine = Process::spawn("sluice", cmd).expect("start sluice");
-    assert!(
-        greets(loopback(port), TIMEOUT),
-        "sluice did not greet:\n{}",
-        std::fs::read_to_string(dir.path().join("sluice.err")).unwrap_or_default()
-    );
+    let mut engine = Engine::start_with(dir.path(), &config, port, 0);
 
     let injectors: Vec<_> = PROFILES
         .iter()
@@ -226,7 +212,10 @@ dsn = true
     }
     std::thread::sleep(Duration::from_millis(500));
     let log = read_log(&log_dir);
-    engine.stop(Duration::from_secs(20)).expect("stop sluice");
+    engine
+        .process
+        .stop(Duration::from_secs(20))
+        .expect("stop sluice");
 
     let mut problems = Vec::new();
     let mut per_domain: HashMap<&str, BTreeMap<&str, u64>> = HashMap::new();

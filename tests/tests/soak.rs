@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, dir_bytes, free_port, read_json, report_dir, write_report, Process};
-use sluice_tests::{greets, loopback, TIMEOUT};
+use sluice_tests::{binary, dir_bytes, free_port, read_json, report_dir, write_report, Engine};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -234,16 +233,8 @@ hosts = ["127.0.0.1:{sink}"]
         log = log_dir.display(),
         sink = sink.port,
     );
-    std::fs::write(dir.path().join("sluice.toml"), config).expect("config");
-    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-    cmd.arg("run")
-        .arg("--config")
-        .arg(dir.path().join("sluice.toml"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("sluice.err")).expect("stderr"));
-    let mut engine = Process::spawn("sluice", cmd).expect("start sluice");
-    assert!(greets(loopback(port), TIMEOUT), "sluice did not greet");
-    let pid = engine.pid();
+    let mut engine = Engine::start_with(dir.path(), &config, port, 0);
+    let pid = engine.process.pid();
 
     let bench = binary("sluice-bench").expect("sluice-bench binary");
     let mut accepted_before = 0;
@@ -359,7 +350,10 @@ hosts = ["127.0.0.1:{sink}"]
     let drain_seconds = drain_start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     let at_sink = sink.messages();
-    engine.stop(Duration::from_secs(30)).expect("stop sluice");
+    engine
+        .process
+        .stop(Duration::from_secs(30))
+        .expect("stop sluice");
 
     let out = report_dir();
     let _ = std::fs::create_dir_all(&out);
