@@ -142,6 +142,13 @@ fn start(dir: &Path, config: &Path, shared: SocketAddr, tag: &str) -> Engine {
     Engine { process, stderr }
 }
 
+/// Starts an engine on `port` whose mail stays queued (its route goes
+/// nowhere), `extra` in `[inject]`.
+fn start_queueing(dir: &Path, port: u16, extra: &str, tag: &str) -> Engine {
+    let cfg = write_config(dir, &config_text(dir, port, extra, dead_port()));
+    start(dir, &cfg, loopback(port), tag)
+}
+
 /// Waits until `addr` greets with `220` (not the recovering `421 4.3.2`).
 fn wait_ready(addr: SocketAddr) {
     assert!(
@@ -159,8 +166,7 @@ fn dead_port() -> u16 {
 fn pipelined_injection_gets_250_for_every_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
-    let cfg = write_config(dir.path(), &config_text(dir.path(), port, "", dead_port()));
-    let _engine = start(dir.path(), &cfg, loopback(port), "pipe");
+    let _engine = start_queueing(dir.path(), port, "", "pipe");
     let mut c = Client::greet(loopback(port));
     // Whole transactions back to back in one write (RFC 3030 BDAT needs no
     // 354 round trip, so a client may pipeline everything).
@@ -272,11 +278,7 @@ fn relay_is_denied_outside_relay_networks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
     let extra = "relay_networks = [\"192.0.2.0/24\"]";
-    let cfg = write_config(
-        dir.path(),
-        &config_text(dir.path(), port, extra, dead_port()),
-    );
-    let _engine = start(dir.path(), &cfg, loopback(port), "relay");
+    let _engine = start_queueing(dir.path(), port, extra, "relay");
     let mut c = Client::greet(loopback(port));
     c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@elsewhere.test>\r\nDATA\r\n");
     c.expect(250);
@@ -293,11 +295,7 @@ fn oversize_messages_get_552_while_streaming() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
     let extra = "message_size_max = \"2KiB\"";
-    let cfg = write_config(
-        dir.path(),
-        &config_text(dir.path(), port, extra, dead_port()),
-    );
-    let _engine = start(dir.path(), &cfg, loopback(port), "size");
+    let _engine = start_queueing(dir.path(), port, extra, "size");
     let mut c = Client::greet(loopback(port));
     // Declared too big (RFC 1870 §6.1).
     c.send(b"MAIL FROM:<s@src.test> SIZE=100000\r\n");
@@ -414,8 +412,7 @@ fn connection_limits_and_idle_timeout_answer_421() {
 fn sigterm_lets_the_transaction_in_flight_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
-    let cfg = write_config(dir.path(), &config_text(dir.path(), port, "", dead_port()));
-    let mut engine = start(dir.path(), &cfg, loopback(port), "inflight");
+    let mut engine = start_queueing(dir.path(), port, "", "inflight");
     let mut c = Client::greet(loopback(port));
     c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n");
     c.expect(250);
@@ -442,11 +439,7 @@ fn a_slow_drip_in_data_is_cut_off_with_421() {
     let port = free_port().expect("port");
     // Anything slower than 1 MB/s after the grace period (5 s) is too slow.
     let extra = "min_data_rate_bytes_per_s = 1000000";
-    let cfg = write_config(
-        dir.path(),
-        &config_text(dir.path(), port, extra, dead_port()),
-    );
-    let _engine = start(dir.path(), &cfg, loopback(port), "drip");
+    let _engine = start_queueing(dir.path(), port, extra, "drip");
     let mut c = Client::greet(loopback(port));
     c.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<r@x.test>\r\nDATA\r\n");
     c.expect(250);
