@@ -77,8 +77,12 @@ struct Txn {
 /// greeting, `554` included as Postfix does, since another MX may well
 /// accept; a `421` or a refused HELO; a greeting timeout; a close; a
 /// required TLS that fails). Each host is tried at most once per
-/// connection. Only when every host refused are the site's waiting
-/// recipients deferred, with the last host's reply.
+/// connection. Only when every host refused are recipients deferred, with
+/// the last host's reply: one connection's worth after a refused session,
+/// everything waiting (and a connect backoff) after refused connects.
+///
+/// A write that fails (the peer closed) first reads what the peer said
+/// before closing, so a `250` followed by a `421` is not lost.
 ///
 /// `source` is the source the driver chose for this connection (see
 /// [`site_source`]; its permit was taken for that source's destination,
@@ -98,14 +102,31 @@ pub async fn run(
         Ok(()) => {}
         Err(refusal) => {
             let now = now_unix_ms();
-            connect_failed(&shared, site, now);
             shared.count(|c| c.connect_failures += 1);
-            // Only when no other connection serves the site: its waiting
-            // recipients are deferred (like a 4xx), not left to wait.
-            let alone = shared.pools.borrow()[site as usize].active <= 1;
-            if alone {
-                let chosen = source.as_ref().ok().and_then(Option::as_ref);
-                defer_ready(&shared, site, &refusal, chosen, now).await;
+            let chosen = source.as_ref().ok().and_then(Option::as_ref);
+            if refusal.session {
+                // The last host took the connection and refused the
+                // session (often per connection: "too busy"): the work one
+                // connection would have carried is deferred, as if sent,
+                // and the next connection may open at once. No backoff:
+                // each refusal consumes ready work, so a site refusing
+                // every session is not retried in a tight loop.
+                connect_succeeded(&shared, site);
+                let bound = (
+                    shared.settings.transactions_in_flight_max.max(1) as usize,
+                    shared.settings.recipients_per_transaction_max.max(1) as usize,
+                );
+                defer_ready(&shared, site, &refusal, chosen, bound, now).await;
+            } else {
+                connect_failed(&shared, site, now);
+                // Only when no other connection serves the site: its
+                // waiting recipients are deferred (like a 4xx), not left
+                // to wait.
+                let alone = shared.pools.borrow()[site as usize].active <= 1;
+                if alone {
+                    let bound = (usize::MAX, usize::MAX);
+                    defer_ready(&shared, site, &refusal, chosen, bound, now).await;
+                }
             }
         }
     }
@@ -122,6 +143,9 @@ struct Refusal {
     enhanced: Option<String>,
     text: String,
     peer: Option<SocketAddr>,
+    /// The host accepted the connection and refused the session (not a
+    /// connect or local failure).
+    session: bool,
 }
 
 impl Refusal {
@@ -132,6 +156,7 @@ impl Refusal {
             enhanced: Some("4.4.1".into()),
             text,
             peer: None,
+            session: false,
         }
     }
 }
@@ -318,13 +343,17 @@ async fn connect_from(
     }
 }
 
+/// Defers the site's ready recipients: at most `bound.0` messages of at
+/// most `bound.1` recipients each (and [`CONNECT_FAIL_DEFER_MAX`] in all).
 async fn defer_ready(
     shared: &Shared,
     site: SiteId,
     refusal: &Refusal,
     source: Option<&Chosen>,
+    bound: (usize, usize),
     now: u64,
 ) {
+    let (mut messages, recipients) = bound;
     let mut batch = Vec::new();
     let mut left = CONNECT_FAIL_DEFER_MAX;
     let said = Said {
@@ -340,12 +369,13 @@ async fn defer_ready(
             shaping: None,
         }),
     };
-    while left > 0 {
+    while left > 0 && messages > 0 {
+        messages -= 1;
         let dest = shared
             .ctx
             .queues
             .borrow_mut()
-            .take(site, now, usize::MAX, &mut batch);
+            .take(site, now, recipients, &mut batch);
         let Some(dest) = dest else { break };
         for entry in batch.drain(..) {
             outcome::defer(shared, dest, entry, &said, now);
@@ -648,6 +678,7 @@ impl Conn {
                 }
             }
             if let Err(_e) = self.flush(&mut stream).await {
+                self.read_what_was_said(&mut stream).await;
                 self.session.connection_lost();
             }
             self.settle_events();
@@ -1020,6 +1051,37 @@ impl Conn {
         }
     }
 
+    /// A write failed (the peer closed or reset the connection): replies
+    /// it sent before closing may still wait in the receive buffer, e.g.
+    /// the `250` of a transaction followed by a `421` to the next
+    /// pipelined `MAIL` (a server that closes with our unread commands
+    /// resets the connection, and our next write fails first). Feeding
+    /// them to the session before calling the connection lost keeps a
+    /// delivered message from being retried (a duplicate). Bounded: reads
+    /// until the end, an error, the session closing, or a second passes.
+    async fn read_what_was_said(&mut self, stream: &mut TcpStream) {
+        const READS_MAX: usize = 64;
+        let Conn { tls, rbuf, .. } = self;
+        let mut said = Vec::new();
+        let _ = glommio::timer::timeout(Duration::from_secs(1), async {
+            for _ in 0..READS_MAX {
+                let n = match tls {
+                    Some(tls) => read_tls_only(tls, stream, rbuf).await,
+                    None => stream.read(rbuf).await,
+                };
+                match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => said.extend_from_slice(&rbuf[..n]),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if !said.is_empty() {
+            self.session.feed(&said);
+        }
+    }
+
     /// Whether this connection's pool has another source that is not
     /// waiting for a message token.
     fn pool_has_other_source(&self, now: u64) -> bool {
@@ -1063,6 +1125,7 @@ impl Conn {
             enhanced: Some(enhanced.to_string()),
             text,
             peer,
+            session: true,
         };
         match (&self.closed, &self.tls_failure) {
             // RFC 3463 X.7.5: cryptographic failure.
@@ -1077,6 +1140,7 @@ impl Conn {
                         enhanced: enhanced.or_else(|| Some("4.4.2".into())),
                         text: format!("session refused: {code} {}", reply.text),
                         peer,
+                        session: true,
                     }
                 } else {
                     Refusal {
@@ -1084,6 +1148,7 @@ impl Conn {
                         enhanced,
                         text: reply.text.to_string(),
                         peer,
+                        session: true,
                     }
                 }
             }
@@ -1112,6 +1177,24 @@ impl Conn {
             timer: Timer::new(self.shared.settings.idle_close),
         }
         .await
+    }
+}
+
+/// Reads plaintext like [`Tls::read`] but never writes (the write side
+/// has failed): decrypted records first, then the socket.
+async fn read_tls_only(
+    tls: &mut Tls,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    loop {
+        if let Some(n) = tls.take_plaintext(buf)? {
+            return Ok(n);
+        }
+        let n = tls.read_socket(stream).await?;
+        if n > 0 {
+            tls.absorb(n)?;
+        }
     }
 }
 

@@ -31,10 +31,11 @@
 //! the deferral is written to the spool and the entry waits in the
 //! scheduled heap. A recipient the connection never sent is put back at
 //! the front of its queue unchanged. A connection takes work only once its
-//! session is ready; when every host of the site refused, the site's
-//! waiting recipients are deferred with the last refusal and new
-//! connections back off, so a site that refuses every session is not
-//! retried in a tight loop. Every outcome is one delivery log line.
+//! session is ready. When every host of the site refused, the last
+//! refusal is the deferral's reply: a refused session defers the work one
+//! connection would have carried (so a site that refuses every session is
+//! not retried in a tight loop), refused connects back off exponentially
+//! and defer everything waiting. Every outcome is one delivery log line.
 //!
 //! # Shaping
 //! With a [`ShapingLink`] (the runtime always passes one; see
