@@ -53,7 +53,11 @@
 //!   server within `timeout`, over a fresh connected UDP socket (random
 //!   source port, OS-seeded random id) and then TCP if truncated;
 //!   `attempts` rounds over the servers, moving on after a timeout, an
-//!   error RCODE, a refused port or a malformed answer.
+//!   error RCODE, a refused port or a malformed answer. `lookup_ttl` and
+//!   `resolve_mx_ttl` also say how long their answers hold (the cache's
+//!   time left; for an MX resolution the smallest over the answers used),
+//!   which `MxConfig::refresh_after` bounds into how long a resolution is
+//!   kept.
 //!
 //! # Time and randomness
 //! The sans-io layers take `now` and a random generator as arguments, so
