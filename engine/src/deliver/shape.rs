@@ -153,29 +153,9 @@ impl Shaping {
             c.last_use.set(self.clock.get());
             return c.destination.clone();
         }
-        let domain = queues.domain(dest);
-        // MX host names when the site came from MX resolution (so provider
-        // `mx_suffix` rules match), else the static route's addresses.
-        let names = queues.sites().names(site);
-        let hosts: Vec<String> = if names.is_empty() {
-            queues
-                .hosts(site)
-                .iter()
-                .map(|h| h.ip().to_string())
-                .collect()
-        } else {
-            names.to_vec()
-        };
-        let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
         let now = now_nanos();
         self.clock.set(self.clock.get().max(now));
-        let d = self.shaper.borrow_mut().destination(
-            domain,
-            &host_refs,
-            None,
-            now.0 / 1_000_000_000,
-            now,
-        );
+        let d = self.resolve(queues, dest, None, now);
         self.dests.borrow_mut().insert(
             (dest, site),
             Cached {
@@ -327,9 +307,22 @@ impl Shaping {
         dest: DestId,
         source: &str,
     ) -> Destination {
+        self.resolve(queues, dest, Some(source), now_nanos())
+    }
+
+    /// Asks the shaper for `dest`'s destination (bound to `source`, if
+    /// any), matching its rules on the MX host names when the site came
+    /// from MX resolution (so provider `mx_suffix` rules match), else on
+    /// the static route's addresses.
+    fn resolve(
+        &self,
+        queues: &Queues,
+        dest: DestId,
+        source: Option<&str>,
+        now: Nanos,
+    ) -> Destination {
         let site = queues.site_of(dest);
         let names = queues.sites().names(site);
-        // As in `destination`: MX names, else the route's addresses.
         let hosts: Vec<String> = if names.is_empty() {
             queues
                 .hosts(site)
@@ -340,11 +333,10 @@ impl Shaping {
             names.to_vec()
         };
         let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
-        let now = now_nanos();
         self.shaper.borrow_mut().destination(
             queues.domain(dest),
             &host_refs,
-            Some(source),
+            source,
             now.0 / 1_000_000_000,
             now,
         )
