@@ -180,14 +180,20 @@ impl Sink {
     /// test's own readiness probes from 127.0.0.1 (needs
     /// [`SinkBuilder::record_peers`]).
     pub fn peers(&self) -> Vec<String> {
+        self.all_peers()
+            .into_iter()
+            .filter(|p| p != "127.0.0.1")
+            .collect()
+    }
+
+    /// Every recorded peer address, 127.0.0.1 included (the readiness
+    /// probe, and an engine connecting unbound).
+    pub fn all_peers(&self) -> Vec<String> {
         lines(
             self.peers
                 .as_deref()
                 .expect("a sink started with record_peers()"),
         )
-        .into_iter()
-        .filter(|p| p != "127.0.0.1")
-        .collect()
     }
 
     /// Every captured message (`.eml`) with its path, sorted by path

@@ -13,9 +13,9 @@ mod egress;
 use std::path::Path;
 
 use serde_json::json;
-use sluice_tests::free_port;
+use sluice_tests::{free_port, Sink, TIMEOUT};
 
-use egress::{inject, records_for, start_engine, wait_until, write_config, Dns, Msg, Sink};
+use egress::{inject, records_for, wait_until, Dns, Msg};
 
 fn dns_section(dns_port: u16, smtp_port: u16) -> String {
     format!(
@@ -45,9 +45,9 @@ fn wait_for(dir: &Path, rcpt: &str, kind: &str) -> serde_json::Value {
 fn mx_order_next_host_a_fallback_ipv6_and_sites_by_host_set() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
-    let three = Sink::start(dir.path(), "three", "127.0.0.3", port);
-    let six = Sink::start(dir.path(), "six", "[::1]", port);
+    let two = egress::sink(dir.path(), "two", "127.0.0.2", port, &[]);
+    let three = egress::sink(dir.path(), "three", "127.0.0.3", port, &[]);
+    let six = egress::sink(dir.path(), "six", "[::1]", port, &[]);
     let dns = Dns::start(
         dir.path(),
         &json!({ "records": [
@@ -67,9 +67,8 @@ fn mx_order_next_host_a_fallback_ipv6_and_sites_by_host_set() {
             ["mx.v6.test", "AAAA", 300, "::1"],
         ]}),
     );
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, &dns_section(dns.port, port));
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &dns_section(dns.port, port)).start();
+    let inject_port = engine.port;
     inject(
         inject_port,
         &[
@@ -105,7 +104,7 @@ fn mx_order_next_host_a_fallback_ipv6_and_sites_by_host_set() {
     assert_eq!(a["site"], b["site"], "one site per MX host set");
     let v6 = wait_for(dir.path(), "u@v6.test", "Delivery");
     assert_eq!(v6["peer"], format!("[::1]:{port}"), "{v6}");
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     assert!(two.ids().contains(&"order".to_string()), "{:?}", two.ids());
     assert!(two.ids().contains(&"shared".to_string()));
     assert_eq!(three.ids(), ["plain"]);
@@ -116,7 +115,7 @@ fn mx_order_next_host_a_fallback_ipv6_and_sites_by_host_set() {
 fn null_mx_nxdomain_servfail_and_private_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let _two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let _two = egress::sink(dir.path(), "two", "127.0.0.2", port, &[]);
     let dns = Dns::start(
         dir.path(),
         &json!({
@@ -131,9 +130,8 @@ fn null_mx_nxdomain_servfail_and_private_addresses() {
             "servfail": ["servfail.test"],
         }),
     );
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, &dns_section(dns.port, port));
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &dns_section(dns.port, port)).start();
+    let inject_port = engine.port;
     inject(
         inject_port,
         &[Msg {
@@ -173,7 +171,7 @@ fn null_mx_nxdomain_servfail_and_private_addresses() {
             .count()
             >= 2
     });
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     let servfail: Vec<_> = records_for(dir.path(), "u@servfail.test")
         .into_iter()
         .filter(|r| r["type"] != "Reception")
@@ -196,7 +194,7 @@ fn null_mx_nxdomain_servfail_and_private_addresses() {
 fn loopback_and_unspecified_mx_addresses_are_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let two = egress::sink(dir.path(), "two", "127.0.0.2", port, &[]);
     let dns = Dns::start(
         dir.path(),
         &json!({ "records": [
@@ -206,11 +204,10 @@ fn loopback_and_unspecified_mx_addresses_are_refused_unless_allowed() {
             ["mx.zero.test", "A", 300, "0.0.0.0"],
         ]}),
     );
-    let inject_port = free_port().unwrap();
     // The same [dns] section without allow_loopback.
     let section = dns_section(dns.port, port).replace("allow_loopback = true\n", "");
-    let cfg = write_config(dir.path(), inject_port, &section);
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &section).start();
+    let inject_port = engine.port;
     inject(
         inject_port,
         &[Msg {
@@ -228,7 +225,7 @@ fn loopback_and_unspecified_mx_addresses_are_refused_unless_allowed() {
             "{text}"
         );
     }
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     assert!(two.ids().is_empty(), "nothing reached the loopback sink");
 }
 
@@ -239,7 +236,7 @@ fn loopback_and_unspecified_mx_addresses_are_refused_unless_allowed() {
 fn provider_rules_match_mx_resolved_domains_by_exchanger_name() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
+    let two = egress::sink(dir.path(), "two", "127.0.0.2", port, &[]);
     let dns = Dns::start(
         dir.path(),
         &json!({ "records": [
@@ -260,14 +257,13 @@ max_message_rate = "2/s burst 1"
 "#,
     )
     .unwrap();
-    let inject_port = free_port().unwrap();
     let extra = format!(
         "shaping = \"{}\"\n{}",
         rules.display(),
         dns_section(dns.port, port)
     );
-    let cfg = write_config(dir.path(), inject_port, &extra);
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &extra).start();
+    let inject_port = engine.port;
     let ids: Vec<String> = (0..7).map(|n| format!("prov-{n}")).collect();
     let rcpts: Vec<String> = (0..7)
         .map(|n| format!("u{n}@{}.test", ["a", "b", "c"][n % 3]))
@@ -288,7 +284,7 @@ max_message_rate = "2/s burst 1"
         let record = wait_for(dir.path(), rcpt, "Delivery");
         at.push(record["at_ms"].as_u64().expect("at_ms"));
     }
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     at.sort_unstable();
     let span = at[at.len() - 1] - at[0];
     // 7 messages at 2/s with a burst of 1 take at least 3 s; without the
@@ -309,15 +305,15 @@ max_message_rate = "2/s burst 1"
 fn refused_greetings_try_the_next_mx_and_defer_only_when_all_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let busy = Sink::start_with(
+    let busy = egress::sink(
         dir.path(),
         "busy",
         "127.0.0.2",
         port,
         &["--reject", "connect:421=1"],
     );
-    let good = Sink::start(dir.path(), "good", "127.0.0.3", port);
-    let closed = Sink::start_with(
+    let good = egress::sink(dir.path(), "good", "127.0.0.3", port, &[]);
+    let closed = egress::sink(
         dir.path(),
         "closed",
         "127.0.0.4",
@@ -339,9 +335,8 @@ fn refused_greetings_try_the_next_mx_and_defer_only_when_all_refuse() {
             ["mx-closed.test", "A", 300, "127.0.0.4"],
         ]}),
     );
-    let inject_port = free_port().unwrap();
-    let cfg = write_config(dir.path(), inject_port, &dns_section(dns.port, port));
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &dns_section(dns.port, port)).start();
+    let inject_port = engine.port;
     let ids: Vec<String> = (0..6).map(|n| format!("skip-{n}")).collect();
     let rcpts: Vec<[String; 1]> = (0..6)
         .map(|n| [format!("u{n}@{}.test", ["busy", "closed"][n % 2])])
@@ -369,16 +364,11 @@ fn refused_greetings_try_the_next_mx_and_defer_only_when_all_refuse() {
     let deferred = wait_for(dir.path(), "u@refuse.test", "TransientFailure");
     // The refusing hosts were connected to (beyond the test's readiness
     // probe; the engine connects from 127.0.0.1 too, unbound).
-    let accepted = |sink: &Sink| {
-        std::fs::read_to_string(&sink.peers)
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
+    let accepted = |sink: &Sink| sink.all_peers().len();
     wait_until("the refusing hosts tried", || {
         accepted(&busy) > 1 && accepted(&closed) > 1
     });
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     // The last host's reply: the 421 of 127.0.0.2.
     assert_eq!(deferred["code"], 421, "{deferred}");
     assert_eq!(deferred["peer"], format!("127.0.0.2:{port}"), "{deferred}");
@@ -402,8 +392,8 @@ fn refused_greetings_try_the_next_mx_and_defer_only_when_all_refuse() {
 fn mx_assignments_follow_the_answers_ttls() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let two = Sink::start(dir.path(), "two", "127.0.0.2", port);
-    let three = Sink::start(dir.path(), "three", "127.0.0.3", port);
+    let two = egress::sink(dir.path(), "two", "127.0.0.2", port, &[]);
+    let three = egress::sink(dir.path(), "three", "127.0.0.3", port, &[]);
     let zone = |short_ip: &str, long_ip: &str| {
         json!({ "records": [
             ["short.test", "MX", 2, 10, "mx.short.test."],
@@ -413,10 +403,9 @@ fn mx_assignments_follow_the_answers_ttls() {
         ]})
     };
     let dns = Dns::start(dir.path(), &zone("127.0.0.2", "127.0.0.2"));
-    let inject_port = free_port().unwrap();
     let section = format!("{}mx_refresh_min = \"1s\"\n", dns_section(dns.port, port));
-    let cfg = write_config(dir.path(), inject_port, &section);
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &section).start();
+    let inject_port = engine.port;
     inject(
         inject_port,
         &[Msg {
@@ -444,7 +433,7 @@ fn mx_assignments_follow_the_answers_ttls() {
     );
     let short = wait_for(dir.path(), "v@short.test", "Delivery");
     let long = wait_for(dir.path(), "v@long.test", "Delivery");
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     assert_eq!(short["peer"], format!("127.0.0.3:{port}"), "{short}");
     assert_eq!(long["peer"], format!("127.0.0.2:{port}"), "{long}");
     assert!(dns.asked("short.test") >= 2, "short.test asked again");

@@ -10,9 +10,9 @@
 
 mod egress;
 
-use sluice_tests::free_port;
+use sluice_tests::{free_port, TIMEOUT};
 
-use egress::{inject, records_for, start_engine, wait_until, write_config, Msg, Sink};
+use egress::{inject, records_for, wait_until, Msg};
 
 const RULES: &str = r#"
 [default]
@@ -37,10 +37,9 @@ sources = { s3 = 1 }
 fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let sink = Sink::start(dir.path(), "sink", "127.0.0.1", port);
+    let sink = egress::sink(dir.path(), "sink", "127.0.0.1", port, &[]);
     let rules = dir.path().join("shaping.toml");
     std::fs::write(&rules, RULES).unwrap();
-    let inject_port = free_port().unwrap();
     // b.test's first host refuses (nothing listens there): a bound
     // connection fails over to the next host like an unbound one.
     let closed = free_port().unwrap();
@@ -48,8 +47,8 @@ fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
         "shaping = \"{}\"\n[[route]]\npattern = \"b.test\"\nhosts = [\"127.0.0.1:{closed}\", \"127.0.0.1:{port}\"]\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{port}\"]\n",
         rules.display()
     );
-    let cfg = write_config(dir.path(), inject_port, &extra);
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &extra).start();
+    let inject_port = engine.port;
 
     // No header: the default rule's pool, source 127.0.0.2.
     inject(
@@ -133,9 +132,9 @@ fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
         "{:?}",
         sink.peers()
     );
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
 
-    let messages = sink.messages();
+    let messages: Vec<String> = sink.captured().into_iter().map(|(_, text)| text).collect();
     let vmta: Vec<&String> = messages
         .iter()
         .filter(|m| m.contains("X-Sluice-Id: vmta"))
@@ -161,7 +160,7 @@ fn split_by_source(s3_rate: Option<&str>) -> (usize, usize) {
     const MESSAGES: usize = 80;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let sink = Sink::start(dir.path(), "sink", "127.0.0.1", port);
+    let sink = egress::sink(dir.path(), "sink", "127.0.0.1", port, &[]);
     let rate = s3_rate
         .map(|r| format!("max_message_rate = \"{r}\"\n"))
         .unwrap_or_default();
@@ -187,13 +186,12 @@ sources = {{ s2 = 1, s3 = 1 }}
     );
     let rules = dir.path().join("shaping.toml");
     std::fs::write(&rules, rules_text).unwrap();
-    let inject_port = free_port().unwrap();
     let extra = format!(
         "shaping = \"{}\"\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{port}\"]\n",
         rules.display()
     );
-    let cfg = write_config(dir.path(), inject_port, &extra);
-    let mut engine = start_engine(dir.path(), &cfg, inject_port);
+    let mut engine = egress::config(dir.path(), &extra).start();
+    let inject_port = engine.port;
     let ids: Vec<String> = (0..MESSAGES).map(|n| format!("split-{n}")).collect();
     let rcpts: Vec<String> = (0..MESSAGES).map(|n| format!("u{n}@split.test")).collect();
     let rcpt_refs: Vec<[&str; 1]> = rcpts.iter().map(|r| [r.as_str()]).collect();
@@ -216,7 +214,7 @@ sources = {{ s2 = 1, s3 = 1 }}
             .collect();
         deliveries.len() >= MESSAGES
     });
-    engine.stop(egress::TIMEOUT).expect("sluice stops");
+    engine.process.stop(TIMEOUT).expect("sluice stops");
     let mut counts = (0, 0);
     for d in &deliveries {
         assert_eq!(d["pool"], "both", "{d}");

@@ -1,144 +1,39 @@
-//! Shared pieces of the MX and source tests (`mx.rs`, `sources.rs`):
-//! sinks on chosen 127.0.0.x addresses, the engine with a given config,
-//! a plain SMTP injector that can add headers, the delivery log, and a
+//! What the MX and source suites (`mx.rs`, `sources.rs`) share beyond
+//! `sluice_tests`: their sink (on a chosen 127.0.0.x address and port,
+//! recording ids and peers, capturing), their engine (the shared base, the
+//! test's own `[delivery]` lines and routes), an injector of messages with
+//! extra headers, the delivery log per recipient, their settle time and a
 //! scripted DNS server (`mx_dns.py`, Python dnslib). Loopback only.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sluice_tests::{binary, wait_for_port, Process};
+use sluice_tests::{read_records, EngineConfig, Sink, SinkBuilder, Smtp};
 
-/// Longest any single wait lasts.
-pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a test waits for outcomes.
 pub const SETTLE: Duration = Duration::from_secs(40);
 
-/// A `sluice-sink` on `ip:port` recording ids, peers and messages.
-pub struct Sink {
-    _process: Process,
-    pub ids: PathBuf,
-    pub peers: PathBuf,
-    pub capture: PathBuf,
+/// A sink on `ip:port` recording ids and peers and capturing messages,
+/// with more `sluice-sink` flags (e.g. a fault profile:
+/// `--reject connect:421=1`).
+pub fn sink(dir: &Path, name: &str, ip: &str, port: u16, args: &[&str]) -> Sink {
+    SinkBuilder::new(dir, name)
+        .ip(ip)
+        .port(port)
+        .record_ids()
+        .record_peers()
+        .capture()
+        .args(args)
+        .start()
 }
 
-impl Sink {
-    pub fn start(dir: &Path, name: &str, ip: &str, port: u16) -> Sink {
-        Sink::start_with(dir, name, ip, port, &[])
-    }
-
-    /// Like [`Sink::start`], with more `sluice-sink` flags (e.g. a fault
-    /// profile: `--reject connect:421=1`).
-    pub fn start_with(dir: &Path, name: &str, ip: &str, port: u16, extra: &[&str]) -> Sink {
-        let ids = dir.join(format!("{name}-ids.txt"));
-        let peers = dir.join(format!("{name}-peers.txt"));
-        let capture = dir.join(format!("{name}-capture"));
-        std::fs::create_dir_all(&capture).expect("capture dir");
-        let mut cmd = Command::new(binary("sluice-sink").expect("sluice-sink binary"));
-        cmd.args(["--listen", &format!("{ip}:{port}"), "--cores", "1"])
-            .args(["--stats-interval", "0", "--summary-interval", "0"])
-            .arg("--record-ids")
-            .arg(&ids)
-            .arg("--record-peers")
-            .arg(&peers)
-            .arg("--capture")
-            .arg(&capture)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let process = Process::spawn("sluice-sink", cmd).expect("start the sink");
-        let addr: SocketAddr = format!("{ip}:{port}").parse().expect("sink address");
-        wait_for_port(addr, TIMEOUT).expect("sink listening");
-        Sink {
-            _process: process,
-            ids,
-            peers,
-            capture,
-        }
-    }
-
-    /// Ids received so far.
-    pub fn ids(&self) -> Vec<String> {
-        lines(&self.ids)
-    }
-
-    /// Peer addresses of the connections accepted so far, without the
-    /// test's own readiness probes (from 127.0.0.1).
-    pub fn peers(&self) -> Vec<String> {
-        lines(&self.peers)
-            .into_iter()
-            .filter(|p| p != "127.0.0.1")
-            .collect()
-    }
-
-    /// Every captured message, as text.
-    pub fn messages(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.capture)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Ok(t) = std::fs::read_to_string(e.path()) {
-                out.push(t);
-            }
-        }
-        out
-    }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The engine's config: the common parts plus `extra` (sections).
-pub fn write_config(dir: &Path, inject_port: u16, extra: &str) -> PathBuf {
-    let cfg = dir.join("sluice.toml");
-    let text = format!(
-        r#"hostname = "sluice.test"
-cores = [0]
-[inject]
-listen = "127.0.0.1:{inject_port}"
-message_size_max = "1MiB"
-[spool]
-dir = "{spool}"
-segment_size = "4MiB"
-[delivery]
-retry = "300ms"
-reply_timeout = "5s"
-connect_timeout = "2s"
-idle_close = "300ms"
-log_dir = "{log}"
-log_flush = "20ms"
-{extra}
-"#,
-        spool = dir.join("spool").display(),
-        log = dir.join("log").display(),
-    );
-    std::fs::write(&cfg, text).expect("write the config");
-    cfg
-}
-
-/// Starts `sluice run` and waits for its listener.
-pub fn start_engine(dir: &Path, cfg: &Path, inject_port: u16) -> Process {
-    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
-    cmd.arg("run")
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("sluice.err")).expect("stderr file"));
-    let p = Process::spawn("sluice", cmd).expect("start sluice");
-    wait_for_port(SocketAddr::from(([127, 0, 0, 1], inject_port)), TIMEOUT)
-        .expect("sluice listening");
-    p
+/// The engine's config: the shared base (one shard, 300 ms retry) with
+/// `extra` in `[delivery]` (and the sections after it: routes, `[dns]`).
+pub fn config(dir: &Path, extra: &str) -> EngineConfig {
+    EngineConfig::new(dir).delivery(extra)
 }
 
 /// One message to inject: id, recipients, extra header lines.
@@ -150,72 +45,21 @@ pub struct Msg<'a> {
 
 /// Injects messages over one SMTP session; returns after every `250`.
 pub fn inject(port: u16, messages: &[Msg<'_>]) {
-    let start = Instant::now();
-    let (mut r, mut w) = loop {
-        let s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT)
-            .expect("connect to sluice");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let mut greeting = String::new();
-        r.read_line(&mut greeting).expect("read the greeting");
-        if greeting.starts_with("220") {
-            break (r, s);
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "sluice keeps answering {greeting:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut expect = |code: &str| loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).expect("read a reply");
-        assert!(n > 0, "sluice closed the connection");
-        assert!(line.starts_with(code), "expected {code}, got {line:?}");
-        if line.as_bytes().get(3) != Some(&b'-') {
-            break;
-        }
-    };
-    w.write_all(b"EHLO injector.test\r\n").unwrap();
-    expect("250");
+    let mut c = Smtp::connect_ready(port);
     for m in messages {
-        w.write_all(b"MAIL FROM:<sender@origin.test>\r\n").unwrap();
-        expect("250");
-        for rc in m.rcpts {
-            w.write_all(format!("RCPT TO:<{rc}>\r\n").as_bytes())
-                .unwrap();
-            expect("250");
-        }
-        w.write_all(b"DATA\r\n").unwrap();
-        expect("354");
-        let body = format!(
-            "X-Sluice-Id: {id}\r\n{headers}Subject: test {id}\r\n\r\nbody of {id}\r\n.\r\n",
+        let data = format!(
+            "X-Sluice-Id: {id}\r\n{headers}Subject: test {id}\r\n\r\nbody of {id}\r\n",
             id = m.id,
             headers = m.headers
         );
-        w.write_all(body.as_bytes()).unwrap();
-        expect("250");
+        c.transaction("sender@origin.test", m.rcpts, &data);
     }
-    w.write_all(b"QUIT\r\n").unwrap();
-    expect("221");
+    c.close();
 }
 
 /// Every delivery log record so far.
 pub fn log_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir.join("log"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        for line in text.lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                out.push(v);
-            }
-        }
-    }
-    out
+    read_records(&dir.join("log"))
 }
 
 /// Records about `recipient`.
@@ -226,13 +70,19 @@ pub fn records_for(dir: &Path, recipient: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Polls `done` every 20 ms until it holds or [`SETTLE`] passes.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < SETTLE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `done` every 50 ms until it holds; panics after [`SETTLE`].
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    sluice_tests::wait_until(what, SETTLE, done)
+}
+
+/// The non-empty lines of a file (none while it does not exist).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The scripted DNS server; killed on drop.
