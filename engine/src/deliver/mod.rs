@@ -198,8 +198,6 @@ pub struct Shared {
     pub shaping: Option<Rc<Shaping>>,
     /// MX resolution of unrouted domains.
     pub mx: mx::Mx,
-    /// The shaping rules' sources and pools (none without a link).
-    pub sources: Option<sluice_shaping::config::Rules>,
     /// Bounce classification, message facts and delivery metrics.
     pub acct: Rc<crate::accounting::Accounting>,
     /// Sources whose connections were told to wait for a message token,
@@ -292,7 +290,6 @@ pub fn start_shared(
             ctx.index
         );
     }
-    let sources = shaping.as_ref().map(|link| link.rules.clone());
     let shaping = shaping.map(|link| Rc::new(Shaping::new(ctx.index, link)));
     if let Some(s) = &shaping {
         let rules = Rc::clone(s);
@@ -326,7 +323,6 @@ pub fn start_shared(
         log,
         shaping,
         mx,
-        sources,
         acct,
         waiting_sources: RefCell::new(HashMap::new()),
         relocations: RefCell::new(None),
