@@ -12,26 +12,7 @@ mod egress;
 
 use sluice_tests::{free_port, TIMEOUT};
 
-use egress::{inject, records_for, wait_until, Msg};
-
-const RULES: &str = r#"
-[default]
-pool = "two"
-
-[source.s2]
-bind = "127.0.0.2"
-ehlo = "s2.sluice.test"
-
-[source.s3]
-bind = "127.0.0.3"
-ehlo = "s3.sluice.test"
-
-[pool.two]
-sources = { s2 = 1 }
-
-[pool.three]
-sources = { s3 = 1 }
-"#;
+use egress::{inject, records_for, wait_until, Msg, TWO_POOLS};
 
 #[test]
 fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
@@ -39,7 +20,7 @@ fn pools_bind_their_sources_and_x_virtualmta_selects_one_and_is_removed() {
     let port = free_port().unwrap();
     let sink = egress::sink(dir.path(), "sink", "127.0.0.1", port, &[]);
     let rules = dir.path().join("shaping.toml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, TWO_POOLS).unwrap();
     // b.test's first host refuses (nothing listens there): a bound
     // connection fails over to the next host like an unbound one.
     let closed = free_port().unwrap();

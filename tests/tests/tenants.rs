@@ -11,13 +11,14 @@
 //! `cargo build -p sluice-engine -p sluice-sink`, then
 //! `SLUICE_BIN_DIR=$PWD/target/debug cargo test -p sluice-tests --test tenants`.
 
+mod egress;
 mod ops;
 
 use std::time::Duration;
 
 use ops::wait_until;
 use sluice_tests::{count, Engine, Smtp};
-use sluice_tests::{records_of, EngineConfig, SinkBuilder};
+use sluice_tests::{free_port, records_of};
 
 /// Sends one message with extra header lines; returns the spool id.
 fn send(c: &mut Smtp, from: &str, to: &[&str], tag: &str, headers: &str) -> String {
@@ -97,45 +98,20 @@ fn tenant_and_campaign_headers_reach_the_log_and_not_the_receiver() {
     assert!(tagged.1.contains("Body of tagged."), "{}", tagged.1);
 }
 
-const RULES: &str = r#"
-[default]
-pool = "two"
-
-[source.s2]
-bind = "127.0.0.2"
-ehlo = "s2.sluice.test"
-
-[source.s3]
-bind = "127.0.0.3"
-ehlo = "s3.sluice.test"
-
-[pool.two]
-sources = { s2 = 1 }
-
-[pool.three]
-sources = { s3 = 1 }
-"#;
-
 /// A tenant's `pool` is its messages' pool when they name none: they
 /// leave from the pool's source; `X-virtualMTA` still wins.
 #[test]
 fn a_tenants_pool_picks_its_source() {
-    // The MX and sources suites' settle time, as before this test moved here.
-    const SETTLE: Duration = Duration::from_secs(40);
     let dir = tempfile::tempdir().unwrap();
-    let sink = SinkBuilder::new(dir.path(), "sink")
-        .record_ids()
-        .record_peers()
-        .capture()
-        .start();
+    let sink = egress::sink(dir.path(), "sink", "127.0.0.1", free_port().unwrap(), &[]);
     let rules = dir.path().join("shaping.toml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, egress::TWO_POOLS).unwrap();
     let extra = format!(
         "shaping = \"{}\"\n[[route]]\npattern = \"*.test\"\nhosts = [\"127.0.0.1:{}\"]\n[tenants.acme]\npool = \"three\"\n",
         rules.display(),
         sink.port
     );
-    let mut engine = EngineConfig::new(dir.path()).delivery(&extra).start();
+    let mut engine = egress::config(dir.path(), &extra).start();
     let mut seen = 0;
     for (id, headers, want) in [
         ("plain", "", "127.0.0.2"),
@@ -146,17 +122,16 @@ fn a_tenants_pool_picks_its_source() {
             "127.0.0.2",
         ),
     ] {
-        let mut c = Smtp::connect_ready(engine.port);
-        c.transaction(
-            "sender@origin.test",
-            &["u@a.test"],
-            &format!("X-Sluice-Id: {id}\r\n{headers}Subject: test {id}\r\n\r\nbody of {id}\r\n"),
+        egress::inject(
+            engine.port,
+            &[egress::Msg {
+                id,
+                rcpts: &["u@a.test"],
+                headers,
+            }],
         );
-        c.close();
-        sluice_tests::wait_until("delivered", SETTLE, || sink.ids().contains(&id.to_string()));
-        sluice_tests::wait_until("its connection recorded", SETTLE, || {
-            sink.peers().len() > seen
-        });
+        egress::wait_until("delivered", || sink.ids().contains(&id.to_string()));
+        egress::wait_until("its connection recorded", || sink.peers().len() > seen);
         // Connections retire after 300 ms idle: wait so the next message
         // opens its own.
         let peers = sink.peers();

@@ -13,6 +13,27 @@ use std::time::Duration;
 
 use sluice_tests::{read_records, EngineConfig, Sink, SinkBuilder, Smtp};
 
+/// Shaping rules with sources on 127.0.0.2 (`s2`) and 127.0.0.3 (`s3`),
+/// a pool for each (`two`, `three`), and `two` the default rule's pool.
+pub const TWO_POOLS: &str = r#"
+[default]
+pool = "two"
+
+[source.s2]
+bind = "127.0.0.2"
+ehlo = "s2.sluice.test"
+
+[source.s3]
+bind = "127.0.0.3"
+ehlo = "s3.sluice.test"
+
+[pool.two]
+sources = { s2 = 1 }
+
+[pool.three]
+sources = { s3 = 1 }
+"#;
+
 /// Longest a test waits for outcomes.
 pub const SETTLE: Duration = Duration::from_secs(40);
 
