@@ -95,10 +95,10 @@ impl LatencyHistogram {
 pub struct DeliveryMetrics {
     /// Arrival to delivery.
     pub latency: LatencyHistogram,
-    /// Bounces (and expirations) by site, source pool (`""`: none) and
-    /// category.
+    /// Bounces (and expirations) by site, source (the bound source's
+    /// name, else the site's pool; `""`: none) and category.
     pub bounced: HashMap<(String, String, Category), u64>,
-    /// Transient failures by site, source pool and category.
+    /// Transient failures by site, source (as for `bounced`) and category.
     pub transient: HashMap<(String, String, Category), u64>,
     /// Bounce messages (DSNs) queued to senders.
     pub dsns_queued: u64,

@@ -177,12 +177,12 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
     for (name, help, map) in [
         (
             "sluice_bounces_total",
-            "Bounces and expirations by site, source pool and bounce category.",
+            "Bounces and expirations by site, source (the bound source, else the site's pool) and bounce category.",
             &bounced,
         ),
         (
             "sluice_transient_failures_total",
-            "Temporary failures by site, source pool and bounce category.",
+            "Temporary failures by site, source (the bound source, else the site's pool) and bounce category.",
             &transient,
         ),
     ] {

@@ -82,21 +82,28 @@ fn log(shared: &Shared, kind: RecordKind, s: &Subject<'_>, said: Option<&Said<'_
         let mut m = acct.metrics.borrow_mut();
         match kind {
             RecordKind::Delivery => m.latency.observe(now.saturating_sub(s.arrival_ms)),
-            RecordKind::Bounce | RecordKind::Expiration | RecordKind::AdminBounce => {
+            RecordKind::Bounce
+            | RecordKind::Expiration
+            | RecordKind::AdminBounce
+            | RecordKind::TransientFailure => {
+                // By site, source (the bound source's name; else the
+                // site's pool; else none) and category.
+                let source = said
+                    .and_then(|x| x.local)
+                    .and_then(|l| l.source)
+                    .or(queues.sites().pool(site))
+                    .unwrap_or("");
                 let key = (
                     site_name.clone(),
-                    queues.sites().pool(site).unwrap_or("").to_string(),
+                    source.to_string(),
                     category.unwrap_or(Category::Other),
                 );
-                *m.bounced.entry(key).or_insert(0) += 1;
-            }
-            RecordKind::TransientFailure => {
-                let key = (
-                    site_name.clone(),
-                    queues.sites().pool(site).unwrap_or("").to_string(),
-                    category.unwrap_or(Category::Other),
-                );
-                *m.transient.entry(key).or_insert(0) += 1;
+                let counts = if kind == RecordKind::TransientFailure {
+                    &mut m.transient
+                } else {
+                    &mut m.bounced
+                };
+                *counts.entry(key).or_insert(0) += 1;
             }
             RecordKind::Reception => {}
         }
