@@ -403,6 +403,16 @@ pub fn write_report(name: &str, mut results: serde_json::Value) {
     }
 }
 
+/// The non-empty lines of a file (none while it does not exist).
+pub fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Reads a JSON file, retrying briefly while it is being replaced.
 pub fn read_json(path: &Path) -> Result<serde_json::Value, SupportError> {
     let mut last = None;

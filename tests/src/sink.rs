@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{binary, free_port, read_json, wait_for_port, Process, TIMEOUT};
+use crate::{binary, free_port, read_json, read_lines, wait_for_port, Process, TIMEOUT};
 
 /// How to start a sink: one shard on `127.0.0.1` and a free port unless
 /// told otherwise, its JSON summary rewritten every 100 ms.
@@ -160,7 +160,7 @@ impl Sink {
 
     /// Ids received so far, in order (needs [`SinkBuilder::record_ids`]).
     pub fn ids(&self) -> Vec<String> {
-        lines(
+        read_lines(
             self.ids
                 .as_deref()
                 .expect("a sink started with record_ids()"),
@@ -189,7 +189,7 @@ impl Sink {
     /// Every recorded peer address, 127.0.0.1 included (the readiness
     /// probe, and an engine connecting unbound).
     pub fn all_peers(&self) -> Vec<String> {
-        lines(
+        read_lines(
             self.peers
                 .as_deref()
                 .expect("a sink started with record_peers()"),
@@ -219,14 +219,4 @@ impl Sink {
         v.sort();
         v
     }
-}
-
-/// The non-empty lines of a file (none while it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
 }

@@ -264,23 +264,17 @@ max_message_rate = "2/s burst 1"
     );
     let mut engine = egress::config(dir.path(), &extra).start();
     let inject_port = engine.port;
-    let ids: Vec<String> = (0..7).map(|n| format!("prov-{n}")).collect();
-    let rcpts: Vec<String> = (0..7)
-        .map(|n| format!("u{n}@{}.test", ["a", "b", "c"][n % 3]))
-        .collect();
-    let rcpt_refs: Vec<[&str; 1]> = rcpts.iter().map(|r| [r.as_str()]).collect();
-    let msgs: Vec<Msg<'_>> = ids
-        .iter()
-        .zip(&rcpt_refs)
-        .map(|(id, rcpts)| Msg {
-            id,
-            rcpts,
-            headers: "",
+    let msgs: Vec<(String, String)> = (0..7)
+        .map(|n| {
+            (
+                format!("prov-{n}"),
+                format!("u{n}@{}.test", ["a", "b", "c"][n % 3]),
+            )
         })
         .collect();
-    inject(inject_port, &msgs);
+    egress::inject_each(inject_port, &msgs);
     let mut at: Vec<u64> = Vec::new();
-    for rcpt in &rcpts {
+    for (_, rcpt) in &msgs {
         let record = wait_for(dir.path(), rcpt, "Delivery");
         at.push(record["at_ms"].as_u64().expect("at_ms"));
     }

@@ -173,19 +173,10 @@ sources = {{ s2 = 1, s3 = 1 }}
     );
     let mut engine = egress::config(dir.path(), &extra).start();
     let inject_port = engine.port;
-    let ids: Vec<String> = (0..MESSAGES).map(|n| format!("split-{n}")).collect();
-    let rcpts: Vec<String> = (0..MESSAGES).map(|n| format!("u{n}@split.test")).collect();
-    let rcpt_refs: Vec<[&str; 1]> = rcpts.iter().map(|r| [r.as_str()]).collect();
-    let msgs: Vec<Msg<'_>> = ids
-        .iter()
-        .zip(&rcpt_refs)
-        .map(|(id, rcpts)| Msg {
-            id,
-            rcpts,
-            headers: "",
-        })
+    let msgs: Vec<(String, String)> = (0..MESSAGES)
+        .map(|n| (format!("split-{n}"), format!("u{n}@split.test")))
         .collect();
-    inject(inject_port, &msgs);
+    egress::inject_each(inject_port, &msgs);
     wait_until("every message delivered", || sink.ids().len() >= MESSAGES);
     let mut deliveries = Vec::new();
     wait_until("every delivery logged", || {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sluice_tests::{read_records, EngineConfig, Sink, SinkBuilder, Smtp};
+use sluice_tests::{read_lines, read_records, EngineConfig, Sink, SinkBuilder, Smtp};
 
 /// Shaping rules with sources on 127.0.0.2 (`s2`) and 127.0.0.3 (`s3`),
 /// a pool for each (`two`, `three`), and `two` the default rule's pool.
@@ -78,6 +78,21 @@ pub fn inject(port: u16, messages: &[Msg<'_>]) {
     c.close();
 }
 
+/// Injects one message per (id, recipient) over one SMTP session.
+pub fn inject_each(port: u16, messages: &[(String, String)]) {
+    let rcpts: Vec<[&str; 1]> = messages.iter().map(|(_, r)| [r.as_str()]).collect();
+    let msgs: Vec<Msg<'_>> = messages
+        .iter()
+        .zip(&rcpts)
+        .map(|((id, _), rcpts)| Msg {
+            id,
+            rcpts,
+            headers: "",
+        })
+        .collect();
+    inject(port, &msgs);
+}
+
 /// Every delivery log record so far.
 pub fn log_records(dir: &Path) -> Vec<serde_json::Value> {
     read_records(&dir.join("log"))
@@ -94,16 +109,6 @@ pub fn records_for(dir: &Path, recipient: &str) -> Vec<serde_json::Value> {
 /// Polls `done` every 50 ms until it holds; panics after [`SETTLE`].
 pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
     sluice_tests::wait_until(what, SETTLE, done)
-}
-
-/// The non-empty lines of a file (none while it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 /// The scripted DNS server; killed on drop.
@@ -163,7 +168,7 @@ impl Dns {
 
     /// How many questions for `name` (any type) were asked so far.
     pub fn asked(&self, name: &str) -> usize {
-        lines(&self.queries)
+        read_lines(&self.queries)
             .iter()
             .filter(|l| l.split(' ').next() == Some(name))
             .count()
