@@ -12,6 +12,7 @@
 #   MESSAGES  messages per run (default 200000)
 #   SHARDS    engine shards, cores 0..SHARDS-1 (default 1)
 # env: CONNECTIONS=32 injection connections; POSTFIX=1 also run Postfix;
+#      TLS=opportunistic for STARTTLS to the sink (default: disabled);
 #      RATE=R open loop at R msgs/s for DURATION (default 30s) instead of
 #      MESSAGES as fast as replies allow (engine/bench/half-rate.sh uses it);
 #      PERF=1 record a perf profile of the engine (engine-perf.txt);
@@ -52,9 +53,10 @@ dir = "$OUT/spool"
 durability = "fdatasync"
 [delivery]
 log_dir = "$OUT/log"
-# Plaintext, like the Postfix relay (smtp_tls_security_level = none) and
-# the figures in BENCHMARKS.md; the engine's default is opportunistic TLS.
-tls = "disabled"
+# Plaintext by default, like the Postfix relay (smtp_tls_security_level =
+# none) and the figures in BENCHMARKS.md; TLS=opportunistic measures the
+# engine's default (the sink offers STARTTLS).
+tls = "${TLS:-disabled}"
 [[route]]
 pattern = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]

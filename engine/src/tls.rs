@@ -386,16 +386,29 @@ impl Tls {
     /// Encrypts `data` and writes it to the socket. rustls copies the
     /// plaintext into records (bounded by its buffer limit, so a large body
     /// goes out in pieces) and `write_tls` into our ciphertext buffer.
-    pub async fn write_all(&mut self, stream: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
+    pub async fn write_all(&mut self, stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+        self.queue(stream, data).await?;
+        self.flush(stream).await
+    }
+
+    /// Encrypts `data` into rustls's outgoing records without sending
+    /// them, except when its buffer is full: a batch of commands and
+    /// bodies then leaves in one socket write at the next [`Tls::flush`]
+    /// instead of one per piece.
+    pub async fn queue(&mut self, stream: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = self.conn.writer().write(data)?;
             data = &data[n..];
+            if data.is_empty() {
+                break;
+            }
             if n == 0 && !self.conn.wants_write() {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
                     "TLS writer accepted nothing",
                 ));
             }
+            // rustls's buffer is full: send what it holds, then go on.
             self.flush(stream).await?;
         }
         Ok(())

@@ -949,7 +949,7 @@ impl Conn {
             };
             // Straight from the spool mapping; under TLS rustls encrypts
             // from it into its record buffer (one copy) in pieces bounded
-            // by its buffer limit.
+            // by its buffer limit, and the records leave together below.
             match body.encoding {
                 BodyEncoding::Raw => send(&mut self.tls, stream, &txn.body).await?,
                 BodyEncoding::DotStuffed => {
@@ -958,6 +958,9 @@ impl Conn {
                     }
                 }
             }
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.flush(stream).await?;
         }
         stream.flush().await
     }
@@ -1198,14 +1201,15 @@ async fn read_tls_only(
     }
 }
 
-/// Writes `data` to the peer, through TLS when it is up.
+/// Writes `data` to the peer, through TLS when it is up (queued in
+/// rustls's records until the caller flushes the session).
 async fn send(
     tls: &mut Option<Box<Tls>>,
     stream: &mut TcpStream,
     data: &[u8],
 ) -> std::io::Result<()> {
     match tls {
-        Some(tls) => tls.write_all(stream, data).await,
+        Some(tls) => tls.queue(stream, data).await,
         None => stream.write_all(data).await,
     }
 }
