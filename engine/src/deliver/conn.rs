@@ -774,7 +774,7 @@ impl Conn {
             );
             let Some(dest) = dest else { break };
             let entries = std::mem::take(&mut self.batch);
-            let Some(txn) = self.prepare(dest, entries, now) else {
+            let Some(mut txn) = self.prepare(dest, entries, now) else {
                 continue;
             };
             if let Some(shaping) = &shared.shaping {
@@ -794,7 +794,7 @@ impl Conn {
                     break;
                 }
             }
-            let envelope = self.envelope(&txn);
+            let envelope = Conn::envelope(&mut txn);
             match self.session.queue(envelope) {
                 Ok(()) => {
                     self.txns.push_back(txn);
@@ -908,28 +908,32 @@ impl Conn {
         }
     }
 
-    fn envelope(&self, txn: &Txn) -> Envelope {
-        let sender = txn.sender.clone();
+    /// The session's envelope of `txn`. The sender and the DSN parameters
+    /// move into it (nothing reads them from the `Txn` afterwards); the
+    /// recipients are copied, as settling logs them.
+    fn envelope(txn: &mut Txn) -> Envelope {
+        let sender = std::mem::take(&mut txn.sender);
         let smtputf8 = !sender.is_ascii() || txn.recipients.iter().any(|r| !r.is_ascii());
         let mut env = Envelope::new(
             txn.env_id,
             sender,
             txn.recipients
                 .iter()
-                .zip(&txn.dsn)
+                .zip(std::mem::take(&mut txn.dsn))
                 .map(|(address, (notify, orcpt))| Recipient {
                     address: address.clone(),
-                    notify: *notify,
-                    orcpt: orcpt.clone(),
+                    notify,
+                    orcpt,
                 })
                 .collect(),
             txn.body.len() as u64,
         );
-        // RFC 6152: 8-bit content needs BODY=8BITMIME.
-        env.eight_bit = txn.body.iter().any(|&b| b >= 0x80);
+        // RFC 6152: 8-bit content needs BODY=8BITMIME (`is_ascii` checks a
+        // word at a time).
+        env.eight_bit = !txn.body.is_ascii();
         env.smtputf8 = smtputf8;
         env.ret = txn.ret;
-        env.envid = txn.envid.clone();
+        env.envid = txn.envid.take();
         env
     }
 

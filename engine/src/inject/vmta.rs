@@ -87,10 +87,7 @@ pub fn strip_fields(
 
 /// The index after the line starting at `at` (after its LF, or `end`).
 fn next_line(buf: &[u8], at: usize, end: usize) -> usize {
-    buf[at..end]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(end, |i| at + i + 1)
+    memchr::memchr(b'\n', &buf[at..end]).map_or(end, |i| at + i + 1)
 }
 
 fn is_field(field: &[u8], name: &[u8]) -> bool {
