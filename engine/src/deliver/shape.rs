@@ -256,26 +256,7 @@ impl Shaping {
     /// name when it says to bounce the recipient.
     pub fn feed(&self, queues: &Queues, dest: DestId, said: &Said<'_>) -> Option<String> {
         let d = self.destination(queues, dest);
-        let outcome = ShapingOutcome {
-            code: said.code,
-            enhanced: said.enhanced,
-            text: said.text,
-            destination: queues.domain(dest),
-            source: None,
-        };
-        let verdict = self
-            .shaper
-            .borrow_mut()
-            .feed_outcome(&d, &outcome, now_nanos());
-        if let Some(change) = verdict.change {
-            log::info!(
-                "shaping: {} now {:?} (rule {:?})",
-                d.rule.site,
-                change.mode,
-                change.rule
-            );
-        }
-        verdict.bounce
+        self.feed_at(&d, queues.domain(dest), None, said)
     }
 
     /// The retry delay of attempt `attempts` (0-based) for `dest`: the
