@@ -41,10 +41,12 @@ pub struct Message<'a> {
 
 /// Sends `messages` on one connection to `127.0.0.1:port`, one
 /// transaction at a time, and panics unless every step gets its expected
-/// reply (`220`, `250` to EHLO/MAIL/RCPT, `354`, `250` after the data,
-/// `221`).
+/// reply (`250` to EHLO/MAIL/RCPT, `354`, `250` after the data, `221`).
+/// The connection is retried while the greeting is `421 4.3.2`: with
+/// several shards on one port, a shard still recovering its spool answers
+/// so even after another one greeted.
 pub fn send_each(port: u16, messages: &[Message<'_>]) {
-    let mut c = Smtp::connect(port);
+    let mut c = Smtp::connect_ready(port);
     for m in messages {
         let data = format!(
             "X-Sluice-Id: {id}\r\nSubject: {id}\r\n\r\n{}\r\n",
