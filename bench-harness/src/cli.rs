@@ -93,6 +93,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
 
+    /// Open loop: a connection whose next message is due wakes at the next
+    /// multiple of this since the start, so an executor wakes once per tick
+    /// for all its connections instead of once per message. Latency still
+    /// counts from each message's exact due time, so the tick's wait (at
+    /// most one tick) is charged to the server. 0: wake for every message.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub tick: Duration,
+
     /// Transactions in flight per connection when the server offers
     /// PIPELINING (whole transactions are sent back to back); 1 without it.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]

@@ -449,7 +449,7 @@ async fn drive(
         }
         was_waiting = waiting;
         let reply_deadline = last_rx + settings.reply_timeout;
-        let due_at = next_due.map(|d| shared.start + d);
+        let due_at = next_due.map(|d| shared.start + round_up(d, settings.tick));
         let wake = match (waiting, due_at) {
             (true, Some(due)) => due.min(reply_deadline),
             (true, None) => reply_deadline,
@@ -654,9 +654,39 @@ fn account(
     }
 }
 
+/// `d` rounded up to a multiple of `tick` (unchanged when `tick` is zero).
+fn round_up(d: Duration, tick: Duration) -> Duration {
+    let t = tick.as_nanos();
+    if t == 0 {
+        return d;
+    }
+    let n = d.as_nanos().div_ceil(t) * t;
+    Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wake_ups_round_up_to_the_tick() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        assert_eq!(round_up(us(1), ms(1)), ms(1));
+        assert_eq!(round_up(ms(1), ms(1)), ms(1), "a due time on a tick stays");
+        assert_eq!(round_up(us(1_001), ms(1)), ms(2));
+        assert_eq!(round_up(Duration::ZERO, ms(1)), Duration::ZERO);
+        assert_eq!(
+            round_up(us(1_234), Duration::ZERO),
+            us(1_234),
+            "no tick: exact"
+        );
+        // Never earlier than due, at most one tick later.
+        for d in (0..50_000u64).step_by(137).map(Duration::from_micros) {
+            let r = round_up(d, us(250));
+            assert!(r >= d && r - d < us(250), "{d:?} -> {r:?}");
+        }
+    }
 
     #[test]
     fn base64_vectors() {

@@ -65,6 +65,8 @@ pub struct Settings {
     pub messages_per_connection: u64,
     /// Duration bound of the run.
     pub duration: Option<Duration>,
+    /// Open-loop wake-up quantum (zero: none).
+    pub tick: Duration,
 }
 
 /// Everything an executor needs, immutable.
@@ -243,6 +245,7 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
             connect_attempts: args.connect_attempts,
             messages_per_connection: args.messages_per_connection,
             duration: args.duration,
+            tick: args.tick,
         },
         start,
         start_unix_nanos,
