@@ -15,6 +15,9 @@
 #      TLS=opportunistic for STARTTLS to the sink (default: disabled);
 #      RATE=R open loop at R msgs/s for DURATION (default 30s) instead of
 #      MESSAGES as fast as replies allow (engine/bench/half-rate.sh uses it);
+#      TICK_Q=1ms open-loop wake-up quantum of the harness (its --tick);
+#      BENCH_EXTRA='--flag value ...' more sluice-bench run arguments;
+#      SPOOL_EXTRA='key = value' lines added to the engine's [spool] table;
 #      PERF=1 record a perf profile of the engine (engine-perf.txt);
 #      OUT=dir for reports (default a temp dir, printed); BIN=target/release
 # Build first: cargo build --release --bins
@@ -33,6 +36,9 @@ for b in sluice sluice-sink sluice-bench; do
 done
 
 PIDS=()
+# Start with nothing dirty from an earlier run: the kernel would write that
+# out in the middle of this one, in front of its group commits.
+sync
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
@@ -51,6 +57,7 @@ message_size_max = "1MiB"
 [spool]
 dir = "$OUT/spool"
 durability = "fdatasync"
+${SPOOL_EXTRA:-}
 [delivery]
 log_dir = "$OUT/log"
 # Plaintext by default, like the Postfix relay (smtp_tls_security_level =
@@ -74,7 +81,7 @@ if [ "${PERF:-0}" = 1 ]; then
   PERF_PID=$!
 fi
 if [ -n "${RATE:-}" ]; then
-  LOAD=(--rate "$RATE" --duration "${DURATION:-30s}")
+  LOAD=(--rate "$RATE" --duration "${DURATION:-30s}" --tick "${TICK_Q:-1ms}")
 else
   LOAD=(--messages "$N")
 fi
@@ -84,7 +91,7 @@ T0=$(date +%s.%N)
   --connections "$CONNECTIONS" --size 2k --recipients 1 --domains 1000 \
   --domain-shape zipf:1.1 --domain-suffix bench.test \
   --sink-summary "$OUT/sink.json" --sink-wait 120s \
-  --json "$OUT/sluice-bench.json" --progress none >"$OUT/bench.log" 2>&1 || true
+  --json "$OUT/sluice-bench.json" --progress none ${BENCH_EXTRA:-} >"$OUT/bench.log" 2>&1 || true
 read -r U1 S1 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
 T1=$(date +%s.%N)
 if [ "${PERF:-0}" = 1 ]; then
