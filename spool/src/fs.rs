@@ -398,6 +398,18 @@ impl Storage for FsStorage {
         Ok(self.segment(file, map, path))
     }
 
+    fn discard_if_empty(&self, seq: u64) -> Result<bool, SpoolError> {
+        let path = self.path(seq);
+        let m = std::fs::symlink_metadata(&path)
+            .map_err(|e| SpoolError::io("inspecting segment", &path, e))?;
+        if !m.file_type().is_file() || m.len() != 0 {
+            return Ok(false);
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| SpoolError::io("removing empty segment", &path, e))?;
+        Ok(true)
+    }
+
     fn create_segment(&self, seq: u64, bytes: usize) -> Result<FsSegment, SpoolError> {
         let path = self.path(seq);
         let (file, map) = create_file(&path, bytes, Fault::Lazily)?;

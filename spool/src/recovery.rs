@@ -40,6 +40,9 @@ pub struct RecoveryReport {
     /// Completion or deferral records naming a message that is not live
     /// (already complete, or its record was quarantined).
     pub orphan_records: u64,
+    /// Empty segment files removed (a crash between creating a segment and
+    /// reserving its blocks leaves one; it never held a record).
+    pub empty_segments_removed: u64,
     /// Time the scan took.
     pub elapsed: Duration,
     /// Where appends go after the open.
@@ -179,6 +182,16 @@ impl<S: Storage> Core<S> {
         // Where the last segment's data ends, if it is not sealed.
         let mut last_open: Option<(u64, usize)> = None;
         for &seq in &seqs {
+            if core.storage.discard_if_empty(seq)? {
+                log::warn!(
+                    "spool {}: removed {}: an empty file (the previous run stopped between \
+                     creating and reserving it)",
+                    core.cfg.shard,
+                    core.storage.segment_path(seq).display()
+                );
+                report.empty_segments_removed += 1;
+                continue;
+            }
             let map = core.storage.open_segment(seq)?;
             let end = core.recover_segment(seq, map, &mut report)?;
             last_open = end.map(|e| (seq, e));

@@ -71,6 +71,13 @@ pub trait Storage: 'static {
     }
     /// Maps an existing segment.
     fn open_segment(&self, seq: u64) -> Result<Self::Segment, SpoolError>;
+    /// Removes segment `seq` if it is an empty file (a crash came between
+    /// its creation and its reservation, so it never held a byte) and says
+    /// whether it did. Storage that cannot leave such a file keeps the
+    /// default.
+    fn discard_if_empty(&self, _seq: u64) -> Result<bool, SpoolError> {
+        Ok(false)
+    }
     /// Creates (exclusively), reserves `bytes` (`fallocate`) and maps a new
     /// segment. May block; [`SpoolError::DiskFull`] when space is short.
     fn create_segment(&self, seq: u64, bytes: usize) -> Result<Self::Segment, SpoolError>;

@@ -537,3 +537,44 @@ fn restart_on_a_full_tmpfs() {
     drop(spool);
     drop(mnt);
 }
+
+/// A crash between creating a segment file and reserving its blocks leaves
+/// an empty file: the next open removes it (it never held a record) and
+/// recovers everything else, instead of refusing to start.
+#[test]
+fn an_empty_segment_file_from_an_interrupted_creation_is_removed() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let written = fill(&root, 40, 1 << 20);
+    let shard = root.join("shard-0");
+    let mut names: Vec<String> = std::fs::read_dir(&shard)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("seg-"))
+        .collect();
+    names.sort();
+    let last = names.last().expect("fill made a segment");
+    let next = u64::from_str_radix(last.trim_start_matches("seg-"), 16).unwrap() + 1;
+    let empty = shard.join(format!("seg-{next:016x}"));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&empty)
+        .unwrap();
+    let (spool, report) = Spool::open(FsStorage::open(&root, 0).unwrap(), cfg(1 << 20))
+        .expect("an empty segment file does not stop the open");
+    assert_eq!(report.empty_segments_removed, 1, "{report:?}");
+    assert_eq!(report.quarantined_records, 0, "{report:?}");
+    // The open may have reused the number for its new head segment.
+    assert!(
+        std::fs::metadata(&empty).map_or(true, |m| m.len() > 0),
+        "the empty file is gone"
+    );
+    let live: std::collections::HashSet<u64> =
+        spool.live_messages().into_iter().map(|m| m.id).collect();
+    for (id, tag, _) in &written {
+        assert!(live.contains(id), "message {id} (tag {tag}) survived");
+    }
+}
