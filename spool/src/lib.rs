@@ -60,10 +60,12 @@
 //! mostly recycled segments (see Reclamation): their blocks are already
 //! allocated and written, so no `fallocate`, no unwritten-extent conversion
 //! and no kernel zero-filling of fresh pages; the mapping is kept and
-//! pre-faulted (`MADV_POPULATE_READ`) on glommio's blocking pool. When none
-//! is ready a new file is pre-created, reserved and pre-faulted
-//! (`MAP_POPULATE`) there; only if that is not ready either does the append
-//! create one inline (counted in [`SpoolStats`]).
+//! pre-faulted (`MADV_POPULATE_READ`, in 2 MiB steps) on glommio's blocking
+//! pool. When none is ready a new file is pre-created and reserved there;
+//! only if that is not ready either does the append create one inline
+//! (counted in [`SpoolStats`]). Mappings are `MADV_RANDOM` and
+//! `MADV_HUGEPAGE`: a fault on a page not yet in the page cache brings in
+//! one 2 MiB folio, never the device's readahead window (see [`fs`]).
 //! `fallocate` failing with ENOSPC/EDQUOT is [`SpoolError::DiskFull`] (the
 //! engine's `452 4.3.1`); [`Spool::has_room`] checks reserved and free space
 //! first. Messages never use the last 1/16 of a segment: that reserve keeps
