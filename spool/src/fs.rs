@@ -103,20 +103,30 @@ enum Fault {
 /// Step of the pre-fault of a recycled segment. Glommio's blocking pool
 /// runs on the shard's own CPU, and faulting in a whole 64 MiB segment in
 /// one call (MAP_POPULATE of a fresh one took 70–80 ms there) holds the
-/// shard's replies up: 2 MiB steps (one folio each) with a yield between
-/// them keep that wait short.
+/// shard's replies up: 2 MiB steps with a yield between them keep that
+/// wait short.
 const PREFAULT_CHUNK: usize = 2 << 20;
 
 /// Maps `bytes` of `file` and tells the kernel not to read ahead on faults
 /// in it (`MADV_RANDOM`): a store to a page that is not in the page cache
 /// yet would otherwise fault in the device's whole readahead window (8 MiB
 /// on this machine's disk, zero-filled from the segment's unwritten blocks,
-/// 15–25 ms on the shard's thread in the middle of an append). With
-/// `MADV_HUGEPAGE` as well, a fault brings in one 2 MiB folio (about 0.3 ms
-/// of zero-filling for a fresh segment). Fresh segments are not pre-faulted:
-/// on the blocking pool that work competes for the shard's CPU anyway, and
-/// at 20 KB records it made spares late (16–25 of 40 rotations created the
-/// segment inline) where lazy faulting kept them ready.
+/// 15–25 ms on the shard's thread in the middle of an append).
+///
+/// It also keeps the page cache folios of a segment at 4 KiB, which is what
+/// keeps group commits from rewriting the device: the first store into a
+/// clean folio after a sync marks the *whole* folio dirty (`page_mkwrite`),
+/// so with the large folios readahead builds, every small commit wrote up to
+/// 2 MiB again. At 17,000 messages/s (about 500 commits/s of ~75 KB each)
+/// the device wrote 11 GB in 20 s with readahead folios, 25 GB with
+/// `MADV_HUGEPAGE`, and 1.1 GB (the records and the delivery log) with
+/// 4 KiB folios. The price is paid at saturation with large commits, where
+/// per-folio writeback work dominates (2 KB appends on two shards: about
+/// 160k/s in all against 290k/s with readahead folios); see BENCHMARKS.md.
+///
+/// Fresh segments are not pre-faulted: on the blocking pool that work
+/// competes for the shard's CPU anyway, and at 20 KB records it made spares
+/// late (16–25 of 40 rotations created the segment inline).
 fn map_file(file: &File, path: &Path, bytes: usize, fault: Fault) -> Result<MmapRaw, SpoolError> {
     let mut o = MmapOptions::new();
     o.len(bytes);
@@ -129,11 +139,6 @@ fn map_file(file: &File, path: &Path, bytes: usize, fault: Fault) -> Result<Mmap
     // SAFETY: the range is the mapping just made; the advice changes no byte.
     // Failure only leaves the default readahead in place.
     unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), libc::MADV_RANDOM) };
-    // SAFETY: as above. With it a fault reads exactly one 2 MiB folio
-    // (MADV_RANDOM alone would make every page its own 4 KiB folio, and
-    // writeback of those cost 2 KB appends on two shards 40% of their
-    // rate); kernels or file systems without large folios ignore it.
-    unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), libc::MADV_HUGEPAGE) };
     Ok(map)
 }
 

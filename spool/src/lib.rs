@@ -63,9 +63,10 @@
 //! pre-faulted (`MADV_POPULATE_READ`, in 2 MiB steps) on glommio's blocking
 //! pool. When none is ready a new file is pre-created and reserved there;
 //! only if that is not ready either does the append create one inline
-//! (counted in [`SpoolStats`]). Mappings are `MADV_RANDOM` and
-//! `MADV_HUGEPAGE`: a fault on a page not yet in the page cache brings in
-//! one 2 MiB folio, never the device's readahead window (see [`fs`]).
+//! (counted in [`SpoolStats`]). Mappings are `MADV_RANDOM`: a fault on a
+//! page not yet in the page cache brings in that page, never the device's
+//! readahead window, and folios stay 4 KiB, so a small group commit writes
+//! what changed and not a whole large folio again (see [`fs`]).
 //! `fallocate` failing with ENOSPC/EDQUOT is [`SpoolError::DiskFull`] (the
 //! engine's `452 4.3.1`); [`Spool::has_room`] checks reserved and free space
 //! first. Messages never use the last 1/16 of a segment: that reserve keeps
