@@ -98,7 +98,7 @@ pub struct RunArgs {
     /// for all its connections instead of once per message. Latency still
     /// counts from each message's exact due time, so the tick's wait (at
     /// most one tick) is charged to the server. 0: wake for every message.
-    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "0.5ms", value_parser = parse_duration)]
     pub tick: Duration,
 
     /// Transactions in flight per connection when the server offers

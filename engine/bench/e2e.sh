@@ -15,8 +15,9 @@
 #      TLS=opportunistic for STARTTLS to the sink (default: disabled);
 #      RATE=R open loop at R msgs/s for DURATION (default 30s) instead of
 #      MESSAGES as fast as replies allow (engine/bench/half-rate.sh uses it);
-#      TICK_Q=1ms open-loop wake-up quantum of the harness (its --tick);
+#      TICK_Q= open-loop wake-up quantum of the harness (its --tick, 0.5ms);
 #      BENCH_EXTRA='--flag value ...' more sluice-bench run arguments;
+#      DELIVERY_EXTRA='key = value' lines added to its [delivery] table;
 #      SPOOL_EXTRA='key = value' lines added to the engine's [spool] table;
 #      PERF=1 record a perf profile of the engine (engine-perf.txt);
 #      OUT=dir for reports (default a temp dir, printed); BIN=target/release
@@ -70,6 +71,7 @@ log_dir = "$OUT/log"
 # none) and the figures in BENCHMARKS.md; TLS=opportunistic measures the
 # engine's default (the sink offers STARTTLS).
 tls = "${TLS:-disabled}"
+${DELIVERY_EXTRA:-}
 [[route]]
 pattern = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
@@ -87,7 +89,7 @@ if [ "${PERF:-0}" = 1 ]; then
   PERF_PID=$!
 fi
 if [ -n "${RATE:-}" ]; then
-  LOAD=(--rate "$RATE" --duration "${DURATION:-30s}" --tick "${TICK_Q:-1ms}")
+  LOAD=(--rate "$RATE" --duration "${DURATION:-30s}" ${TICK_Q:+--tick "$TICK_Q"})
 else
   LOAD=(--messages "$N")
 fi

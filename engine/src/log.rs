@@ -530,7 +530,7 @@ impl DeliveryLog {
 
 /// Records (lines) in a batch.
 fn lines(batch: &[u8]) -> u64 {
-    batch.iter().filter(|&&c| c == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', batch).count() as u64
 }
 
 /// Rate-limited stderr reports of lost records.
@@ -595,12 +595,7 @@ impl Out {
         // Line ends, so a short write can tell how many records made it
         // (the write takes the buffer).
         let ends: Vec<usize> = if self.counts_records {
-            batch
-                .iter()
-                .enumerate()
-                .filter(|(_, &c)| c == b'\n')
-                .map(|(i, _)| i)
-                .collect()
+            memchr::memchr_iter(b'\n', &batch).collect()
         } else {
             Vec::new()
         };
