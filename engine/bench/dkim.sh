@@ -15,7 +15,8 @@
 # usage: engine/bench/dkim.sh [ROUNDS] [N_UNSIGNED_ED25519] [N_RSA]
 #   defaults: 3 rounds, 100000 messages (none, Ed25519), 20000 (RSA)
 # env: OUT=dir for reports (default a temp dir); BIN=target/release;
-#      CONNECTIONS=32; SIGN_SECONDS=3 (raw measurement per key)
+#      CONNECTIONS=32; SIGN_SECONDS=3 (raw measurement per key);
+#      SPOOL_EXTRA='key = value' lines added to the engine's [spool] table
 # Build first: cargo build --release --bins && \
 #              cargo build --release -p sluice-dkim --example sign_rate
 set -euo pipefail
@@ -71,6 +72,7 @@ message_size_max = "1MiB"
 [spool]
 dir = "$dir/spool"
 durability = "fdatasync"
+${SPOOL_EXTRA:-}
 [delivery]
 log_dir = "$dir/log"
 [[route]]
