@@ -52,7 +52,7 @@
 //! ([`sluice_outcomes::CSV_HEADER`]), written by `sluice-outcomes`.
 
 // std
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -436,6 +436,7 @@ impl DeliveryLog {
         let mut last_start_ms = 0u64;
         let mut reported_drops = 0u64;
         let mut loss = LossReport::default();
+        let behind_busy: Rc<Cell<bool>> = Rc::default();
         loop {
             let closed = self.inner.borrow().closed;
             let mut json = self.take_buffer();
@@ -461,7 +462,7 @@ impl DeliveryLog {
             if files.is_none() && !json.is_empty() {
                 let start = crate::deliver::now_unix_ms().max(last_start_ms + 1);
                 last_start_ms = start;
-                match Files::open(&cfg, start, csv).await {
+                match Files::open(&cfg, start, csv, &behind_busy).await {
                     Ok(f) => {
                         let header = f.csv.as_ref().map_or(0, |c| c.pos);
                         self.count(|s| {
@@ -524,9 +525,20 @@ impl DeliveryLog {
         if let Some(f) = files {
             f.close().await;
         }
+        // No blocking-pool work may outlive the executor: wait out a
+        // write-behind call (it only starts writeback; bounded anyway).
+        for _ in 0..WRITE_BEHIND_WAIT_ROUNDS {
+            if !behind_busy.get() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
         Ok(())
     }
 }
+
+/// At close, wait at most this many 5 ms rounds for a write-behind call.
+const WRITE_BEHIND_WAIT_ROUNDS: u32 = 400;
 
 /// Records (lines) in a batch.
 fn lines(batch: &[u8]) -> u64 {
@@ -574,14 +586,21 @@ struct Out {
     file: glommio::io::BufferedFile,
     pos: u64,
     counts_records: bool,
+    /// Where the range not yet handed to write-behind starts.
+    behind: u64,
+    /// A write-behind call of this writer is running on the blocking pool
+    /// (shared by its files).
+    behind_busy: Rc<Cell<bool>>,
 }
 
 impl Out {
-    async fn create(path: &Path) -> std::io::Result<Out> {
+    async fn create(path: &Path, behind_busy: &Rc<Cell<bool>>) -> std::io::Result<Out> {
         Ok(Out {
             file: glommio::io::BufferedFile::create(path).await?,
             pos: 0,
             counts_records: true,
+            behind: 0,
+            behind_busy: Rc::clone(behind_busy),
         })
     }
 
@@ -610,10 +629,9 @@ impl Out {
                 return Err(e.to_string());
             }
         };
-        let at = self.pos;
         self.pos += written as u64;
         log.count(|s| s.bytes_written += written as u64);
-        self.write_behind(at, written).await;
+        self.write_behind();
         if written < len {
             let whole = ends.partition_point(|&e| e < written);
             let lost = (ends.len() - whole) as u64;
@@ -630,23 +648,48 @@ impl Out {
 }
 
 impl Out {
-    /// Starts writeback of what was just written (`SYNC_FILE_RANGE_WRITE`,
-    /// on glommio's blocking pool; no durability meaning). Left to the
-    /// kernel's flusher, a busy log (15 MB/s at 16,000 deliveries/s) is
-    /// written out in bursts of hundreds of MB once it is 30 s old, and the
-    /// spool's group commits queued behind such a burst for up to 230 ms
-    /// (every `250` on the shard waited with them). Written a batch at a
-    /// time, it shares the device evenly instead.
-    async fn write_behind(&self, at: u64, len: usize) {
-        let fd = self.file.as_raw_fd();
-        let (off, len) = (at as libc::off64_t, len as libc::off64_t);
-        glommio::executor()
-            .spawn_blocking(move || {
-                // SAFETY: plain syscall; `fd` stays open while `self`, which
-                // owns it, is borrowed by this future.
-                unsafe { libc::sync_file_range(fd, off, len, libc::SYNC_FILE_RANGE_WRITE) };
-            })
-            .await;
+    /// Starts writeback of what was written since the last call
+    /// (`SYNC_FILE_RANGE_WRITE` on glommio's blocking pool; no durability
+    /// meaning). Left to the kernel's flusher, a busy log (15 MB/s at 16,000
+    /// deliveries/s) is written out in bursts of hundreds of MB once it is
+    /// 30 s old, and the spool's group commits queued behind such a burst
+    /// for up to 230 ms (every `250` on the shard waited with them). Kicked
+    /// a batch at a time, it shares the device evenly instead.
+    ///
+    /// The writer does not wait for it: on a congested disk the call can
+    /// block, and the log must keep taking records. One call at a time; a
+    /// batch written meanwhile joins the next call's range. The call works
+    /// on its own duplicate of the descriptor, so closing or rotating the
+    /// file under it is safe.
+    fn write_behind(&mut self) {
+        if self.behind_busy.get() || self.pos == self.behind {
+            return;
+        }
+        // SAFETY: plain syscall on a descriptor this file owns.
+        let fd = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return; // Only an optimisation: the flusher writes it anyway.
+        }
+        let (off, len) = (
+            self.behind as libc::off64_t,
+            (self.pos - self.behind) as libc::off64_t,
+        );
+        self.behind = self.pos;
+        self.behind_busy.set(true);
+        let busy = Rc::clone(&self.behind_busy);
+        glommio::spawn_local(async move {
+            glommio::executor()
+                .spawn_blocking(move || {
+                    // SAFETY: `fd` is our duplicate, closed exactly once here.
+                    unsafe {
+                        libc::sync_file_range(fd, off, len, libc::SYNC_FILE_RANGE_WRITE);
+                        libc::close(fd);
+                    }
+                })
+                .await;
+            busy.set(false);
+        })
+        .detach();
     }
 }
 
@@ -659,13 +702,25 @@ struct Files {
 }
 
 impl Files {
-    async fn open(cfg: &WriterConfig, start_ms: u64, csv: bool) -> std::io::Result<Files> {
+    async fn open(
+        cfg: &WriterConfig,
+        start_ms: u64,
+        csv: bool,
+        behind_busy: &Rc<Cell<bool>>,
+    ) -> std::io::Result<Files> {
         std::fs::create_dir_all(&cfg.dir)?;
         let shard = cfg.shard;
-        let json = Out::create(&cfg.dir.join(format!("delivery-{shard}-{start_ms}.jsonl"))).await?;
+        let json = Out::create(
+            &cfg.dir.join(format!("delivery-{shard}-{start_ms}.jsonl")),
+            behind_busy,
+        )
+        .await?;
         let csv = if csv {
-            let mut out =
-                Out::create(&cfg.dir.join(format!("acct-{shard}-{start_ms}.csv"))).await?;
+            let mut out = Out::create(
+                &cfg.dir.join(format!("acct-{shard}-{start_ms}.csv")),
+                behind_busy,
+            )
+            .await?;
             out.counts_records = false;
             let mut header = Vec::with_capacity(256);
             sluice_outcomes::write_csv_header(&mut header);
