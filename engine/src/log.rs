@@ -54,6 +54,7 @@
 // std
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -436,7 +437,7 @@ impl DeliveryLog {
         let mut last_start_ms = 0u64;
         let mut reported_drops = 0u64;
         let mut loss = LossReport::default();
-        let behind_busy: Rc<Cell<bool>> = Rc::default();
+        let behind_running: Rc<Cell<u32>> = Rc::default();
         loop {
             let closed = self.inner.borrow().closed;
             let mut json = self.take_buffer();
@@ -462,7 +463,7 @@ impl DeliveryLog {
             if files.is_none() && !json.is_empty() {
                 let start = crate::deliver::now_unix_ms().max(last_start_ms + 1);
                 last_start_ms = start;
-                match Files::open(&cfg, start, csv, &behind_busy).await {
+                match Files::open(&cfg, start, csv, &behind_running).await {
                     Ok(f) => {
                         let header = f.csv.as_ref().map_or(0, |c| c.pos);
                         self.count(|s| {
@@ -528,7 +529,7 @@ impl DeliveryLog {
         // No blocking-pool work may outlive the executor: wait out a
         // write-behind call (it only starts writeback; bounded anyway).
         for _ in 0..WRITE_BEHIND_WAIT_ROUNDS {
-            if !behind_busy.get() {
+            if behind_running.get() == 0 {
                 break;
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -588,19 +589,22 @@ struct Out {
     counts_records: bool,
     /// Where the range not yet handed to write-behind starts.
     behind: u64,
-    /// A write-behind call of this writer is running on the blocking pool
-    /// (shared by its files).
+    /// A write-behind call for this file is running on the blocking pool.
     behind_busy: Rc<Cell<bool>>,
+    /// Write-behind calls of this writer running (all its files), which
+    /// the writer waits out at close.
+    behind_running: Rc<Cell<u32>>,
 }
 
 impl Out {
-    async fn create(path: &Path, behind_busy: &Rc<Cell<bool>>) -> std::io::Result<Out> {
+    async fn create(path: &Path, behind_running: &Rc<Cell<u32>>) -> std::io::Result<Out> {
         Ok(Out {
             file: glommio::io::BufferedFile::create(path).await?,
             pos: 0,
             counts_records: true,
             behind: 0,
-            behind_busy: Rc::clone(behind_busy),
+            behind_busy: Rc::default(),
+            behind_running: Rc::clone(behind_running),
         })
     }
 
@@ -657,10 +661,11 @@ impl Out {
     /// a batch at a time, it shares the device evenly instead.
     ///
     /// The writer does not wait for it: on a congested disk the call can
-    /// block, and the log must keep taking records. One call at a time; a
-    /// batch written meanwhile joins the next call's range. The call works
-    /// on its own duplicate of the descriptor, so closing or rotating the
-    /// file under it is safe.
+    /// block, and the log must keep taking records. One call at a time per
+    /// file; a batch written meanwhile joins the next call's range. The call
+    /// works on its own duplicate of the descriptor (closed when the job is
+    /// dropped, run or not), so closing or rotating the file under it is
+    /// safe.
     fn write_behind(&mut self) {
         if self.behind_busy.get() || self.pos == self.behind {
             return;
@@ -670,24 +675,29 @@ impl Out {
         if fd < 0 {
             return; // Only an optimisation: the flusher writes it anyway.
         }
+        // SAFETY: `fd` was just returned by F_DUPFD and nothing else owns it.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
         let (off, len) = (
             self.behind as libc::off64_t,
             (self.pos - self.behind) as libc::off64_t,
         );
         self.behind = self.pos;
         self.behind_busy.set(true);
+        self.behind_running.set(self.behind_running.get() + 1);
         let busy = Rc::clone(&self.behind_busy);
+        let running = Rc::clone(&self.behind_running);
         glommio::spawn_local(async move {
             glommio::executor()
                 .spawn_blocking(move || {
-                    // SAFETY: `fd` is our duplicate, closed exactly once here.
+                    // SAFETY: plain syscall on our duplicate, open until
+                    // `fd` drops at the end of this closure.
                     unsafe {
-                        libc::sync_file_range(fd, off, len, libc::SYNC_FILE_RANGE_WRITE);
-                        libc::close(fd);
-                    }
+                        libc::sync_file_range(fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE)
+                    };
                 })
                 .await;
             busy.set(false);
+            running.set(running.get() - 1);
         })
         .detach();
     }
@@ -706,19 +716,19 @@ impl Files {
         cfg: &WriterConfig,
         start_ms: u64,
         csv: bool,
-        behind_busy: &Rc<Cell<bool>>,
+        behind_running: &Rc<Cell<u32>>,
     ) -> std::io::Result<Files> {
         std::fs::create_dir_all(&cfg.dir)?;
         let shard = cfg.shard;
         let json = Out::create(
             &cfg.dir.join(format!("delivery-{shard}-{start_ms}.jsonl")),
-            behind_busy,
+            behind_running,
         )
         .await?;
         let csv = if csv {
             let mut out = Out::create(
                 &cfg.dir.join(format!("acct-{shard}-{start_ms}.csv")),
-                behind_busy,
+                behind_running,
             )
             .await?;
             out.counts_records = false;
