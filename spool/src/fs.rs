@@ -21,7 +21,7 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -144,10 +144,23 @@ fn map_file(file: &File, path: &Path, bytes: usize, fault: Fault) -> Result<Mmap
 
 /// Faults a segment's mapping in [`PREFAULT_CHUNK`] steps, yielding the CPU
 /// between them.
-fn prefault_chunked(addr: usize, len: usize) {
+/// `POSIX_FADV_WILLNEED` on each step first reads pages that were evicted
+/// in one request (the mapping's `MADV_RANDOM` would otherwise fault them
+/// in a page at a time); pages still cached cost it nothing.
+fn prefault_chunked(fd: RawFd, addr: usize, len: usize) {
     let mut off = 0;
     while off < len {
         let n = PREFAULT_CHUNK.min(len - off);
+        // SAFETY: plain syscall on a descriptor the caller keeps open;
+        // advice only.
+        unsafe {
+            libc::posix_fadvise(
+                fd,
+                off as libc::off_t,
+                n as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
         prefault(addr + off, n);
         off += n;
         std::thread::yield_now();
@@ -163,8 +176,9 @@ fn prefault(addr: usize, len: usize) {
                                                 // SAFETY: `addr..addr + len` is a live mapping owned by the caller;
                                                 // populating reads it and changes no byte.
     let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_READ) };
-    if rc != 0 {
-        // Older kernels: touch one byte per page.
+    if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // Older kernels: touch one byte per page. (Any other failure is
+        // left alone: pre-faulting is only an optimisation.)
         let mut sum = 0u8;
         for off in (0..len).step_by(4096) {
             // SAFETY: in bounds of the live mapping; a plain read.
@@ -465,13 +479,14 @@ impl Storage for FsStorage {
             // (which owns the mapping) stays in this future until the
             // blocking work is done.
             let (addr, len) = (seg.map.as_mut_ptr() as usize, seg.map.len());
+            let fd = seg.file.as_raw_fd();
             let target = new.clone();
             glommio::executor()
                 .spawn_blocking(move || {
                     // The target never exists: sequence numbers are new.
                     std::fs::rename(&old, &target)
                         .map_err(|e| SpoolError::io("renaming segment", &old, e))?;
-                    prefault_chunked(addr, len);
+                    prefault_chunked(fd, addr, len);
                     Ok::<(), SpoolError>(())
                 })
                 .await?;
