@@ -11,6 +11,11 @@ use sluice_engine::runtime::{
     home_shard, resolve_cores, shard_count, shard_port, ActiveRules, Engine, RuntimeError,
 };
 
+/// mimalloc's per-thread heaps suit thread-per-core: a shard allocates and
+/// frees on its own thread without locks (ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice: a thread-per-core outbound SMTP sending engine.
 ///
 /// Messages injected over SMTP are stored durably in a per-shard spool,
