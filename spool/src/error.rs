@@ -51,6 +51,14 @@ pub enum SpoolError {
         /// What is wrong and how to fix it.
         detail: String,
     },
+    /// Another open spool holds this shard directory (an advisory `flock`
+    /// on it, held while the spool is open): two engines on one spool would
+    /// interleave appends and delete each other's segments.
+    #[error("{path} is in use by another process (another sluice on the same spool dir?); stop it or choose another spool dir")]
+    Locked {
+        /// The shard directory.
+        path: PathBuf,
+    },
     /// A record cannot be encoded, or a record that passed its checksum does
     /// not parse.
     #[error("format: {0}")]

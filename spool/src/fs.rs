@@ -223,6 +223,8 @@ impl FsStorage {
     /// Opens (creating if needed) `<spool_dir>/shard-<shard>/`. Directories
     /// are created 0700; an existing one open to group or others, or a
     /// symlink, is a [`SpoolError::Permissions`] error naming the path.
+    /// The shard directory is locked (`flock`) while the storage lives: a
+    /// second open, from this process or another, is [`SpoolError::Locked`].
     pub fn open(spool_dir: &Path, shard: u32) -> Result<Self, SpoolError> {
         ensure_private_dir(spool_dir)?;
         let dir = spool_dir.join(format!("shard-{shard}"));
@@ -234,6 +236,17 @@ impl FsStorage {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&dir)
             .map_err(|e| SpoolError::io("opening directory", &dir, e))?;
+        // Held until `dir_file` is closed (the spool is dropped or the
+        // process dies, kill -9 included).
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::flock(dir_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                SpoolError::Locked { path: dir }
+            } else {
+                SpoolError::io("locking", &dir, e)
+            });
+        }
         Ok(FsStorage {
             dir,
             quarantine_dir,

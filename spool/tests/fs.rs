@@ -139,6 +139,23 @@ fn bad_permissions_name_the_path() {
     ));
 }
 
+#[test]
+fn a_shard_dir_is_opened_by_one_spool_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let first = FsStorage::open(&root, 0).unwrap();
+    let Err(err) = FsStorage::open(&root, 0) else {
+        panic!("a second open of a locked shard directory succeeded");
+    };
+    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("shard-0"), "{err}");
+    // Another shard of the same spool is independent.
+    let other = FsStorage::open(&root, 1).unwrap();
+    drop(first);
+    let again = FsStorage::open(&root, 0).unwrap();
+    drop((other, again));
+}
+
 /// Writes `n` committed messages and returns (id, tag, ref) for each.
 fn fill(root: &Path, n: u64, segment_bytes: usize) -> Vec<(u64, u64, RecordRef)> {
     let root = root.to_path_buf();

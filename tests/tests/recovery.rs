@@ -16,7 +16,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{binary, dir_bytes, free_port, loopback, read_json, write_report, Process};
+use sluice_tests::{
+    binary, dir_bytes, free_port, loopback, read_json, run_bounded, write_report, Process,
+};
 
 /// Messages queued in the short (CI) version.
 const SHORT: u64 = 30_000;
@@ -99,6 +101,42 @@ fn live_messages(said: &str) -> Option<u64> {
     let line = said.lines().find(|l| l.contains("spool opened in"))?;
     let before = line.split(" live message(s)").next()?;
     before.rsplit(' ').next()?.parse().ok()
+}
+
+/// A second engine pointed at a spool that a running one holds stops with
+/// an error naming the shard directory, and the first one keeps serving.
+#[test]
+fn a_second_engine_on_the_same_spool_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, other, nobody) = (
+        free_port().expect("port"),
+        free_port().expect("port"),
+        free_port().expect("port"),
+    );
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        config(dir.path(), port, nobody),
+    )
+    .expect("config");
+    let _first = start(dir.path(), "first");
+    let (_, _, wrong) = probe_until_greeting(loopback(port));
+    assert!(wrong.is_empty(), "{wrong:?}");
+
+    let second_config = dir.path().join("second.toml");
+    std::fs::write(&second_config, config(dir.path(), other, nobody)).expect("config");
+    let mut cmd = Command::new(binary("sluice").expect("sluice binary"));
+    cmd.arg("run").arg("--config").arg(&second_config);
+    let ran = run_bounded(dir.path(), "second", cmd, Duration::from_secs(60));
+    assert!(!ran.success, "the second engine ran: {}", ran.stderr);
+    assert!(
+        ran.stderr.contains("in use by another process") && ran.stderr.contains("shard-0"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        probe(loopback(port)).as_deref().map(|l| &l[..4]),
+        Some("220 ")
+    );
 }
 
 #[test]
