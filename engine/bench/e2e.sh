@@ -11,7 +11,11 @@
 # usage: engine/bench/e2e.sh [MESSAGES] [SHARDS]
 #   MESSAGES  messages per run (default 200000)
 #   SHARDS    engine shards, cores 0..SHARDS-1 (default 1)
-# env: CONNECTIONS=32 injection connections; POSTFIX=1 also run Postfix;
+# env: CONNECTIONS=32 injection connections; WINDOW=16 transactions in
+#      flight per connection (sluice-bench --window; with 8, 256 messages in
+#      flight wait ~5 ms for their group commit and the CPUs idle ~40% of
+#      the time, so the closed loop measured the harness, not the engine:
+#      BENCHMARKS.md, session 5); POSTFIX=1 also run Postfix;
 #      TLS=opportunistic for STARTTLS to the sink (default: disabled);
 #      RATE=R open loop at R msgs/s for DURATION (default 30s) instead of
 #      MESSAGES as fast as replies allow (engine/bench/half-rate.sh uses it);
@@ -28,6 +32,7 @@ BIN=${BIN:-$ROOT/target/release}
 N=${1:-200000}
 SHARDS=${2:-1}
 CONNECTIONS=${CONNECTIONS:-32}
+WINDOW=${WINDOW:-16}
 OUT=${OUT:-$(mktemp -d)}
 IN_PORT=${IN_PORT:-2625}
 SINK_PORT=${SINK_PORT:-2626}
@@ -96,7 +101,7 @@ fi
 read -r U0 S0 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
 T0=$(date +%s.%N)
 "$BIN/sluice-bench" run --target "127.0.0.1:$IN_PORT" "${LOAD[@]}" \
-  --connections "$CONNECTIONS" --size 2k --recipients 1 --domains 1000 \
+  --connections "$CONNECTIONS" --window "$WINDOW" --size 2k --recipients 1 --domains 1000 \
   --domain-shape zipf:1.1 --domain-suffix bench.test \
   --sink-summary "$OUT/sink.json" --sink-wait 120s \
   --json "$OUT/sluice-bench.json" --progress none ${BENCH_EXTRA:-} >"$OUT/bench.log" 2>&1 || true
