@@ -8,11 +8,6 @@ use std::sync::Arc;
 use clap::Parser;
 use sluice_bench::cli::{Cli, Command};
 
-/// mimalloc's per-thread heaps suit thread-per-core: a shard allocates and
-/// frees on its own thread without locks (ARCHITECTURE.md, "Allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let interrupt = Arc::new(AtomicBool::new(false));

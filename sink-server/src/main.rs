@@ -7,11 +7,6 @@ use sluice_sink::cli::{Cli, Command};
 use sluice_sink::profile::{Overrides, Profile};
 use sluice_sink::runner::Sink;
 
-/// mimalloc's per-thread heaps suit thread-per-core: a shard allocates and
-/// frees on its own thread without locks (ARCHITECTURE.md, "Allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Validate { file }) = &cli.command {
