@@ -151,7 +151,8 @@ if [ "${POSTFIX:-0}" = 1 ]; then
   # seconds.
   PF_N=${POSTFIX_MESSAGES:-$(( N < 20000 ? N : 20000 ))}
   echo "--- Postfix relay, same load size (smtp-source 2000 bytes, 1 rcpt, $PF_N messages) ---"
-  "$ROOT/../shared/peers/postfix-relay.sh" "$PF_N" 2000 1 | tee "$OUT/postfix.txt"
+  # (POSTFIX names the postfix binary in there: not our POSTFIX=1.)
+  env -u POSTFIX "$ROOT/../shared/peers/postfix-relay.sh" "$PF_N" 2000 1 | tee "$OUT/postfix.txt"
   python3 - "$OUT" <<'PY'
 import re, sys
 out = sys.argv[1]
