@@ -25,6 +25,9 @@
 #      SPOOL_EXTRA='key = value' lines added to the engine's [spool] table;
 #      POSTFIX_MESSAGES= messages of the Postfix run (default: MESSAGES,
 #      at most 20000), the ratio of the two rates is printed last;
+#      SINK_CPUS=, BENCH_CPUS= CPU lists (taskset -c) for the sink and the
+#      harness; by default the sink's shards take the first CPUs (the
+#      engine's) and the harness runs anywhere;
 #      PERF=1 record a perf profile of the engine (engine-perf.txt);
 #      OUT=dir for reports (default a temp dir, printed); BIN=target/release
 # Build first: cargo build --release --bins
@@ -57,7 +60,7 @@ cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/nu
 trap cleanup EXIT INT TERM
 
 CORES=$(seq -s, 0 $((SHARDS - 1)))
-"$BIN/sluice-sink" --listen "127.0.0.1:$SINK_PORT" --cores "$SHARDS" \
+${SINK_CPUS:+taskset -c "$SINK_CPUS"} "$BIN/sluice-sink" --listen "127.0.0.1:$SINK_PORT" --cores "$SHARDS" \
   --summary "$OUT/sink.json" --summary-interval "$SUMMARY_EVERY" --stats-interval 0 \
   >"$OUT/sink.log" 2>&1 &
 SINK_PID=$!; PIDS+=("$SINK_PID")
@@ -102,7 +105,7 @@ else
 fi
 read -r U0 S0 < <(awk '{print $14, $15}' "/proc/$ENGINE_PID/stat")
 T0=$(date +%s.%N)
-"$BIN/sluice-bench" run --target "127.0.0.1:$IN_PORT" "${LOAD[@]}" \
+${BENCH_CPUS:+taskset -c "$BENCH_CPUS"} "$BIN/sluice-bench" run --target "127.0.0.1:$IN_PORT" "${LOAD[@]}" \
   --connections "$CONNECTIONS" --window "$WINDOW" --size 2k --recipients 1 --domains 1000 \
   --domain-shape zipf:1.1 --domain-suffix bench.test \
   --sink-summary "$OUT/sink.json" --sink-wait 120s \
