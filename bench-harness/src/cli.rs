@@ -89,7 +89,10 @@ pub struct RunArgs {
 
     /// Open loop: a constant arrival schedule of R messages/s over all
     /// connections; latency counts from each message's scheduled time.
-    /// Without it the load is closed-loop (as fast as replies allow).
+    /// The schedule starts once every connection has been greeted (at most
+    /// 10 s after the start), so connecting is not charged to the first
+    /// messages. Without it the load is closed-loop (as fast as replies
+    /// allow).
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
 

@@ -74,10 +74,12 @@ pub async fn run_slot(ctx: Rc<ShardCtx>, spec: SlotSpec) {
     // A message taken from the sequence but not yet sent (carried over to
     // the next connection), or the first step of the next connection.
     let mut pending: Option<Next> = None;
+    // Open loop: this slot has been through the schedule's start barrier.
+    let mut at_barrier = seq.due(0).is_none();
     while !ctx.stopping() {
         // Do not open a connection that would have nothing to send.
         if pending.is_none() {
-            match seq.poll(shared.start.elapsed()) {
+            match seq.poll(shared.schedule_elapsed()) {
                 Next::Done => break,
                 step => pending = Some(step),
             }
@@ -89,7 +91,16 @@ pub async fn run_slot(ctx: Rc<ShardCtx>, spec: SlotSpec) {
                 break;
             }
         };
-        let end = drive(&ctx, wire, &mut seq, &mut pending, &generator, spec.group).await;
+        let end = drive(
+            &ctx,
+            wire,
+            &mut seq,
+            &mut pending,
+            &generator,
+            spec.group,
+            &mut at_barrier,
+        )
+        .await;
         if let Some((kind, why)) = &end.error {
             let mut stats = ctx.stats.borrow_mut();
             stats.connection_failed(*kind);
@@ -190,6 +201,7 @@ async fn drive(
     first: &mut Option<Next>,
     generator: &MessageGenerator,
     group: usize,
+    at_barrier: &mut bool,
 ) -> ConnEnd {
     let shared = &*ctx.shared;
     let settings = &shared.settings;
@@ -237,6 +249,8 @@ async fn drive(
         let batch_at = Instant::now();
         let batch_elapsed = batch_at.saturating_duration_since(shared.start);
         let batch_unix_nanos = shared.start_unix_nanos + batch_elapsed.as_nanos() as u64;
+        let sched_origin = shared.schedule_origin();
+        let sched_elapsed = batch_at.saturating_duration_since(sched_origin);
         let mut next_due: Option<Duration> = None;
         while ready && !quitting && live < window {
             if ctx.stopping() {
@@ -250,7 +264,7 @@ async fn drive(
             }
             let step = match first.take() {
                 Some(step) => step,
-                None => seq.poll(batch_elapsed),
+                None => seq.poll(sched_elapsed),
             };
             match step {
                 Next::Send { index, scheduled } => {
@@ -269,7 +283,7 @@ async fn drive(
                         .collect();
                     txn.live = true;
                     // Open loop: from the due time; closed loop: from its MAIL.
-                    txn.origin = scheduled.map(|due| shared.start + due);
+                    txn.origin = scheduled.map(|due| sched_origin + due);
                     txn.recipients = recipients.len() as u32;
                     txn.delivered = 0;
                     txn.rejected = 0;
@@ -425,6 +439,10 @@ async fn drive(
             }
             ready = true;
             ctx.stats.borrow_mut().counters.connections += 1;
+            if !*at_barrier {
+                shared.schedule_barrier().await;
+                *at_barrier = true;
+            }
             continue;
         }
         if let Some(cause) = closed {
@@ -449,7 +467,7 @@ async fn drive(
         }
         was_waiting = waiting;
         let reply_deadline = last_rx + settings.reply_timeout;
-        let due_at = next_due.map(|d| shared.start + round_up(d, settings.tick));
+        let due_at = next_due.map(|d| sched_origin + round_up(d, settings.tick));
         let wake = match (waiting, due_at) {
             (true, Some(due)) => due.min(reply_deadline),
             (true, None) => reply_deadline,

@@ -11,8 +11,8 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
@@ -84,12 +84,51 @@ pub struct Shared {
     pub start_unix_nanos: u64,
     /// Number of groups (message ids are `local * groups + group`).
     pub group_count: u64,
+    /// Connection slots in the run (every group).
+    pub total_slots: u64,
+    /// Slots whose first connection is ready (open loop's start barrier).
+    pub ready_slots: AtomicU64,
+    /// Open loop: when the arrival schedule starts, after [`Shared::start`].
+    /// Set once every slot's first connection is ready (or after
+    /// [`SCHEDULE_BARRIER_MAX`]), so connecting and greeting the server is
+    /// not charged to the first messages as latency.
+    pub schedule_from: OnceLock<Duration>,
 }
+
+/// Longest the open-loop schedule waits for every connection to be ready.
+pub const SCHEDULE_BARRIER_MAX: Duration = Duration::from_secs(10);
 
 impl Shared {
     /// Unix nanoseconds now (monotonic since the start, anchored at the wall clock).
     pub fn unix_nanos(&self) -> u64 {
         self.start_unix_nanos + self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Origin of the arrival schedule: [`Shared::start`] until the open-loop
+    /// barrier has set it (and always in closed loop, where it is unused).
+    pub fn schedule_origin(&self) -> Instant {
+        self.start + self.schedule_from.get().copied().unwrap_or_default()
+    }
+
+    /// Time since the schedule's origin (zero before it).
+    pub fn schedule_elapsed(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.schedule_origin())
+    }
+
+    /// A slot's first connection is ready: waits until every slot's is (or
+    /// [`SCHEDULE_BARRIER_MAX`] has passed since the start), then the
+    /// schedule starts for everyone.
+    pub async fn schedule_barrier(&self) {
+        self.ready_slots.fetch_add(1, Ordering::AcqRel);
+        while self.schedule_from.get().is_none() {
+            if self.ready_slots.load(Ordering::Acquire) >= self.total_slots
+                || self.start.elapsed() >= SCHEDULE_BARRIER_MAX
+            {
+                self.schedule_from.get_or_init(|| self.start.elapsed());
+                break;
+            }
+            glommio::timer::sleep(Duration::from_micros(500)).await;
+        }
     }
 }
 
@@ -250,6 +289,9 @@ pub fn run(args: &RunArgs, interrupt: Arc<AtomicBool>) -> Result<Outcome, Error>
         start,
         start_unix_nanos,
         group_count,
+        total_slots: u64::from(total_connections),
+        ready_slots: AtomicU64::new(0),
+        schedule_from: OnceLock::new(),
     });
 
     let (tx, rx) = bounded(REPORT_CHANNEL_BOUND);

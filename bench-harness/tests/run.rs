@@ -340,6 +340,38 @@ fn open_loop_never_sends_ahead_of_its_schedule() {
     assert!(report.seconds >= 0.245, "{}", report.seconds);
 }
 
+/// The open-loop schedule starts once every connection has been greeted:
+/// a slow greeting is not charged to the first messages as latency.
+#[test]
+fn open_loop_schedule_starts_when_every_connection_is_ready() {
+    let server = TestServer::start(ServerOpts {
+        greet_delay: Duration::from_millis(600),
+        ..Default::default()
+    });
+    let report = run(&[
+        "--target",
+        &server.addr.to_string(),
+        "--messages",
+        "20",
+        "--connections",
+        "4",
+        "--rate",
+        "100",
+    ]);
+    assert!(report.passed, "{:?}", report.problems);
+    assert_eq!(report.accepted, 20);
+    // Every message is due within 200 ms of the schedule's start; had the
+    // schedule started before the 600 ms greetings, each would have waited
+    // at least 400 ms before it could be sent.
+    assert!(
+        report.inject_latency_ms.max < 350.0,
+        "{:?}",
+        report.inject_latency_ms
+    );
+    // The run did wait for the greetings.
+    assert!(report.seconds >= 0.6, "{}", report.seconds);
+}
+
 #[test]
 fn reconnects_after_messages_per_connection() {
     let server = TestServer::start(ServerOpts::default());

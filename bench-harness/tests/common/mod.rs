@@ -33,6 +33,8 @@ pub struct ServerOpts {
     pub silent: bool,
     /// Close the connection (no reply) at the MAIL after this many messages on it.
     pub drop_after: Option<u64>,
+    /// Wait this long after accepting before the greeting.
+    pub greet_delay: Duration,
 }
 
 impl Default for ServerOpts {
@@ -47,6 +49,7 @@ impl Default for ServerOpts {
             summary: None,
             silent: false,
             drop_after: None,
+            greet_delay: Duration::ZERO,
         }
     }
 }
@@ -160,6 +163,7 @@ fn serve(
         while stream.read(&mut sink)? > 0 {}
         return Ok(());
     }
+    std::thread::sleep(opts.greet_delay);
     let mut conn: BufReader<Box<dyn Stream>> = BufReader::new(Box::new(stream));
     conn.get_mut()
         .write_all(b"220 test.invalid ESMTP ready\r\n")?;
