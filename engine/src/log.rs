@@ -1267,17 +1267,17 @@ mod tests {
     #[ignore = "a measurement, not a check; run it in release"]
     fn record_cost() {
         const N: u64 = 200_000;
+        let r = LogRecord {
+            kind: RecordKind::Delivery,
+            code: Some(250),
+            enhanced: Some("2.0.0"),
+            text: "2.0.0 Ok: queued as 4Xyz12AbC",
+            peer: Some("192.0.2.7:25".parse().unwrap()),
+            category: None,
+            ..rec(0)
+        };
         for csv in [false, true] {
             let log = DeliveryLog::new(1 << 30, csv);
-            let r = LogRecord {
-                kind: RecordKind::Delivery,
-                code: Some(250),
-                enhanced: Some("2.0.0"),
-                text: "2.0.0 Ok: queued as 4Xyz12AbC",
-                peer: Some("192.0.2.7:25".parse().unwrap()),
-                category: None,
-                ..rec(0)
-            };
             // The writer takes the buffer every flush; so does this loop,
             // so that growing one huge buffer is not what gets measured.
             let mut bytes = 0;
@@ -1296,16 +1296,7 @@ mod tests {
             );
         }
         // The same record through serde_json (what `record` used before the
-        // hand-written lines), into a reused buffer.
-        let r = LogRecord {
-            kind: RecordKind::Delivery,
-            code: Some(250),
-            enhanced: Some("2.0.0"),
-            text: "2.0.0 Ok: queued as 4Xyz12AbC",
-            peer: Some("192.0.2.7:25".parse().unwrap()),
-            category: None,
-            ..rec(0)
-        };
+        // hand-written lines) and `write_json`, into a reused buffer.
         // CPU ns per record of `format`, flushing the buffer every 4,096.
         let per_record = |format: &dyn Fn(&LogRecord<'_>, &mut Vec<u8>)| {
             let mut buf = Vec::with_capacity(4096 * 512);
